@@ -1,0 +1,42 @@
+"""Bad configs stop before any engine starts, with one line naming the key and the fix."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import run_train, tiny_overrides
+from turbo_ds.config import ConfigError, load_config
+
+
+@pytest.mark.parametrize("override, key", [
+    ("turbo.keep_ratoi=0.5", "turbo.keep_ratoi"),        # unknown key (typo)
+    ("model.depth=deep", "model.depth"),                  # wrong type
+    ("turbo.keep_ratio=1.5", "turbo.keep_ratio"),         # outside (0, 1]
+    ("turbo.keep_ratio=0", "turbo.keep_ratio"),
+    ("data.train=/nonexistent/shards", "data.train"),      # missing shard path
+    ("train.global_batch_size=48", "train.global_batch_size"),  # contradicts the JSON (16 x 1 x 1 = 16)
+])
+def test_bad_config_fails_fast_naming_the_key(tiny_demo, tmp_path, override, key):
+    proc = run_train(tiny_overrides(tiny_demo, tmp_path / "run", override), ranks=None, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("config error:") and key in lines[0], proc.stderr
+    assert "DeepSpeed" not in proc.stdout and not (tmp_path / "run").exists()  # nothing started
+
+
+def test_ds_json_contradiction_names_the_json_key(tiny_demo, tmp_path):
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"train_micro_batch_size_per_gpu": 4, "train_batch_size": 7,
+                              "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}}))
+    proc = run_train(tiny_overrides(tiny_demo, tmp_path / "run"), ranks=None, ds_config=str(ds), timeout=60)
+    assert proc.returncode == 2 and "train_batch_size" in proc.stderr
+
+
+def test_overrides_are_typed(tmp_path):
+    cfg = load_config("configs/demo_action_cls.yaml", ["turbo.keep_ratio=0.5", "data.crop_scale=[0.5, 1]",
+                                                        "train.global_batch_size=null"])
+    assert cfg.turbo.keep_ratio == 0.5 and cfg.data.crop_scale == [0.5, 1.0] and cfg.train.global_batch_size is None
+    with pytest.raises(ConfigError, match="did you mean turbo.keep_ratio"):
+        load_config("configs/demo_action_cls.yaml", ["turbo.keep_rato=0.5"])

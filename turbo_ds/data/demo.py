@@ -1,0 +1,131 @@
+"""Deterministic synthetic video dataset whose labels can only be read from motion.
+
+Each clip shows 1-2 shapes (circle/square/triangle, random colour and size) on a random
+static texture. All shapes share one motion, and the class is that motion: 4 directions
+x 2 speeds. Shapes wrap around the frame edges, so position, shape, colour and
+background in any single frame carry no information about the label.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from turbo_ds.data.shards import shard_name, write_manifest, write_shard
+from turbo_ds.data.video import encode_mp4
+
+DIRECTIONS = {"up": (0.0, -1.0), "down": (0.0, 1.0), "left": (-1.0, 0.0), "right": (1.0, 0.0)}
+DIRECTION_WORDS = {"up": "up", "down": "down", "left": "to the left", "right": "to the right"}
+SPEEDS = {"slow": 1.0, "fast": 2.5}  # pixels per frame at 64 px, scaled with the frame size
+SPEED_WORDS = {"slow": "slowly", "fast": "quickly"}
+CLASS_NAMES = [f"{d}_{s}" for d in DIRECTIONS for s in SPEEDS]
+COLOURS = {
+    "red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 80, 230), "yellow": (235, 220, 50),
+    "magenta": (210, 50, 200), "cyan": (60, 210, 220), "white": (245, 245, 245), "orange": (245, 140, 30),
+}
+SHAPES = ("circle", "square", "triangle")
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """How the demo clips are rendered and encoded (stored in the manifest)."""
+
+    seed: int = 0
+    frames: int = 16
+    size: int = 64
+    fps: float = 8.0
+    crf: int = 23
+
+
+def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A smooth random background: a coarse colour grid upsampled, plus fine grain."""
+    coarse = rng.uniform(30, 200, (5, 5, 3))
+    pos = np.linspace(0, 4, size)
+    i0 = np.floor(pos).astype(int).clip(0, 3)
+    frac = (pos - i0)[:, None]
+    rows = coarse[i0] * (1 - frac[..., None]) + coarse[i0 + 1] * frac[..., None]  # (S, 5, 3)
+    cols = rows[:, i0] * (1 - frac[None, :, :]) + rows[:, i0 + 1] * frac[None, :, :]  # (S, S, 3)
+    return np.clip(cols + rng.normal(0, 12, cols.shape), 0, 255)
+
+
+def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
+    if shape == "circle":
+        return dx**2 + dy**2 <= r**2
+    if shape == "square":
+        return np.maximum(abs(dx), abs(dy)) <= 0.85 * r
+    return (dy >= -r) & (dy <= 0.8 * r) & (abs(dx) <= 0.6 * (dy + r))  # triangle, apex up
+
+
+def render_clip(rng: np.random.Generator, label: int, s: DemoSettings) -> tuple[np.ndarray, str, dict]:
+    """Render one clip of class ``label``: (T, S, S, 3) uint8 frames, a caption, metadata."""
+    direction, speed = CLASS_NAMES[label].split("_")
+    angle = np.deg2rad(rng.uniform(-12, 12))
+    ux, uy = DIRECTIONS[direction]
+    vx, vy = ux * np.cos(angle) - uy * np.sin(angle), ux * np.sin(angle) + uy * np.cos(angle)
+    step = SPEEDS[speed] * rng.uniform(0.85, 1.15) * s.size / 64
+
+    background = _texture(rng, s.size)
+    yy, xx = np.mgrid[0 : s.size, 0 : s.size].astype(np.float64)
+    objects = []
+    for _ in range(rng.integers(1, 3)):
+        colour = str(rng.choice(list(COLOURS)))
+        objects.append(dict(shape=str(rng.choice(SHAPES)), colour=colour,
+                            radius=float(rng.uniform(5, 11) * s.size / 64),
+                            x=float(rng.uniform(0, s.size)), y=float(rng.uniform(0, s.size))))
+    frames = np.empty((s.frames, s.size, s.size, 3), np.uint8)
+    for t in range(s.frames):
+        img = background.copy()
+        for o in objects:
+            # Offsets on a torus: shapes leaving one edge re-enter at the opposite one.
+            dx = (xx - o["x"] - vx * step * t + s.size / 2) % s.size - s.size / 2
+            dy = (yy - o["y"] - vy * step * t + s.size / 2) % s.size - s.size / 2
+            img[_shape_mask(o["shape"], dx, dy, o["radius"])] = COLOURS[o["colour"]]
+        frames[t] = img.astype(np.uint8)
+
+    nouns = [f"{'small' if o['radius'] < 8 * s.size / 64 else 'large'} {o['colour']} {o['shape']}" for o in objects]
+    verb = "moves" if len(nouns) == 1 else "move"
+    caption = f"a {' and a '.join(nouns)} {verb} {DIRECTION_WORDS[direction]} {SPEED_WORDS[speed]}"
+    meta = {"direction": direction, "speed": speed, "pixels_per_frame": step, "objects": objects}
+    return frames, caption, meta
+
+
+def make_sample(split: str, index: int, s: DemoSettings) -> dict:
+    """The sample ``index`` of ``split``: depends only on (seed, split, index)."""
+    rng = np.random.default_rng([s.seed, {"train": 0, "val": 1}[split], index])
+    label = index % len(CLASS_NAMES)  # balanced classes
+    frames, caption, meta = render_clip(rng, label, s)
+    info = {"fps": s.fps, "frames": s.frames, "width": s.size, "height": s.size,
+            "duration": s.frames / s.fps, "source": "turbo_ds.demo", "label": CLASS_NAMES[label], **meta}
+    return {"__key__": f"{split}{index:07d}", "mp4": encode_mp4(frames, s.fps, s.crf),
+            "cls": label, "txt": caption, "json": info}
+
+
+def _write_demo_shard(args: tuple) -> None:
+    path, split, indices, settings = args
+    write_shard(path, [make_sample(split, i, settings) for i in indices])
+
+
+def generate_demo(out: str | Path, num_train: int = 2048, num_val: int = 512, settings: DemoSettings = DemoSettings(),
+                  shard_size: int = 128, workers: int = 2, log=print) -> None:
+    """Write ``out/train`` and ``out/val`` dataset folders; rerunning resumes (complete shards are kept)."""
+    jobs, manifests = [], {}
+    for split, count in (("train", num_train), ("val", num_val)):
+        folder = Path(out) / split
+        folder.mkdir(parents=True, exist_ok=True)
+        shards = []
+        for k, start in enumerate(range(0, count, shard_size)):
+            indices = list(range(start, min(start + shard_size, count)))
+            name = shard_name(split, k)
+            shards.append({"name": name, "num_samples": len(indices)})
+            if not (folder / name).exists():  # shards are atomic, so an existing one is complete
+                jobs.append((str(folder / name), split, indices, settings))
+        manifests[split] = (folder, shards)
+    log(f"demo data: rendering {sum(len(j[2]) for j in jobs)} clips into {out} with {workers} workers")
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(_write_demo_shard, jobs))
+    for split, (folder, shards) in manifests.items():  # manifests last: they mark the folder complete
+        write_manifest(folder, task="action_cls", shards=shards, class_names=CLASS_NAMES,
+                       build={"tool": "turbo_ds.data.demo", "settings": asdict(settings), "shard_size": shard_size})

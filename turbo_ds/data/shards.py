@@ -1,0 +1,109 @@
+"""Dataset folders on disk: numbered WebDataset tar shards plus a ``manifest.json``.
+
+A dataset folder (one per split) holds ``<prefix>-000000.tar, ...`` and a manifest::
+
+    {"format": "turbo_ds.shards/1", "task": "action_cls", "num_samples": 2048,
+     "shards": [{"name": "train-000000.tar", "num_samples": 128}, ...],
+     "class_names": [...], "build": {"tool": "...", "settings": {...}}}
+
+Every file appears under its final name only when complete (written to a temp name,
+then renamed), so a reader never sees a partial shard or manifest.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+FORMAT = "turbo_ds.shards/1"
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the new one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def encode_sample(sample: dict[str, Any]) -> dict[str, bytes]:
+    """Turn a sample dict (``__key__``, ``mp4`` bytes, ``cls`` int, ``txt`` str, ``json`` dict) into tar members."""
+    out = {}
+    for ext, value in sample.items():
+        if ext == "__key__":
+            continue
+        if isinstance(value, bytes):
+            out[ext] = value
+        elif ext == "json":
+            out[ext] = json.dumps(value, sort_keys=True).encode()
+        else:
+            out[ext] = str(value).encode()
+    return out
+
+
+def write_shard(path: str | os.PathLike, samples: list[dict[str, Any]]) -> int:
+    """Write one complete tar shard atomically; byte-identical for identical samples."""
+    buf = io.BytesIO()
+    # Fixed metadata (mtime, owner) makes shards reproducible byte for byte.
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for sample in samples:
+            key = sample["__key__"]
+            for ext, data in encode_sample(sample).items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime, info.mode = len(data), 0, 0o444
+                info.uname = info.gname = "turbo_ds"
+                tar.addfile(info, io.BytesIO(data))
+    atomic_write_bytes(path, buf.getvalue())
+    return len(samples)
+
+
+def shard_name(prefix: str, index: int) -> str:
+    return f"{prefix}-{index:06d}.tar"
+
+
+def write_manifest(folder: str | os.PathLike, *, task: str, shards: list[dict[str, Any]],
+                   class_names: list[str] | None = None, build: dict[str, Any] | None = None,
+                   **extra: Any) -> dict[str, Any]:
+    manifest = {
+        "format": FORMAT,
+        "task": task,
+        "num_samples": sum(s["num_samples"] for s in shards),
+        "shards": shards,
+        "class_names": class_names,
+        "build": build or {},
+        **extra,
+    }
+    atomic_write_json(Path(folder) / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
+    """Load and check a dataset folder's manifest; errors name the folder and the fix."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no {MANIFEST} in {folder}: build the shards with data_prep/ (e.g. "
+            f"python data_prep/make_demo_data.py --out DIR) or point the config at a dataset folder")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r}")
+    missing = [s["name"] for s in manifest["shards"] if not (Path(folder) / s["name"]).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder}: shards listed in {MANIFEST} are missing: {missing[:3]}")
+    return manifest
+
+
+def shard_paths(folder: str | os.PathLike, manifest: dict[str, Any]) -> list[str]:
+    return [str(Path(folder) / s["name"]) for s in manifest["shards"]]

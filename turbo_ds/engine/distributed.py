@@ -1,0 +1,49 @@
+"""Process-group setup and the few collectives the trainer needs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def world_from_env() -> int:
+    """World size as set by the deepspeed launcher, torchrun or srun (1 when run directly)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_distributed() -> DistInfo:
+    import deepspeed  # imported here so config errors surface before DeepSpeed's start-up cost
+
+    deepspeed.init_distributed()
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if ``flag`` is true on any (e.g. a preemption signal seen by one rank)."""
+    return all_reduce_sum([float(flag)])[0] > 0

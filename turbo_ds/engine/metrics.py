@@ -1,0 +1,61 @@
+"""Run logging: human lines on stdout (+ train.log) and one JSON object per event in metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from turbo_ds.data.shards import atomic_write_bytes
+
+
+def peak_memory_mb() -> float:
+    """Peak memory of this process: GPU allocations on CUDA, resident set size on CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+class RunLog:
+    """Only the main rank writes; other ranks' calls are no-ops."""
+
+    def __init__(self, run_dir: str | Path, enabled: bool):
+        self.enabled = enabled
+        self.metrics_path = Path(run_dir) / "metrics.jsonl"
+        self.text = open(Path(run_dir) / "train.log", "a") if enabled else None
+
+    def info(self, message: str) -> None:
+        if self.enabled:
+            print(message, flush=True)
+            self.text.write(message + "\n")
+            self.text.flush()
+
+    def metrics(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def rewind(self, step: int) -> None:
+        """Drop records past ``step`` (written after the checkpoint we resume from): no duplicated steps."""
+        if not (self.enabled and self.metrics_path.is_file()):
+            return
+        lines = self.metrics_path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        if len(kept) != len(lines):
+            atomic_write_bytes(self.metrics_path, "".join(kept).encode())
+
+    def close(self) -> None:
+        if self.text:
+            self.text.close()
+
+
+def progress_bar(total: int, initial: int, enabled: bool):
+    """A tqdm bar on stderr when it is a terminal (log files get the periodic lines instead)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not (enabled and sys.stderr.isatty()),
+                dynamic_ncols=True, unit="step")

@@ -1,0 +1,185 @@
+"""The training loop on a DeepSpeed engine: steps, logging, evaluation, checkpoints, preemption."""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.optim.lr_scheduler import LambdaLR
+
+from turbo_ds.config import BatchPlan, Config
+from turbo_ds.data.pipeline import EvalStream, TrainStream, make_loader
+from turbo_ds.engine.checkpoint import Checkpointer
+from turbo_ds.engine.distributed import DistInfo, all_reduce_sum, any_rank
+from turbo_ds.engine.metrics import RunLog, peak_memory_mb, progress_bar
+
+
+def warmup_cosine(warmup: int, total: int, min_ratio: float):
+    """LR multiplier: linear warmup from 0, then cosine decay to ``min_ratio``."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def param_groups(model: torch.nn.Module) -> list[dict[str, Any]]:
+    """No weight decay on biases, norms and position embeddings (1-D or embedding tables)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or name.endswith("pos_embed") else decay).append(p)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def compute_dtype(ds_config: dict[str, Any]) -> torch.dtype:
+    if ds_config.get("bf16", {}).get("enabled"):
+        return torch.bfloat16
+    if ds_config.get("fp16", {}).get("enabled"):
+        return torch.float16
+    return torch.float32
+
+
+class PreemptionFlag:
+    """Set by SIGUSR1 (Slurm's warning before preemption/time limit) or SIGTERM; checked between steps."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal = signal.Signals(signum).name
+
+
+class Trainer:
+    def __init__(self, cfg: Config, ds_config: dict[str, Any], plan: BatchPlan, dist_info: DistInfo, task: Any,
+                 log: RunLog):
+        import deepspeed
+
+        self.cfg, self.plan, self.dist, self.task, self.log = cfg, plan, dist_info, task, log
+        self.dtype = compute_dtype(ds_config)
+        schedule = warmup_cosine(cfg.train.warmup_steps, cfg.train.steps, cfg.train.min_lr_ratio)
+        self.engine, *_ = deepspeed.initialize(model=task.model, model_parameters=param_groups(task.model),
+                                               config=ds_config, lr_scheduler=lambda opt: LambdaLR(opt, schedule))
+        self.checkpoints = Checkpointer(cfg.run_dir, dist_info)
+        self.preemption = PreemptionFlag()
+        self.data_position: dict[str, dict[str, int]] = {}
+        self.step = 0
+
+    # ------------------------------------------------------------------ state
+
+    def resume(self) -> None:
+        state = self.checkpoints.load(self.engine)
+        if state is None:
+            self.log.info(f"starting a new run in {self.cfg.run_dir}")
+            return
+        self.step, self.data_position = state["step"], state["data_position"]
+        self.log.rewind(self.step)
+        self.log.info(f"resuming from checkpoint {self.checkpoints.latest} at step {self.step}")
+
+    def save(self) -> None:
+        positions: list[dict] = [None] * self.dist.world
+        dist.all_gather_object(positions, self.data_position)  # every rank's streams into rank 0's file
+        merged = {k: v for p in positions for k, v in p.items()}
+        path = self.checkpoints.save(self.engine, self.step, {"data_position": merged})
+        self.log.info(f"saved checkpoint {path}")
+
+    # --------------------------------------------------------------- training
+
+    def fit(self) -> None:
+        cfg, total = self.cfg, self.cfg.train.steps
+        self.resume()
+        if self.step >= total:
+            self.log.info(f"run already finished at step {self.step}; nothing to train "
+                          f"(use a new run_dir or raise train.steps to train more)")
+            return
+        stream = TrainStream(cfg.data, cfg.model, self.dist.rank, self.dist.world, self.plan.micro, cfg.train.seed,
+                             resume=self.data_position)
+        batches = iter(make_loader(stream, cfg.data.num_workers))
+        self.log.info(f"training steps {self.step + 1}..{total}: {self.plan.micro} clips x {self.plan.accumulation} "
+                      f"accumulation x {self.plan.world} ranks = {self.plan.global_size} clips/step, "
+                      f"{self.task.tokens_kept}/{self.task.tokens_total} tokens kept, dtype {self.dtype}")
+        bar = progress_bar(total, self.step, self.dist.is_main)
+        window = {"loss": 0.0, "n": 0, "t0": time.perf_counter(), "steps": 0}
+        self.engine.train()
+        while self.step < total:
+            self.step += 1
+            # Randomness (token choice) depends on (seed, step, rank) only, so a resumed run repeats it.
+            torch.manual_seed(cfg.train.seed * 1_000_003 + self.step * 1009 + self.dist.rank)
+            for _ in range(self.plan.accumulation):
+                batch = next(batches)
+                loss = self.task.loss(self.engine, batch, self.dtype)
+                self.engine.backward(loss)
+                self.engine.step()
+                self.data_position[batch["stream"]] = batch["position"]
+                window["loss"] += loss.item()
+                window["n"] += 1
+            window["steps"] += 1
+            bar.update(1)
+            if self.step % cfg.train.log_every == 0 or self.step == total:
+                self._log_train(window)
+                window = {"loss": 0.0, "n": 0, "t0": time.perf_counter(), "steps": 0}
+            stop = any_rank(self.preemption.signal is not None)
+            if self.step % cfg.train.eval_every == 0 or self.step == total:
+                self.evaluate()
+            if self.step % cfg.train.ckpt_every == 0 or self.step == total or stop:
+                self.save()
+            if stop:
+                self.log.info(f"stopping at step {self.step} on {self.preemption.signal or 'a peer rank signal'}: "
+                              "checkpoint saved; rerun with the same run_dir to resume")
+                break
+        bar.close()
+        if self.step >= total and self.dist.is_main:
+            (Path(cfg.run_dir) / "COMPLETED").write_text(f"{self.step}\n")
+
+    def _log_train(self, window: dict[str, float]) -> None:
+        elapsed = time.perf_counter() - window["t0"]
+        loss, skipped = all_reduce_sum([window["loss"] / max(window["n"], 1),
+                                        sum(p["skipped"] for p in self.data_position.values())])
+        record = {
+            "step": self.step, "train/loss": loss / self.dist.world, "train/lr": self.engine.get_lr()[0],
+            "train/clips_per_s": window["steps"] * self.plan.global_size / elapsed,
+            "train/tokens_kept": self.task.tokens_kept, "train/tokens_total": self.task.tokens_total,
+            "train/peak_mem_mb": peak_memory_mb(), "data/skipped_samples": int(skipped),
+        }
+        self.log.metrics(record)
+        self.log.info(f"step {self.step}/{self.cfg.train.steps} | loss {record['train/loss']:.4f} | "
+                      f"lr {record['train/lr']:.2e} | {record['train/clips_per_s']:.1f} clips/s | tokens "
+                      f"{self.task.tokens_kept}/{self.task.tokens_total} | peak mem {record['train/peak_mem_mb']:.0f} MB"
+                      + (f" | skipped {int(skipped)} bad samples" if skipped else ""))
+
+    # ------------------------------------------------------------- evaluation
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, Any]:
+        """Every validation clip once across ranks; short ranks run padding batches so collectives match."""
+        stream = EvalStream(self.cfg.data, self.cfg.model, self.dist.rank, self.dist.world, self.cfg.eval.batch_size)
+        self.engine.eval()
+        start, sums, skipped, batches = time.perf_counter(), None, 0, iter(make_loader(stream, 0))
+        for _ in range(stream.num_batches):
+            batch = next(batches, None)
+            if batch is None:  # this rank is out of clips: forward a dummy batch, count nothing
+                self.engine(torch.zeros(1, 3, self.cfg.model.num_frames, self.cfg.model.img_size,
+                                        self.cfg.model.img_size, dtype=self.dtype))
+                continue
+            part = self.task.eval_batch(self.engine, batch, self.dtype)
+            sums = part if sums is None else [a + b for a, b in zip(sums, part)]
+            skipped = batch["position"]["skipped"]
+        totals = all_reduce_sum((sums or [0.0] * len(self.task.eval_sums)) + [skipped])
+        self.engine.train()
+        record = {"step": self.step, **self.task.eval_metrics(totals[:-1]), "eval/skipped_samples": int(totals[-1]),
+                  "eval/keep_ratio": self.cfg.turbo.eval_keep_ratio, "eval/seconds": time.perf_counter() - start}
+        self.log.metrics(record)
+        shown = " | ".join(f"{k.removeprefix('eval/')} {v:.4f}" if isinstance(v, float) else f"{k.removeprefix('eval/')} {v}"
+                           for k, v in record.items() if k != "step")
+        self.log.info(f"eval @ step {self.step} | {shown}")
+        return record

@@ -1,0 +1,43 @@
+"""Action classification: video ViT + linear head, cross-entropy, top-1/top-5."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from turbo_ds.config import Config
+from turbo_ds.models.vit import VideoClassifier, VideoViT
+from turbo_ds.turbo import num_kept
+
+
+class ActionClassification:
+    eval_sums = ("correct1", "correct5", "count")
+
+    def __init__(self, cfg: Config, manifest: dict[str, Any]):
+        self.class_names = manifest["class_names"]
+        if not self.class_names:
+            raise ValueError(f"data.train={cfg.data.train}: manifest has no class_names; rebuild the shards "
+                             "with --task action_cls")
+        encoder = VideoViT(cfg.model, cfg.turbo.keep_ratio, cfg.turbo.eval_keep_ratio)
+        self.model = VideoClassifier(encoder, len(self.class_names))
+        self.tokens_total = encoder.num_tokens
+        self.tokens_kept = num_kept(encoder.num_tokens, cfg.turbo.keep_ratio)
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+        logits = model(batch["video"].to(dtype))  # (B, classes)
+        return F.cross_entropy(logits.float(), batch["label"])
+
+    @torch.no_grad()
+    def eval_batch(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], dtype: torch.dtype) -> list[float]:
+        """Per-batch sums of (top-1 hits, top-5 hits, clips); summed over batches and ranks."""
+        logits = model(batch["video"].to(dtype)).float()  # (B, classes)
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (B, 5)
+        hits = top5 == batch["label"][:, None]  # (B, 5)
+        return [hits[:, 0].sum().item(), hits.any(dim=1).sum().item(), len(logits)]
+
+    def eval_metrics(self, sums: list[float]) -> dict[str, Any]:
+        correct1, correct5, count = sums
+        return {"eval/top1": correct1 / max(count, 1), "eval/top5": correct5 / max(count, 1),
+                "eval/num_clips": int(count), "num_classes": len(self.class_names), "eval/chance": 1 / len(self.class_names)}

@@ -1,0 +1,97 @@
+#!/usr/bin/env python
+"""Train a video Transformer with Turbo token dropout on DeepSpeed.
+
+    deepspeed [--num_gpus N] turbo_ds/train.py --ds_config ds_configs/zero2_bf16.json \\
+        --config configs/demo_action_cls.yaml [--set key=value ...]
+
+Rerunning with the same run_dir resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script (the deepspeed launcher does): make the package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import yaml  # noqa: E402
+
+from turbo_ds.config import ConfigError, load_config, load_ds_config, plan_batches, to_dict  # noqa: E402
+from turbo_ds.data.shards import MANIFEST, atomic_write_bytes, read_manifest  # noqa: E402
+from turbo_ds.engine.distributed import world_from_env  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="YAML experiment recipe (configs/*.yaml)")
+    p.add_argument("--ds_config", required=True, help="DeepSpeed JSON (ds_configs/*.json): batch, optimizer, precision, ZeRO")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set turbo.keep_ratio=0.5 --set run_dir=runs/x (repeatable)")
+    p.add_argument("--local_rank", type=int, default=0, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
+    return p.parse_args(argv)
+
+
+def check_data(cfg) -> bool:
+    """True if the demo must be generated; otherwise the dataset folders must already be complete."""
+    missing = [p for p in (cfg.data.train, cfg.data.val) if not (Path(p) / MANIFEST).is_file()]
+    if missing and not cfg.data.generate_demo:
+        key = "data.train" if cfg.data.train in missing else "data.val"
+        raise ConfigError(f"{key}={missing[0]}: no dataset there ({MANIFEST} missing); build shards with "
+                          "data_prep/ or set data.generate_demo=true for the demo data")
+    for folder in (cfg.data.train, cfg.data.val):
+        if folder not in missing:
+            try:
+                read_manifest(folder)
+            except (FileNotFoundError, ValueError) as e:
+                raise ConfigError(f"data: {e}") from e
+    return bool(missing)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Everything that can be wrong with the configs fails here, before any engine starts.
+    try:
+        cfg = load_config(args.config, args.set)
+        ds_config = load_ds_config(args.ds_config)
+        plan = plan_batches(cfg, ds_config, world_from_env())
+        ds_config = {**ds_config, "train_batch_size": plan.global_size}  # resolved: what DeepSpeed will run
+        needs_demo = check_data(cfg)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+
+    import torch
+
+    from turbo_ds.engine.distributed import barrier, init_distributed
+    from turbo_ds.engine.metrics import RunLog
+    from turbo_ds.engine.trainer import Trainer
+    from turbo_ds.tasks import build_task
+
+    dist_info = init_distributed()
+    run_dir = Path(cfg.run_dir)
+    if dist_info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if needs_demo:
+            from turbo_ds.data.demo import generate_demo
+
+            generate_demo(Path(cfg.data.train).parent)
+        atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
+        atomic_write_bytes(run_dir / "ds_config.json", (json.dumps(ds_config, indent=2) + "\n").encode())
+    barrier()  # demo data and run dir exist before any rank reads them
+
+    log = RunLog(run_dir, dist_info.is_main)
+    log.info(f"turbo_ds: task {cfg.task} | run_dir {run_dir} | {dist_info.world} rank(s) | "
+             f"keep_ratio {cfg.turbo.keep_ratio} (eval {cfg.turbo.eval_keep_ratio})")
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    task = build_task(cfg, read_manifest(cfg.data.train))
+    trainer = Trainer(cfg, ds_config, plan, dist_info, task, log)
+    trainer.fit()
+    log.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
