@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# The one launch helper behind slurm/action_cls.sh, video_language.sh and long_video.sh.
+#
+# Modes:
+#   launch.sh run              inside the batch script (the templates exec it): print the
+#                              run header, srun one rank per GPU (one per task slot on
+#                              GPU-less nodes), handle preemption, requeue, print configs
+#   launch.sh task -- CMD...   inside each srun task: export the rank variables, exec CMD
+#   launch.sh print-env        print the rank variables derived from the SLURM_* env
+#
+# Environment read by `run` (the templates set the first two; all overridable with
+# `sbatch --export=ALL,CONFIG=...,DS_CONFIG=...,RUN_DIR=...,EXTRA_SETS="k=v k2=v2"`):
+#   CONFIG         experiment YAML, relative to the repo root or absolute
+#   DS_CONFIG      DeepSpeed JSON
+#   RUN_DIR        default runs/${SLURM_JOB_NAME}-${SLURM_JOB_ID}; relative paths are
+#                  taken from the repo root. A requeued job keeps its SLURM_JOB_ID, so it
+#                  resumes into the same run dir (the trainer auto-resumes from `latest`).
+#   EXTRA_SETS     whitespace-separated key=value config overrides, each passed as
+#                  `--set key=value` (values cannot contain spaces)
+#   TURBO_DS_ROOT  repo root (the templates set it); default: the parent of this script
+#   PYTHON         interpreter for the trainer (default: python)
+#   GPUS_PER_NODE  override the GPU count Slurm reports (SLURM_GPUS_ON_NODE/_PER_NODE)
+#   LAUNCH_CMD     for tests/debugging: a bash command line each task runs instead of
+#                  the trainer (it sees the same rank env, RUN_DIR, signals)
+#
+# Exported inside each task (from SLURM_* of the step):
+#   MASTER_ADDR  first host of the job's node list (`scontrol show hostnames`)
+#   MASTER_PORT  20000 + SLURM_JOB_ID % 20000 (differs between concurrent jobs)
+#   RANK=$SLURM_PROCID  LOCAL_RANK=$SLURM_LOCALID  WORLD_SIZE=$SLURM_NTASKS
+#
+# Preemption / time limit: the templates ask for `--signal=B:USR1@120 --requeue`. On USR1
+# (or TERM) the batch shell forwards SIGUSR1 to srun, which forwards it to every task; the
+# trainer finishes the step in flight, writes a checkpoint atomically and exits 0. When srun
+# has exited and the signal was USR1 and $RUN_DIR/COMPLETED (written by the trainer at
+# the end of training) does not exist, the job requeues itself with `scontrol requeue`.
+# TERM (scancel, preemption by Slurm, which requeues by itself) never requeues.
+# A requeued job waits ~120 s in PENDING before it may start again (Slurm's requeue
+# BeginTime); `scontrol update JobId=N StartTime=now` skips the wait (send it >= 2 s after
+# the requeue, else slurmd refuses the relaunch: "Job credential revoked"). `--signal` may
+# arrive up to 60 s before the requested time. srun's forwarded SIGUSR1 reaches every
+# process of the step, so the trainer's child processes (DataLoader workers) must ignore
+# it or they die with the default action.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+die() { echo "launch.sh: error: $*" >&2; exit 1; }
+log() { echo "[launch.sh $(date '+%F %T')] $*"; }
+
+# --- per-task rank wiring -------------------------------------------------------------
+
+# Set MASTER_ADDR MASTER_PORT RANK LOCAL_RANK WORLD_SIZE from the SLURM_* env of a task.
+derive_rank_env() {
+    local nodelist=${SLURM_JOB_NODELIST:-${SLURM_NODELIST:-}}
+    [[ -n $nodelist ]] || die "SLURM_JOB_NODELIST is not set (not inside a Slurm job?)"
+    local var
+    for var in SLURM_JOB_ID SLURM_PROCID SLURM_LOCALID SLURM_NTASKS; do
+        [[ -n ${!var:-} ]] || die "$var is not set (not inside an srun task?)"
+    done
+    MASTER_ADDR=$(scontrol show hostnames "$nodelist" | head -n 1)
+    [[ -n $MASTER_ADDR ]] || die "scontrol show hostnames '$nodelist' gave nothing"
+    MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))
+    RANK=$SLURM_PROCID
+    LOCAL_RANK=$SLURM_LOCALID
+    WORLD_SIZE=$SLURM_NTASKS
+    export MASTER_ADDR MASTER_PORT RANK LOCAL_RANK WORLD_SIZE
+}
+
+print_env() {
+    derive_rank_env
+    local var
+    for var in MASTER_ADDR MASTER_PORT RANK LOCAL_RANK WORLD_SIZE; do
+        echo "$var=${!var}"
+    done
+}
+
+task() {
+    [[ ${1:-} == -- ]] && shift
+    (($#)) || die "usage: launch.sh task -- CMD..."
+    derive_rank_env
+    exec "$@"
+}
+
+# --- batch-level driver ---------------------------------------------------------------
+
+# GPUs per node as Slurm reports them ("a100:8" -> 8), or 0.
+gpus_per_node() {
+    local g=${GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-0}}}
+    g=${g##*:}
+    [[ $g =~ ^[0-9]+$ ]] || die "cannot read a GPU count from '$g' (set GPUS_PER_NODE)"
+    echo "$g"
+}
+
+SIGNALLED=""   # USR1 or TERM once the batch shell got one
+TRAPPED=0      # set by the handler; tells the wait loop that wait was interrupted
+SRUN_PID=""
+
+on_signal() {
+    TRAPPED=1
+    # USR1 (time limit coming) wins over TERM for the requeue decision
+    [[ $SIGNALLED == USR1 ]] || SIGNALLED=$1
+    log "got SIG$1: asking the tasks to checkpoint and stop (SIGUSR1 to srun)"
+    [[ -z $SRUN_PID ]] || kill -USR1 "$SRUN_PID" 2>/dev/null || true
+}
+
+run() {
+    [[ -n ${SLURM_JOB_ID:-} ]] || die "'run' must be called inside a Slurm batch job"
+    local root=${TURBO_DS_ROOT:-$(dirname "$HERE")}
+    cd "$root"
+    root=$(pwd)
+    local config=${CONFIG:?CONFIG is not set} ds_config=${DS_CONFIG:?DS_CONFIG is not set}
+    RUN_DIR=${RUN_DIR:-runs/${SLURM_JOB_NAME:-job}-${SLURM_JOB_ID}}
+    [[ $RUN_DIR == /* ]] || RUN_DIR=$root/$RUN_DIR
+    export RUN_DIR
+    mkdir -p "$RUN_DIR"
+
+    local nnodes=${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}} gpus per_node device
+    gpus=$(gpus_per_node)
+    if ((gpus > 0)); then
+        per_node=$gpus
+        device="$gpus GPU(s)/node"
+    else
+        # no GPUs: one rank per task slot the job asked for, DeepSpeed on CPU
+        per_node=${SLURM_NTASKS_PER_NODE:-$((${SLURM_NTASKS:-$nnodes} / nnodes))}
+        per_node=${per_node%%(*}   # "2(x3)" style values
+        export DS_ACCELERATOR=cpu
+        export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}
+        device="CPU only (DS_ACCELERATOR=cpu, OMP_NUM_THREADS=$OMP_NUM_THREADS)"
+    fi
+    ((per_node >= 1)) || per_node=1
+    local world=$((nnodes * per_node))
+
+    local -a cmd
+    if [[ -n ${LAUNCH_CMD:-} ]]; then
+        cmd=(bash -c "$LAUNCH_CMD")
+    else
+        cmd=("${PYTHON:-python}" -u turbo_ds/train.py --ds_config "$ds_config" --config "$config"
+            --set "run_dir=$RUN_DIR")
+        local kv
+        for kv in ${EXTRA_SETS:-}; do cmd+=(--set "$kv"); done
+    fi
+
+    local -a srun_args=(--nodes="$nnodes" --ntasks="$world" --ntasks-per-node="$per_node"
+        --kill-on-bad-exit=1)
+    # Slurm 22.05 srun does not inherit --cpus-per-task from sbatch
+    [[ -z ${SLURM_CPUS_PER_TASK:-} ]] || srun_args+=(--cpus-per-task="$SLURM_CPUS_PER_TASK")
+
+    log "job ${SLURM_JOB_NAME:-?} ${SLURM_JOB_ID} (restart ${SLURM_RESTART_COUNT:-0}) in $root"
+    log "run dir:    $RUN_DIR"
+    log "nodes:      ${SLURM_JOB_NODELIST:-?} ($nnodes) x $per_node rank(s), world size $world, $device"
+    log "config:     $config"
+    log "ds_config:  $ds_config"
+    log "command:    srun ${srun_args[*]} bash $HERE/launch.sh task --$(printf ' %q' "${cmd[@]}")"
+
+    trap 'on_signal USR1' USR1
+    trap 'on_signal TERM' TERM
+    srun "${srun_args[@]}" bash "$HERE/launch.sh" task -- "${cmd[@]}" &
+    SRUN_PID=$!
+    [[ -z $SIGNALLED ]] || kill -USR1 "$SRUN_PID" 2>/dev/null || true   # signal came early
+    # A trapped signal makes `wait` return early (status > 128): wait again until srun
+    # has really exited (bash keeps the exit status of a reaped child for a later wait).
+    local rc
+    while :; do
+        TRAPPED=0
+        rc=0
+        wait "$SRUN_PID" || rc=$?
+        ((TRAPPED)) || break
+    done
+    SRUN_PID=""
+    log "srun exited with status $rc"
+
+    local f
+    for f in "$RUN_DIR/config.yaml" "$RUN_DIR/ds_config.json"; do
+        [[ -f $f ]] || continue
+        echo "----- $f"
+        cat "$f"
+    done
+
+    if [[ -e $RUN_DIR/COMPLETED ]]; then
+        log "training completed ($RUN_DIR/COMPLETED)"
+    elif [[ $SIGNALLED == USR1 ]]; then
+        log "stopped before the end of training: requeueing job $SLURM_JOB_ID"
+        scontrol requeue "$SLURM_JOB_ID" || die "scontrol requeue $SLURM_JOB_ID failed"
+        exit 0   # (Slurm usually kills this shell first)
+    fi
+    exit "$rc"
+}
+
+case ${1:-} in
+    run) run ;;
+    task) shift; task "$@" ;;
+    print-env) print_env ;;
+    -h | --help | help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' ;;
+    *) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2 ;;
+esac
