@@ -19,7 +19,8 @@ def encode_mp4(frames: np.ndarray, fps: float = 8.0, crf: int = 23, gop: int | N
     with av.open(buf, mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=int(round(fps)))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": str(crf)}
+        # One thread and cpu-independent: identical frames give identical bytes on any CPU.
+        stream.options = {"crf": str(crf), "threads": "1", "x264-params": "cpu-independent=1"}
         if gop:
             stream.codec_context.gop_size = gop
         for frame in frames:

@@ -1,0 +1,315 @@
+"""Build WebDataset shards from ``Item`` lists: parallel, resumable, byte-reproducible.
+
+An output folder holds::
+
+    <prefix>-000000.tar ...    shards; shard k holds items [k*S, (k+1)*S) that built fine
+    errors.jsonl               skipped items, one {"row", "path", "reason"} a line
+    manifest.json              written last: the folder is complete when it exists
+    .build/settings.json       written first: a rerun must use the same settings
+    .build/<shard>.json        a shard's completion record (sample count + its errors)
+
+Every file is written to a temp name and renamed, so a killed run (even ``kill -9``)
+leaves only complete files; a rerun skips shards that have a completion record and
+rebuilds the rest, ending with the same bytes as an uninterrupted run. One shard is
+one unit of work, so the result does not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import json
+import multiprocessing as mp
+import os
+import signal
+import sys
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from tqdm import tqdm
+
+from turbo_ds.data.manifest_rows import Item, read_member
+from turbo_ds.data.shards import atomic_write_bytes, atomic_write_json, shard_name, write_manifest, write_shard
+from turbo_ds.data.transcode import TranscodeSettings, describe_error, probe, transcode
+from turbo_ds.data.video import CorruptVideo
+
+BUILD_DIR = ".build"
+SETTINGS = "settings.json"
+ERRORS = "errors.jsonl"
+TOOL = "data_prep/build_shards.py"
+# Settings whose option name is not simply "--" + the key with dashes.
+OPTION_NAMES = {"manifest_sha256": "--manifest (the file's contents changed)",
+                "input_shards_sha256": "--input-shards (the tar files changed)"}
+
+
+class BuildError(RuntimeError):
+    """The build cannot start (settings mismatch, a concurrent run); the message says how to fix it."""
+
+
+class SkipSample(Exception):
+    """This item cannot be built; it is listed in errors.jsonl and the build goes on."""
+
+
+SKIPPED = (SkipSample, CorruptVideo, OSError)
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """Everything that determines the output bytes (saved, and compared on every rerun)."""
+
+    task: str
+    inputs: tuple[tuple[str, Any], ...]  # identity of the input: paths and content hashes
+    video_root: str | None = None
+    shard_size: int = 256
+    prefix: str = "shard"
+    transcode: TranscodeSettings | None = TranscodeSettings()  # None: store the bytes as they are
+    class_names: tuple[str, ...] | None = None  # given with --class-names
+
+    def record(self) -> dict[str, Any]:
+        """A flat JSON-ready dict whose keys are named after the command-line options."""
+        encoding = asdict(self.transcode) if self.transcode else {}
+        rec = {"task": self.task, **dict(self.inputs), "video_root": self.video_root,
+               "shard_size": self.shard_size, "prefix": self.prefix,
+               "no_transcode": self.transcode is None, **encoding,
+               "class_names": list(self.class_names) if self.class_names is not None else None}
+        return json.loads(json.dumps(rec))  # tuples -> lists, as read back from disk
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One shard's work: self-contained so a worker process needs nothing else."""
+
+    name: str
+    items: tuple[Item, ...]
+    out: str
+    task: str
+    video_root: str | None
+    transcode: TranscodeSettings | None
+    class_ids: dict[str, int]
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    written: int
+    skipped: int
+    manifest: dict | None
+
+
+# ---------------------------------------------------------------- one sample
+
+def _load(item: Item, video_root: str | None) -> str | bytes:
+    """The video as a path (manifest input) or bytes (a member of an input shard)."""
+    if item.member is not None:
+        return read_member(*item.member)
+    path = Path(video_root or ".") / item.source
+    if not path.is_file():
+        raise SkipSample(f"file not found: {item.source}")
+    return str(path)
+
+
+def _shift_segments(segments: tuple[dict, ...], offset: float, duration: float) -> list[dict]:
+    """Segments moved onto the cut clip's timeline; those outside it are dropped."""
+    shifted = []
+    for seg in segments:
+        start, end = max(0.0, seg["start"] - offset), min(duration, seg["end"] - offset)
+        if end > start:
+            shifted.append({**seg, "start": round(start, 6), "end": round(end, 6)})
+    return shifted
+
+
+def _task_fields(item: Item, info: dict, cut: bool) -> dict[str, Any]:
+    """The json fields that carry the task's labels."""
+    fields: dict[str, Any] = {}
+    if item.label is not None:
+        fields["label"] = item.label
+    if item.captions:
+        fields["captions"] = list(item.captions)
+    if cut and item.start is not None:  # the clip starts at source time item.start
+        fields["source_start"] = item.start
+    if not cut:  # stored as is: the range still applies to the stored video
+        fields.update({k: v for k, v in (("start", item.start), ("end", item.end)) if v is not None})
+    if item.segments is not None:
+        fields["segments"] = (_shift_segments(item.segments, item.start or 0.0, info["duration"])
+                              if cut else list(item.segments))
+    return fields
+
+
+def make_sample(item: Item, job: ShardJob) -> dict[str, Any]:
+    """The shard sample for ``item``; raises one of SKIPPED when it cannot be built."""
+    if item.error is not None:
+        raise SkipSample(item.error)
+    src = _load(item, job.video_root)
+    if job.transcode is not None:
+        data, info = transcode(src, job.transcode, item.start, item.end)
+    else:
+        data = src if isinstance(src, bytes) else Path(src).read_bytes()
+        info = probe(data)
+    meta = {**info, "source": item.source, "row": item.row, **item.extra,
+            **_task_fields(item, info, cut=job.transcode is not None)}
+    sample = {"__key__": f"{item.index:09d}", "mp4": data, "json": meta}
+    if item.label is not None and job.task != "video_language":
+        sample["cls"] = job.class_ids[item.label]
+    if item.captions:
+        sample["txt"] = item.captions[0]
+    return sample
+
+
+def _reason(e: BaseException) -> str:
+    return str(e) if isinstance(e, SkipSample) else describe_error(e)
+
+
+def build_shard(job: ShardJob, progress: Callable[[], None] = lambda: None) -> tuple[int, int]:
+    """Write one shard and then its completion record; returns (written, skipped)."""
+    samples, errors = [], []
+    for item in job.items:
+        try:
+            samples.append(make_sample(item, job))
+        except SKIPPED as e:
+            errors.append({"row": item.row, "path": item.source, "reason": _reason(e)})
+        progress()
+    if samples:  # a shard whose items all failed has no tar, only its record
+        write_shard(Path(job.out) / job.name, samples)
+    atomic_write_json(_record_path(job.out, job.name), {"num_samples": len(samples), "errors": errors})
+    return len(samples), len(errors)
+
+
+# ---------------------------------------------------------------- worker processes
+
+_counter = None  # per worker: the shared count of finished items, for the progress bar
+
+
+def _die_with_parent(parent: int) -> None:
+    """A killed build (even kill -9) must not leave workers behind still writing into OUT."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+
+def _init_worker(counter, parent: int) -> None:
+    global _counter
+    _counter = counter
+    _die_with_parent(parent)
+
+
+def _count_one() -> None:
+    with _counter.get_lock():
+        _counter.value += 1
+
+
+def _run_in_worker(job: ShardJob) -> tuple[int, int]:
+    return build_shard(job, _count_one)
+
+
+def _run_jobs(jobs: list[ShardJob], workers: int, bar: tqdm) -> None:
+    if workers <= 1 or len(jobs) <= 1:  # in-process: no start-up cost, easy to debug
+        for job in jobs:
+            build_shard(job, lambda: bar.update(1))
+        return
+    # spawn: FFmpeg/threads in a forked child are not safe, and spawn is portable.
+    ctx = mp.get_context("spawn")
+    counter, start = ctx.Value("q", 0), bar.n
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker,
+                             initargs=(counter, os.getpid())) as pool:
+        pending = {pool.submit(_run_in_worker, job) for job in jobs}
+        while pending:
+            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            for future in done:
+                future.result()  # a worker's crash stops the build (rerun resumes)
+            bar.update(start + counter.value - bar.n)
+
+
+# ---------------------------------------------------------------- the output folder
+
+def _record_path(out: str | Path, name: str) -> Path:
+    return Path(out) / BUILD_DIR / f"{name}.json"
+
+
+def _option(key: str) -> str:
+    return OPTION_NAMES.get(key, "--" + key.replace("_", "-"))
+
+
+def _check_settings(out: Path, settings: dict[str, Any]) -> None:
+    """Save the settings on the first run; on a rerun they must match what built the folder."""
+    path = out / BUILD_DIR / SETTINGS
+    if not path.exists():
+        atomic_write_json(path, settings)
+        return
+    saved = json.loads(path.read_text())
+    diffs = [k for k in sorted(set(saved) | set(settings)) if saved.get(k) != settings.get(k)]
+    if diffs:
+        first = diffs[0]
+        more = f" (also differs: {', '.join(_option(k) for k in diffs[1:])})" if diffs[1:] else ""
+        raise BuildError(f"{out} holds shards built with different settings: {_option(first)} was "
+                         f"{saved.get(first)!r}, now {settings.get(first)!r}{more}. Use a new --out, or "
+                         f"delete {out} to rebuild it with the new settings.")
+
+
+@contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """One build per folder at a time; the lock dies with the process, so kill -9 frees it."""
+    with open(out / BUILD_DIR / "lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BuildError(f"another build_shards run is writing to {out}; "
+                             f"wait for it or use another --out") from None
+        yield
+
+
+def _remove_stale_temp(out: Path) -> None:
+    """Temp files of a killed run (see shards.atomic_write_bytes) are never completed: delete them."""
+    for path in [*out.glob(".*.tmp*"), *(out / BUILD_DIR).glob(".*.tmp*")]:
+        path.unlink(missing_ok=True)
+
+
+def _is_done(job: ShardJob) -> bool:
+    record = _record_path(job.out, job.name)
+    if not record.exists():
+        return False
+    return json.loads(record.read_text())["num_samples"] == 0 or (Path(job.out) / job.name).exists()
+
+
+def _jobs(items: list[Item], settings: BuildSettings, class_names: list[str] | None, out: Path) -> list[ShardJob]:
+    class_ids = {name: i for i, name in enumerate(class_names or [])}
+    size = settings.shard_size
+    return [ShardJob(shard_name(settings.prefix, k), tuple(items[start:start + size]), str(out), settings.task,
+                     settings.video_root, settings.transcode, class_ids)
+            for k, start in enumerate(range(0, len(items), size))]
+
+
+def _finish(out: Path, jobs: list[ShardJob], settings: BuildSettings, class_names: list[str] | None) -> BuildResult:
+    """Merge the shard records (in shard order) into errors.jsonl, then write the manifest."""
+    records = [json.loads(_record_path(out, job.name).read_text()) for job in jobs]
+    errors = [e for r in records for e in r["errors"]]
+    atomic_write_bytes(out / ERRORS, "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors).encode())
+    shards = [{"name": job.name, "num_samples": r["num_samples"]} for job, r in zip(jobs, records) if r["num_samples"]]
+    written = sum(s["num_samples"] for s in shards)
+    manifest = None
+    if written:
+        manifest = write_manifest(out, task=settings.task, shards=shards, class_names=class_names,
+                                  build={"tool": TOOL, "settings": settings.record()}, num_skipped=len(errors))
+    return BuildResult(written, len(errors), manifest)
+
+
+def build(items: list[Item], settings: BuildSettings, class_names: list[str] | None, out: str | Path,
+          workers: int = 1) -> BuildResult:
+    """Build (or finish building) ``out`` from ``items``; see the module docstring."""
+    out = Path(out)
+    if not (out / BUILD_DIR / SETTINGS).exists() and any(out.glob("*.tar")):
+        raise BuildError(f"{out} already holds .tar files not built by build_shards (no {BUILD_DIR}/{SETTINGS}): "
+                         f"use a new --out, or delete those files")
+    (out / BUILD_DIR).mkdir(parents=True, exist_ok=True)
+    with _exclusive(out):
+        _check_settings(out, settings.record())
+        _remove_stale_temp(out)
+        jobs = _jobs(items, settings, class_names, out)
+        pending = [job for job in jobs if not _is_done(job)]
+        done = len(items) - sum(len(job.items) for job in pending)
+        with tqdm(total=len(items), initial=done, unit="video", desc="build_shards", file=sys.stderr,
+                  mininterval=1.0, smoothing=0.1) as bar:
+            _run_jobs(pending, workers, bar)
+        return _finish(out, jobs, settings, class_names)
