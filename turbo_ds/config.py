@@ -42,6 +42,8 @@ class ModelConfig:
     "attention heads per block"
     mlp_ratio: float = 4.0
     "MLP hidden width as a multiple of the embedding width"
+    pos_embed: Literal["sincos", "learned"] = "sincos"
+    "space-time position embedding: fixed sinusoids (as VideoMAE) or learned"
 
 
 @dataclass

@@ -19,7 +19,7 @@ from turbo_ds.data.video import encode_mp4
 
 DIRECTIONS = {"up": (0.0, -1.0), "down": (0.0, 1.0), "left": (-1.0, 0.0), "right": (1.0, 0.0)}
 DIRECTION_WORDS = {"up": "up", "down": "down", "left": "to the left", "right": "to the right"}
-SPEEDS = {"slow": 1.0, "fast": 2.5}  # pixels per frame at 64 px, scaled with the frame size
+SPEEDS = {"slow": 1.5, "fast": 3.5}  # pixels per frame at 64 px, scaled with the frame size
 SPEED_WORDS = {"slow": "slowly", "fast": "quickly"}
 CLASS_NAMES = [f"{d}_{s}" for d in DIRECTIONS for s in SPEEDS]
 COLOURS = {
@@ -42,13 +42,13 @@ class DemoSettings:
 
 def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
     """A smooth random background: a coarse colour grid upsampled, plus fine grain."""
-    coarse = rng.uniform(30, 200, (5, 5, 3))
+    coarse = rng.uniform(70, 150, (5, 5, 3))
     pos = np.linspace(0, 4, size)
     i0 = np.floor(pos).astype(int).clip(0, 3)
     frac = (pos - i0)[:, None]
     rows = coarse[i0] * (1 - frac[..., None]) + coarse[i0 + 1] * frac[..., None]  # (S, 5, 3)
     cols = rows[:, i0] * (1 - frac[None, :, :]) + rows[:, i0 + 1] * frac[None, :, :]  # (S, S, 3)
-    return np.clip(cols + rng.normal(0, 12, cols.shape), 0, 255)
+    return np.clip(cols + rng.normal(0, 3, cols.shape), 0, 255)
 
 
 def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
@@ -73,7 +73,7 @@ def render_clip(rng: np.random.Generator, label: int, s: DemoSettings) -> tuple[
     for _ in range(rng.integers(1, 3)):
         colour = str(rng.choice(list(COLOURS)))
         objects.append(dict(shape=str(rng.choice(SHAPES)), colour=colour,
-                            radius=float(rng.uniform(5, 11) * s.size / 64),
+                            radius=float(rng.uniform(7, 13) * s.size / 64),
                             x=float(rng.uniform(0, s.size)), y=float(rng.uniform(0, s.size))))
     frames = np.empty((s.frames, s.size, s.size, 3), np.uint8)
     for t in range(s.frames):
@@ -85,7 +85,7 @@ def render_clip(rng: np.random.Generator, label: int, s: DemoSettings) -> tuple[
             img[_shape_mask(o["shape"], dx, dy, o["radius"])] = COLOURS[o["colour"]]
         frames[t] = img.astype(np.uint8)
 
-    nouns = [f"{'small' if o['radius'] < 8 * s.size / 64 else 'large'} {o['colour']} {o['shape']}" for o in objects]
+    nouns = [f"{'small' if o['radius'] < 10 * s.size / 64 else 'large'} {o['colour']} {o['shape']}" for o in objects]
     verb = "moves" if len(nouns) == 1 else "move"
     caption = f"a {' and a '.join(nouns)} {verb} {DIRECTION_WORDS[direction]} {SPEED_WORDS[speed]}"
     meta = {"direction": direction, "speed": speed, "pixels_per_frame": step, "objects": objects}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import signal
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -200,7 +201,14 @@ class EvalStream(IterableDataset):
             yield collate(chunk, f"eval{self.rank}", pos)
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    # Slurm signals every process of a job step; the training process handles preemption
+    # (finish the step, checkpoint) and its workers must survive until it is done.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_loader(stream: IterableDataset, num_workers: int) -> DataLoader:
     """Batches are formed inside the stream, so the DataLoader only adds worker processes."""
     return DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0,
-                      prefetch_factor=4 if num_workers else None)
+                      prefetch_factor=4 if num_workers else None, worker_init_fn=_ignore_stop_signals)

@@ -10,6 +10,15 @@ from turbo_ds.config import ModelConfig
 from turbo_ds.turbo import TokenSelector
 
 
+def sinusoid_table(num_tokens: int, dim: int) -> torch.Tensor:
+    """Fixed 1-D sin/cos table over the flattened (t, h, w) token index, as in VideoMAE."""
+    pos = torch.arange(num_tokens, dtype=torch.float64)[:, None]  # (N, 1)
+    freq = 10000 ** (-2 * (torch.arange(dim) // 2) / dim)  # (D,)
+    angles = pos * freq  # (N, D)
+    table = torch.where(torch.arange(dim) % 2 == 0, angles.sin(), angles.cos())
+    return table.float()[None]  # (1, N, D)
+
+
 class TubeletEmbed(nn.Module):
     """Cuts a clip into tubelets and projects only the kept ones.
 
@@ -70,8 +79,11 @@ class VideoViT(nn.Module):
         super().__init__()
         self.patch_embed = TubeletEmbed(cfg)
         num_tokens = (cfg.num_frames // cfg.tubelet_size) * (cfg.img_size // cfg.patch_size) ** 2
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, cfg.width))
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if cfg.pos_embed == "learned":
+            self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, cfg.width))
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        else:  # fixed: positions are informative from the first step
+            self.register_buffer("pos_embed", sinusoid_table(num_tokens, cfg.width), persistent=False)
         self.turbo = TokenSelector(keep_ratio, eval_keep_ratio)
         self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.width)
@@ -85,7 +97,8 @@ class VideoViT(nn.Module):
         if keep is not None:  # gather raw patches and their positions before any compute
             patches = patches.gather(1, keep[..., None].expand(-1, -1, patches.shape[-1]))  # (B, K, P)
             pos = pos.gather(1, keep[..., None].expand(-1, -1, self.width))  # (B, K, D)
-        x = self.patch_embed.embed(patches) + pos  # (B, K, D)
+        x = self.patch_embed.embed(patches)  # (B, K, D)
+        x = x + pos.to(x.dtype)  # a fixed table is a buffer, which engines may leave in fp32
         for block in self.blocks:
             x = block(x)
         return self.norm(x.mean(dim=1))  # (B, D)
