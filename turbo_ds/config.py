@@ -98,6 +98,8 @@ class TrainConfig:
     "evaluate every N steps (and always at the end)"
     ckpt_every: int = 500
     "save a checkpoint every N steps (and always at the end)"
+    stop_at_step: int | None = None
+    "checkpoint and stop this invocation at step N (split a run over several jobs); rerun to continue"
 
 
 @dataclass

@@ -128,14 +128,16 @@ class Trainer:
             if self.step % cfg.train.log_every == 0 or self.step == total:
                 self._log_train(window)
                 window = {"loss": 0.0, "n": 0, "t0": time.perf_counter(), "steps": 0}
-            stop = any_rank(self.preemption.signal is not None)
+            stop = any_rank(self.preemption.signal is not None) or self.step == cfg.train.stop_at_step
             if self.step % cfg.train.eval_every == 0 or self.step == total:
                 self.evaluate()
             if self.step % cfg.train.ckpt_every == 0 or self.step == total or stop:
                 self.save()
             if stop:
-                self.log.info(f"stopping at step {self.step} on {self.preemption.signal or 'a peer rank signal'}: "
-                              "checkpoint saved; rerun with the same run_dir to resume")
+                reason = "train.stop_at_step" if self.step == cfg.train.stop_at_step else (
+                    self.preemption.signal or "a peer rank's signal")
+                self.log.info(f"stopping at step {self.step} on {reason}: checkpoint saved; "
+                              "rerun with the same run_dir to resume")
                 break
         bar.close()
         if self.step >= total and self.dist.is_main:
