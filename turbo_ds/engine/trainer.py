@@ -166,19 +166,17 @@ class Trainer:
         """Every validation clip once across ranks; short ranks run padding batches so collectives match."""
         stream = EvalStream(self.cfg.data, self.cfg.model, self.dist.rank, self.dist.world, self.cfg.eval.batch_size)
         self.engine.eval()
-        start, sums, skipped, batches = time.perf_counter(), None, 0, iter(make_loader(stream, 0))
+        start, outputs, skipped, batches = time.perf_counter(), [], 0, iter(make_loader(stream, 0))
         for _ in range(stream.num_batches):
             batch = next(batches, None)
-            if batch is None:  # this rank is out of clips: forward a dummy batch, count nothing
-                self.engine(torch.zeros(1, 3, self.cfg.model.num_frames, self.cfg.model.img_size,
-                                        self.cfg.model.img_size, dtype=self.dtype))
+            if batch is None:  # this rank is out of clips: run the same collectives, record nothing
+                self.task.eval_padding(self.engine, self.dtype)
                 continue
-            part = self.task.eval_batch(self.engine, batch, self.dtype)
-            sums = part if sums is None else [a + b for a, b in zip(sums, part)]
+            outputs.append(self.task.eval_step(self.engine, batch, self.dtype))
             skipped = batch["position"]["skipped"]
-        totals = all_reduce_sum((sums or [0.0] * len(self.task.eval_sums)) + [skipped])
+        metrics = self.task.eval_metrics(outputs)  # reduces over ranks
         self.engine.train()
-        record = {"step": self.step, **self.task.eval_metrics(totals[:-1]), "eval/skipped_samples": int(totals[-1]),
+        record = {"step": self.step, **metrics, "eval/skipped_samples": int(all_reduce_sum([skipped])[0]),
                   "eval/keep_ratio": self.cfg.turbo.eval_keep_ratio, "eval/seconds": time.perf_counter() - start}
         self.log.metrics(record)
         shown = " | ".join(f"{k.removeprefix('eval/')} {v:.4f}" if isinstance(v, float) else f"{k.removeprefix('eval/')} {v}"

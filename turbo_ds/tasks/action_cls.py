@@ -8,14 +8,17 @@ import torch
 import torch.nn.functional as F
 
 from turbo_ds.config import Config
+from turbo_ds.engine.distributed import all_reduce_sum
 from turbo_ds.models.vit import VideoClassifier, VideoViT
 from turbo_ds.turbo import num_kept
 
 
 class ActionClassification:
-    eval_sums = ("correct1", "correct5", "count")
+    """The task interface the trainer uses: ``model``, ``tokens_kept/total``, ``loss``, and
+    ``eval_step`` per batch / ``eval_padding`` for ranks out of clips / ``eval_metrics`` over ranks."""
 
     def __init__(self, cfg: Config, manifest: dict[str, Any]):
+        self.cfg = cfg
         self.class_names = manifest["class_names"]
         if not self.class_names:
             raise ValueError(f"data.train={cfg.data.train}: manifest has no class_names; rebuild the shards "
@@ -30,14 +33,19 @@ class ActionClassification:
         return F.cross_entropy(logits.float(), batch["label"])
 
     @torch.no_grad()
-    def eval_batch(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], dtype: torch.dtype) -> list[float]:
-        """Per-batch sums of (top-1 hits, top-5 hits, clips); summed over batches and ranks."""
+    def eval_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], dtype: torch.dtype) -> list[float]:
+        """Per-batch (top-1 hits, top-5 hits, clips)."""
         logits = model(batch["video"].to(dtype)).float()  # (B, classes)
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (B, 5)
         hits = top5 == batch["label"][:, None]  # (B, 5)
         return [hits[:, 0].sum().item(), hits.any(dim=1).sum().item(), len(logits)]
 
-    def eval_metrics(self, sums: list[float]) -> dict[str, Any]:
-        correct1, correct5, count = sums
+    @torch.no_grad()
+    def eval_padding(self, model: torch.nn.Module, dtype: torch.dtype) -> None:
+        """A forward pass on a dummy clip, so ranks with fewer clips join ZeRO-3's collectives."""
+        model(torch.zeros(1, 3, self.cfg.model.num_frames, self.cfg.model.img_size, self.cfg.model.img_size, dtype=dtype))
+
+    def eval_metrics(self, outputs: list[list[float]]) -> dict[str, Any]:
+        correct1, correct5, count = all_reduce_sum([sum(col) for col in zip(*outputs)] if outputs else [0.0] * 3)
         return {"eval/top1": correct1 / max(count, 1), "eval/top5": correct5 / max(count, 1),
                 "eval/num_clips": int(count), "num_classes": len(self.class_names), "eval/chance": 1 / len(self.class_names)}
