@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -29,10 +30,17 @@ def tiny_overrides(demo: Path, run_dir: Path, *extra: str) -> list[str]:
     return [arg for s in sets for arg in ("--set", s)]
 
 
+def free_port() -> int:
+    """A free TCP port, so concurrent launches (tests, a user's run) do not collide on 29500."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_train(args: list[str], ranks: int | None = 2, ds_config: str = "ds_configs/zero0_bf16.json",
               config: str = "configs/demo_action_cls.yaml", timeout: int = 600) -> subprocess.CompletedProcess:
     """Run turbo_ds/train.py through the real deepspeed launcher (``ranks``) or directly (None)."""
-    launcher = ["deepspeed", "--num_gpus", str(ranks)] if ranks else [sys.executable]
+    launcher = ["deepspeed", "--num_gpus", str(ranks), "--master_port", str(free_port())] if ranks else [sys.executable]
     cmd = [*launcher, "turbo_ds/train.py", "--ds_config", ds_config, "--config", config, *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
