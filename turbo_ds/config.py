@@ -100,6 +100,14 @@ class TrainConfig:
     "save a checkpoint every N steps (and always at the end)"
     stop_at_step: int | None = None
     "checkpoint and stop this invocation at step N (split a run over several jobs); rerun to continue"
+    layer_decay: float = 1.0
+    "layer-wise LR decay: block i of L gets lr * layer_decay^(L + 1 - i); 1.0 = off (VideoMAE fine-tuning: 0.75)"
+    label_smoothing: float = 0.0
+    "label smoothing of the classification targets"
+    mixup_alpha: float = 0.0
+    "Mixup Beta(alpha, alpha) mixing of clip pairs; 0 = off (VideoMAE fine-tuning: 0.8)"
+    cutmix_alpha: float = 0.0
+    "CutMix Beta(alpha, alpha); the same box in every frame; 0 = off (VideoMAE fine-tuning: 1.0)"
 
 
 @dataclass
@@ -198,6 +206,12 @@ def validate(cfg: Config) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key}={value}: must be at least 1")
+    if not 0 < tr.layer_decay <= 1:
+        raise ConfigError(f"train.layer_decay={tr.layer_decay}: must be in (0, 1]; 1.0 turns it off")
+    for key, value in (("train.label_smoothing", tr.label_smoothing), ("train.mixup_alpha", tr.mixup_alpha),
+                       ("train.cutmix_alpha", tr.cutmix_alpha)):
+        if value < 0 or (key == "train.label_smoothing" and value >= 1):
+            raise ConfigError(f"{key}={value}: must be >= 0" + (" and < 1" if "smoothing" in key else ""))
     if not 0 <= tr.warmup_steps < tr.steps:
         raise ConfigError(f"train.warmup_steps={tr.warmup_steps}: must be in [0, train.steps={tr.steps})")
     if len(d.crop_scale) != 2 or not 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1:
@@ -273,6 +287,7 @@ def plan_batches(cfg: Config, ds: dict[str, Any], world: int) -> BatchPlan:
                           "(warmup_steps, steps, min_lr_ratio)")
     if ds.get("bf16", {}).get("enabled") and ds.get("fp16", {}).get("enabled"):
         raise ConfigError("ds_config: bf16 and fp16 are both enabled; enable at most one")
-    if "optimizer" not in ds:
-        raise ConfigError("ds_config optimizer: missing; add e.g. {\"type\": \"AdamW\", \"params\": {\"lr\": 1e-3}}")
+    if not isinstance(ds.get("optimizer", {}).get("params", {}).get("lr"), (int, float)):
+        raise ConfigError("ds_config optimizer.params.lr: missing; add e.g. \"optimizer\": {\"type\": \"AdamW\", "
+                          "\"params\": {\"lr\": 1e-3}} (the peak LR of the YAML's warmup-cosine schedule)")
     return plan

@@ -31,13 +31,30 @@ def warmup_cosine(warmup: int, total: int, min_ratio: float):
     return factor
 
 
-def param_groups(model: torch.nn.Module) -> list[dict[str, Any]]:
-    """No weight decay on biases, norms and position embeddings (1-D or embedding tables)."""
-    decay, no_decay = [], []
+def layer_id(name: str, depth: int) -> int:
+    """0 for embeddings, i + 1 for block i, depth + 1 for everything after the blocks."""
+    if ".blocks." in f".{name}":
+        return int(name.split("blocks.")[1].split(".")[0]) + 1
+    return 0 if "patch_embed" in name or "pos_embed" in name else depth + 1
+
+
+def param_groups(model: torch.nn.Module, base_lr: float, layer_decay: float = 1.0, depth: int = 0) -> list[dict[str, Any]]:
+    """No weight decay on biases, norms and position embeddings; optional layer-wise LR decay.
+
+    Each group carries its own lr (the JSON's lr times the layer's scale), which the
+    warmup-cosine schedule then multiplies.
+    """
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
     for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 or name.endswith("pos_embed") else decay).append(p)
-    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if not p.requires_grad:
+            continue
+        layer = layer_id(name, depth) if layer_decay < 1 else depth + 1
+        no_decay = p.ndim <= 1 or name.endswith("pos_embed")
+        group = groups.setdefault((layer, no_decay), {"params": [], "lr": base_lr * layer_decay ** (depth + 1 - layer)})
+        if no_decay:
+            group["weight_decay"] = 0.0
+        group["params"].append(p)
+    return list(groups.values())
 
 
 def compute_dtype(ds_config: dict[str, Any]) -> torch.dtype:
@@ -68,7 +85,8 @@ class Trainer:
         self.cfg, self.plan, self.dist, self.task, self.log = cfg, plan, dist_info, task, log
         self.dtype = compute_dtype(ds_config)
         schedule = warmup_cosine(cfg.train.warmup_steps, cfg.train.steps, cfg.train.min_lr_ratio)
-        self.engine, *_ = deepspeed.initialize(model=task.model, model_parameters=param_groups(task.model),
+        groups = param_groups(task.model, ds_config["optimizer"]["params"]["lr"], cfg.train.layer_decay, cfg.model.depth)
+        self.engine, *_ = deepspeed.initialize(model=task.model, model_parameters=groups,
                                                config=ds_config, lr_scheduler=lambda opt: LambdaLR(opt, schedule))
         self.checkpoints = Checkpointer(cfg.run_dir, dist_info)
         self.preemption = PreemptionFlag()

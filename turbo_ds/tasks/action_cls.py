@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from turbo_ds.config import Config
 from turbo_ds.engine.distributed import all_reduce_sum
 from turbo_ds.models.vit import VideoClassifier, VideoViT
+from turbo_ds.tasks.mixup import mix_batch, soft_targets
 from turbo_ds.turbo import num_kept
 
 
@@ -29,16 +30,23 @@ class ActionClassification:
         self.tokens_kept = num_kept(encoder.num_tokens, cfg.turbo.keep_ratio)
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-        logits = model(batch["video"].to(dtype))  # (B, classes)
-        return F.cross_entropy(logits.float(), batch["label"])
+        tr = self.cfg.train
+        video, targets = batch["video"], soft_targets(batch["label"], len(self.class_names), tr.label_smoothing)
+        if tr.mixup_alpha > 0 or tr.cutmix_alpha > 0:
+            video, targets = mix_batch(video, targets, tr.mixup_alpha, tr.cutmix_alpha)
+        logits = model(video.to(dtype))  # (B, classes)
+        return F.cross_entropy(logits.float(), targets)
 
     @torch.no_grad()
     def eval_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], dtype: torch.dtype) -> list[float]:
-        """Per-batch (top-1 hits, top-5 hits, clips)."""
-        logits = model(batch["video"].to(dtype)).float()  # (B, classes)
-        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (B, 5)
+        """Per-batch (top-1 hits, top-5 hits, videos); several views per video are softmax-averaged."""
+        video = batch["video"]
+        views = video.shape[1] if video.ndim == 6 else 1  # (B, V, C, T, H, W) for multi-view testing
+        probs = model(video.flatten(0, 1).to(dtype) if views > 1 else video.to(dtype)).float().softmax(-1)
+        scores = probs.unflatten(0, (-1, views)).mean(1)  # (B, classes)
+        top5 = scores.topk(min(5, scores.shape[1]), dim=1).indices  # (B, 5)
         hits = top5 == batch["label"][:, None]  # (B, 5)
-        return [hits[:, 0].sum().item(), hits.any(dim=1).sum().item(), len(logits)]
+        return [hits[:, 0].sum().item(), hits.any(dim=1).sum().item(), len(scores)]
 
     @torch.no_grad()
     def eval_padding(self, model: torch.nn.Module, dtype: torch.dtype) -> None:
