@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -28,8 +29,17 @@ def world_from_env() -> int:
 def init_distributed() -> DistInfo:
     import deepspeed  # imported here so config errors surface before DeepSpeed's start-up cost
 
+    if "RANK" not in os.environ:  # plain `python turbo_ds/train.py`: a one-process group, no launcher needed
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
     deepspeed.init_distributed()
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def barrier() -> None:
