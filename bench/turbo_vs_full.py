@@ -46,7 +46,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget-s", type=float, default=240, help="training wall-clock budget per setting (equal time)")
     p.add_argument("--steps", type=int, default=600, help="steps per setting (equal steps)")
-    p.add_argument("--calibration-steps", type=int, default=30)
+    p.add_argument("--calibration-steps", type=int, default=100, help="long enough to reach the steady state (second epoch)")
     p.add_argument("--config", default="configs/demo_action_cls.yaml")
     p.add_argument("--ds_config", default="ds_configs/zero0_bf16.json", help="copied with --micro-batch set")
     p.add_argument("--micro-batch", type=int, default=32, help="clips per step (the demo uses 2 ranks x 16)")
