@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from turbo_ds.config import ModelConfig
+from turbo_ds.config import ModelConfig, TurboConfig
 from turbo_ds.models.vit import VideoClassifier, VideoViT
 from turbo_ds.turbo import TokenSelector, num_kept, random_keep_indices
 
@@ -33,17 +33,20 @@ def test_random_indices_unique_sorted_in_range():
 
 
 def test_selector_uses_train_and_eval_ratios():
-    sel = TokenSelector(0.25, eval_keep_ratio=0.5)
+    grid, patch_shape = (2, 4, 5), (3, 2, 1, 1)
+    sel = TokenSelector(TurboConfig(keep_ratio=0.25, eval_keep_ratio=0.5), grid, patch_shape)
     patches = torch.zeros(3, 40, 6)
     assert sel.train()(patches).shape == (3, 10)
     assert sel.eval()(patches).shape == (3, 20)
-    assert TokenSelector(0.25, 1.0).eval()(patches) is None  # all tokens: no gather at all
+    assert TokenSelector(TurboConfig(keep_ratio=0.25), grid, patch_shape).eval()(patches) is None  # no gather at all
+    sel.set_keep_ratio(0.5)  # a schedule moves the training ratio only
+    assert sel.train()(patches).shape == (3, 20) and sel.num_kept(training=False) == 20
 
 
 def test_keep_ratio_one_equals_no_dropout():
     torch.manual_seed(0)
-    full = VideoViT(SMALL, keep_ratio=1.0)
-    turbo = VideoViT(SMALL, keep_ratio=0.25)
+    full = VideoViT(SMALL, 1.0)
+    turbo = VideoViT(SMALL, 0.25)
     turbo.load_state_dict(full.state_dict())
     x = torch.randn(2, 3, 4, 16, 16)
     assert torch.allclose(full.train()(x), turbo.eval()(x), atol=1e-6)
@@ -64,7 +67,7 @@ def test_gathered_linear_embedding_equals_conv3d():
 
 def test_classifier_trains_on_kept_tokens_only():
     torch.manual_seed(0)
-    model = VideoClassifier(VideoViT(dataclasses.replace(SMALL, pos_embed="learned"), keep_ratio=0.5), num_classes=3)
+    model = VideoClassifier(VideoViT(dataclasses.replace(SMALL, pos_embed="learned"), 0.5), num_classes=3)
     logits = model.train()(torch.randn(4, 3, 4, 16, 16))
     F.cross_entropy(logits, torch.tensor([0, 1, 2, 0])).backward()
     assert logits.shape == (4, 3)

@@ -44,16 +44,38 @@ class ModelConfig:
     "MLP hidden width as a multiple of the embedding width"
     pos_embed: Literal["sincos", "learned"] = "sincos"
     "space-time position embedding: fixed sinusoids (as VideoMAE) or learned"
+    qkv_bias: bool = True
+    "bias on the fused q/k/v projection (VideoMAE's q/v biases load into it, with a zero k bias)"
+    norm_eps: float = 1e-6
+    "LayerNorm epsilon (original VideoMAE 1e-6; transformers' VideoMAE configs 1e-12)"
+    drop_path: float = 0.0
+    "stochastic depth rate of the last block, increasing linearly from 0 over depth"
+    activation_checkpointing: bool = False
+    "recompute each block in the backward pass instead of storing its activations"
+    pretrained: str | None = None
+    "local weights to start from: a transformers VideoMAE directory or an original VideoMAE .pth"
 
 
 @dataclass
 class TurboConfig:
-    strategy: Literal["random"] = "random"
-    "how kept tokens are chosen during training"
+    strategy: Literal["random", "tube", "frame_balanced", "motion"] = "random"
+    "how kept tokens are chosen: uniform, same spatial set at every time step, equal share per time step, motion-weighted"
     keep_ratio: float = 0.25
-    "fraction of space-time tokens kept in training, in (0, 1]"
+    "fraction of space-time tokens kept in training, in (0, 1] (the start of a linear/cosine schedule)"
     eval_keep_ratio: float = 1.0
     "fraction of tokens kept at evaluation, in (0, 1]"
+    motion_temperature: float = 1.0
+    "motion: Gumbel top-k temperature on motion scores (normalised to mean 1 per clip); 0 = pure top-k"
+    motion_mix: float = 0.0
+    "motion: fraction of the kept tokens picked uniformly at random among the rest, in [0, 1]"
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    "training keep ratio over steps: constant keep_ratio, or a ramp from keep_ratio to keep_ratio_end"
+    keep_ratio_end: float | None = None
+    "keep ratio at the end of a linear/cosine ramp, in (0, 1]; required by those schedules"
+    ramp_steps: int = 0
+    "steps of the linear/cosine ramp (0 = every step before the full-token phase)"
+    full_token_steps: int = 0
+    "the last N training steps keep every token (unmasked tuning, as in FLIP)"
 
 
 @dataclass
@@ -68,8 +90,18 @@ class DataConfig:
     "loader worker processes per rank (0 decodes in the training process)"
     shuffle_buffer: int = 256
     "samples held in the shuffle buffer of each loader stream"
+    prefetch_factor: int = 2
+    "batches each loader worker prepares ahead of the training loop"
+    resampled: bool = False
+    "draw training shards with replacement per rank/worker (multi-node: any shard count fits any world size)"
     decoded_cache_clips: int = 0
-    "decoded clips kept in memory per loader stream (for tiny datasets; 0 = off)"
+    "fully decoded videos kept in memory per loader stream (for tiny datasets; 0 = off: decode only picked frames)"
+    decode_threads: int = 1
+    "FFmpeg decoder threads per loader process (1 is fastest when workers fill the cores; 0 = FFmpeg picks)"
+    sampling: Literal["uniform", "dense"] = "uniform"
+    "temporal sampling: one pick per equal segment of the whole video, or one window of consecutive picks"
+    frame_stride: int = 4
+    "dense sampling: frames between consecutive picks (the window spans (num_frames - 1) * stride + 1 frames)"
     crop_scale: list[float] = field(default_factory=lambda: [0.7, 1.0])
     "random resized crop: range of the crop area as a fraction of the frame"
     hflip_prob: float = 0.5
@@ -113,12 +145,66 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     batch_size: int = 64
-    "clips per evaluation batch on each rank"
+    "videos per evaluation batch on each rank"
+    num_clips: int = 1
+    "temporal clips per video, evenly spaced (views = num_clips x num_crops; scores averaged over views)"
+    num_crops: int = 1
+    "spatial crops per clip: 1 = centre, 3 = start/centre/end of the long side"
+
+
+@dataclass
+class TextConfig:
+    tokenizer: str | None = None
+    "sentencepiece .model (data_prep/train_tokenizer.py) or a local transformers tokenizer folder (video_language)"
+    train_tokenizer_if_missing: bool = False
+    "at start-up, train a sentencepiece tokenizer on data.train's captions into text.tokenizer if it is missing"
+    tokenizer_vocab_size: int = 8000
+    "pieces of a tokenizer trained at start-up (shrinks, with a warning, when the captions support fewer)"
+    tokenizer_type: Literal["unigram", "bpe"] = "unigram"
+    "sentencepiece algorithm of a tokenizer trained at start-up (bpe keeps whole words of a small vocabulary)"
+    max_length: int = 32
+    "tokens per caption incl. bos/eos ([CLS]/[SEP]); shorter captions are padded, longer ones truncated and counted"
+    pretrained: str | None = None
+    "local transformers text-model folder (save_pretrained output, e.g. BERT); None = a new BERT from width/depth/heads"
+    width: int = 256
+    "hidden size of a new BERT text encoder (ignored with text.pretrained)"
+    depth: int = 4
+    "layers of a new BERT text encoder (ignored with text.pretrained)"
+    heads: int = 4
+    "attention heads of a new BERT text encoder (ignored with text.pretrained)"
+    dropout: float = 0.1
+    "dropout on the text encoder's hidden states and attention (overrides a pretrained model's)"
+    pooling: Literal["cls", "mean"] = "cls"
+    "caption feature: output at the first token (bos / [CLS]) or the mean over non-pad tokens"
+    freeze: bool = False
+    "freeze the whole text encoder (its projection head and the temperature still train)"
+    freeze_layers: int = 0
+    "freeze the text embeddings and the lowest N text encoder layers (0 = train all)"
+    embed_dim: int = 256
+    "shared video-text embedding size: the output of both projection heads"
+    temperature: float = 0.07
+    "initial softmax temperature of the contrastive loss; learned, with 1/temperature clamped to at most 100"
+
+
+@dataclass
+class LongVideoConfig:
+    frames: int = 64
+    "frames F per video, sampled uniformly over the whole video (segments mode: a multiple of model.num_frames)"
+    mode: Literal["segments", "joint"] = "segments"
+    "segments: a shared encoder per model.num_frames-frame segment + temporal Transformer; joint: one encoder over all F"
+    temporal_depth: int = 2
+    "segments mode: blocks of the temporal Transformer over the segment embeddings (0 = pooling only)"
+    temporal_heads: int = 4
+    "segments mode: attention heads of the temporal Transformer (must divide model.width)"
+    pooling: Literal["cls", "mean", "concat"] = "cls"
+    "segments mode: clip feature from a learned CLS token, the mean over segments, or all segments in order (head sees each)"
+    eval_chunk_segments: int = 0
+    "segments mode: encode this many segments of each clip at a time in evaluation (0 = all; same output, less memory)"
 
 
 @dataclass
 class Config:
-    task: Literal["action_cls"] = "action_cls"
+    task: Literal["action_cls", "video_language", "long_video"] = "action_cls"
     "which task to train"
     run_dir: str = "runs/default"
     "run directory: resolved configs, metrics.jsonl, checkpoints; reused to resume"
@@ -127,6 +213,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    long_video: LongVideoConfig = field(default_factory=LongVideoConfig)
 
 
 # ---------------------------------------------------------------------------- building
@@ -188,12 +276,95 @@ def _apply_override(tree: dict[str, Any], assignment: str) -> None:
     node[leaf] = yaml.safe_load(raw) if raw.strip() else ""
 
 
+def _validate_text(cfg: Config) -> None:
+    """text.*: ranges always; the tokenizer and weights files only when the task uses them."""
+    x = cfg.text
+    for key, value in (("text.width", x.width), ("text.depth", x.depth), ("text.heads", x.heads),
+                       ("text.embed_dim", x.embed_dim)):
+        if value < 1:
+            raise ConfigError(f"{key}={value}: must be at least 1")
+    if x.width % x.heads:
+        raise ConfigError(f"text.width={x.width}: must be divisible by text.heads={x.heads}")
+    if x.max_length < 3:
+        raise ConfigError(f"text.max_length={x.max_length}: must be at least 3 (bos, one token, eos)")
+    if x.tokenizer_vocab_size <= 4:
+        raise ConfigError(f"text.tokenizer_vocab_size={x.tokenizer_vocab_size}: must exceed the 4 special pieces")
+    if not 0 <= x.dropout < 1:
+        raise ConfigError(f"text.dropout={x.dropout}: must be in [0, 1)")
+    if x.temperature < 0.01:
+        raise ConfigError(f"text.temperature={x.temperature}: must be >= 0.01 (1/temperature is clamped to 100)")
+    if x.freeze_layers < 0 or (x.pretrained is None and x.freeze_layers > x.depth):
+        raise ConfigError(f"text.freeze_layers={x.freeze_layers}: must be in [0, text.depth={x.depth}]")
+    if cfg.task != "video_language":
+        return
+    if x.tokenizer is None:
+        raise ConfigError("text.tokenizer: required by task=video_language; give a sentencepiece .model or a "
+                          "transformers tokenizer folder")
+    found = Path(x.tokenizer).exists() or Path(x.tokenizer + ".model").is_file()
+    if not found and not x.train_tokenizer_if_missing:
+        prefix = x.tokenizer.removesuffix(".model")
+        raise ConfigError(f"text.tokenizer={x.tokenizer}: no such file; build it with python "
+                          f"data_prep/train_tokenizer.py --out {prefix} --shards {cfg.data.train}, set "
+                          "text.train_tokenizer_if_missing=true, or give a local transformers tokenizer folder")
+    if x.pretrained is not None and not (Path(x.pretrained) / "config.json").is_file():
+        raise ConfigError(f"text.pretrained={x.pretrained}: no config.json there; give a local transformers "
+                          "model folder (model.save_pretrained(DIR))")
+
+
+def _validate_long_video(cfg: Config) -> None:
+    """long_video.*: ranges always; how frames split into segments only when the task uses them."""
+    lv, m = cfg.long_video, cfg.model
+    for key, value in (("long_video.frames", lv.frames), ("long_video.temporal_heads", lv.temporal_heads)):
+        if value < 1:
+            raise ConfigError(f"{key}={value}: must be at least 1")
+    for key, value in (("long_video.temporal_depth", lv.temporal_depth),
+                       ("long_video.eval_chunk_segments", lv.eval_chunk_segments)):
+        if value < 0:
+            raise ConfigError(f"{key}={value}: must be at least 0")
+    if cfg.task != "long_video":
+        return
+    if lv.mode == "segments":
+        if lv.frames % m.num_frames:
+            raise ConfigError(f"long_video.frames={lv.frames}: must be a multiple of model.num_frames={m.num_frames} "
+                              f"(segments mode cuts the clip into segments of model.num_frames frames), e.g. "
+                              f"{max(1, lv.frames // m.num_frames) * m.num_frames}")
+        if m.width % lv.temporal_heads:
+            raise ConfigError(f"long_video.temporal_heads={lv.temporal_heads}: must divide model.width={m.width}")
+    elif lv.frames % m.tubelet_size:
+        raise ConfigError(f"long_video.frames={lv.frames}: must be a multiple of model.tubelet_size={m.tubelet_size} "
+                          "(joint mode encodes all frames as one clip)")
+    if cfg.data.sampling != "uniform":
+        raise ConfigError(f"data.sampling={cfg.data.sampling}: task=long_video samples frames uniformly over the "
+                          "whole video; set data.sampling=uniform")
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks that types alone cannot express."""
+    _validate_text(cfg)
+    _validate_long_video(cfg)
     m, t, d, tr = cfg.model, cfg.turbo, cfg.data, cfg.train
     for key, ratio in (("turbo.keep_ratio", t.keep_ratio), ("turbo.eval_keep_ratio", t.eval_keep_ratio)):
         if not 0 < ratio <= 1:
             raise ConfigError(f"{key}={ratio}: must be in (0, 1]; 0.25 keeps a quarter of the tokens")
+    if t.schedule != "constant" and t.keep_ratio_end is None:
+        raise ConfigError(f"turbo.keep_ratio_end: required by turbo.schedule={t.schedule}; set the ratio the ramp ends at")
+    if t.keep_ratio_end is not None and not 0 < t.keep_ratio_end <= 1:
+        raise ConfigError(f"turbo.keep_ratio_end={t.keep_ratio_end}: must be in (0, 1]")
+    if not 0 <= t.motion_mix <= 1:
+        raise ConfigError(f"turbo.motion_mix={t.motion_mix}: must be in [0, 1] (fraction of kept tokens picked at random)")
+    if t.motion_temperature < 0:
+        raise ConfigError(f"turbo.motion_temperature={t.motion_temperature}: must be >= 0 (0 = pure top-k)")
+    if t.ramp_steps < 0:
+        raise ConfigError(f"turbo.ramp_steps={t.ramp_steps}: must be >= 0 (0 = ramp over the whole run)")
+    if not 0 <= t.full_token_steps < tr.steps:
+        raise ConfigError(f"turbo.full_token_steps={t.full_token_steps}: must be in [0, train.steps={tr.steps})")
+    if not 0 <= m.drop_path < 1:
+        raise ConfigError(f"model.drop_path={m.drop_path}: must be in [0, 1)")
+    if m.norm_eps <= 0:
+        raise ConfigError(f"model.norm_eps={m.norm_eps}: must be > 0")
+    if m.pretrained is not None and not Path(m.pretrained).exists():
+        raise ConfigError(f"model.pretrained={m.pretrained}: no such file or directory; give a local transformers "
+                          "VideoMAE directory or a VideoMAE .pth")
     if m.img_size % m.patch_size:
         raise ConfigError(f"model.img_size={m.img_size}: must be a multiple of model.patch_size={m.patch_size}")
     if m.num_frames % m.tubelet_size:
@@ -202,7 +373,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.width={m.width}: must be divisible by model.heads={m.heads}")
     positive = {"train.steps": tr.steps, "train.log_every": tr.log_every, "train.eval_every": tr.eval_every,
                 "train.ckpt_every": tr.ckpt_every, "eval.batch_size": cfg.eval.batch_size,
-                "model.depth": m.depth, "model.width": m.width, "data.shuffle_buffer": d.shuffle_buffer}
+                "model.depth": m.depth, "model.width": m.width, "data.shuffle_buffer": d.shuffle_buffer,
+                "data.prefetch_factor": d.prefetch_factor, "data.frame_stride": d.frame_stride,
+                "eval.num_clips": cfg.eval.num_clips}
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key}={value}: must be at least 1")
@@ -218,6 +391,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.crop_scale={d.crop_scale}: must be [min, max] with 0 < min <= max <= 1")
     if len(d.mean) != 3 or len(d.std) != 3:
         raise ConfigError("data.mean and data.std: need 3 values (RGB)")
+    for key, value in (("data.num_workers", d.num_workers), ("data.decode_threads", d.decode_threads),
+                       ("data.decoded_cache_clips", d.decoded_cache_clips)):
+        if value < 0:
+            raise ConfigError(f"{key}={value}: must be at least 0")
+    if cfg.eval.num_crops not in (1, 3):
+        raise ConfigError(f"eval.num_crops={cfg.eval.num_crops}: must be 1 (centre) or 3 (start/centre/end)")
     if d.generate_demo and Path(d.train).parent != Path(d.val).parent:
         raise ConfigError(f"data.generate_demo: data.train={d.train} and data.val={d.val} must share a parent "
                           "folder (the demo is written to PARENT/train and PARENT/val)")

@@ -1,0 +1,237 @@
+"""Training-step time and memory of our encoder vs transformers' VideoMAE at several keep ratios.
+
+One step = forward + backward + AdamW step of encoder + linear head with cross-entropy.
+``turbo_ds`` drops tokens before the patch projection (TokenSelector); ``videomae`` is
+``transformers.VideoMAEModel`` built from a config (random init, nothing downloaded) whose
+``bool_masked_pos`` drops the same number of random tokens per sample after embedding,
+followed by the same head (mean pool, LayerNorm, Linear).
+
+Each (impl, keep ratio) runs in a fresh subprocess so memory figures do not mix:
+  step_s       median step time over --repeats steps after --warmup steps
+  peak_mem_mb  peak memory of the steps above a baseline taken once weights, inputs,
+               gradients and AdamW state exist, i.e. the per-step transient memory
+               (activations and temporaries) that token dropout shrinks. CPU: peak RSS
+               (VmHWM, reset at the baseline; ru_maxrss growth where it cannot be reset);
+               CUDA: torch.cuda.max_memory_allocated.
+  state_mb     memory of gradients + AdamW state (the same at every keep ratio)
+
+    python bench/turbo_speed.py                                  # ViT-S/16, 16 x 224^2, batch 2, CPU
+    python bench/turbo_speed.py --frames 8 --size 112 --repeats 2 --json /tmp/speed.json
+    python bench/turbo_speed.py --device cuda --batch 8 --amp
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
+
+IMPLS = ("turbo_ds", "videomae")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS))
+    p.add_argument("--keep-ratios", nargs="+", type=float, default=[1.0, 0.5, 0.25, 0.125])
+    p.add_argument("--strategy", default="random", choices=["random", "tube", "frame_balanced", "motion"],
+                   help="turbo_ds token selection (videomae always drops random tokens)")
+    p.add_argument("--width", type=int, default=384)
+    p.add_argument("--depth", type=int, default=12)
+    p.add_argument("--heads", type=int, default=6)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--patch", type=int, default=16)
+    p.add_argument("--tubelet", type=int, default=2)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--classes", type=int, default=400)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--amp", action="store_true", help="bf16 autocast")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, help="write {'results': [...]} here")
+    p.add_argument("--child", help=argparse.SUPPRESS)  # internal: 'impl:keep' measured in this process
+    return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------ models
+
+
+class VideoMAEClassifier(nn.Module):
+    """transformers' VideoMAE encoder + the same head as ours; drops tokens through bool_masked_pos."""
+
+    def __init__(self, args: argparse.Namespace):
+        super().__init__()
+        from transformers import VideoMAEConfig, VideoMAEModel
+        cfg = VideoMAEConfig(hidden_size=args.width, num_hidden_layers=args.depth, num_attention_heads=args.heads,
+                             intermediate_size=4 * args.width, num_frames=args.frames, image_size=args.size,
+                             patch_size=args.patch, tubelet_size=args.tubelet, use_mean_pooling=True)
+        self.videomae = VideoMAEModel(cfg)
+        self.fc_norm = nn.LayerNorm(args.width)
+        self.head = nn.Linear(args.width, args.classes)
+
+    def forward(self, video: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        tokens = self.videomae(pixel_values=video, bool_masked_pos=mask).last_hidden_state  # (B, K, D)
+        return self.head(self.fc_norm(tokens.mean(dim=1)))  # (B, classes)
+
+
+def build(impl: str, keep: float, args: argparse.Namespace):
+    """Model and a ``step_input()`` giving the forward's arguments (token choice is drawn per step)."""
+    grid = (args.frames // args.tubelet, args.size // args.patch, args.size // args.patch)
+    num_tokens = grid[0] * grid[1] * grid[2]
+    if impl == "turbo_ds":
+        from turbo_ds.config import ModelConfig, TurboConfig
+        from turbo_ds.models.vit import VideoClassifier, VideoViT
+        cfg = ModelConfig(num_frames=args.frames, img_size=args.size, patch_size=args.patch, tubelet_size=args.tubelet,
+                          width=args.width, depth=args.depth, heads=args.heads)
+        model = VideoClassifier(VideoViT(cfg, TurboConfig(strategy=args.strategy, keep_ratio=keep)), args.classes)
+        video = torch.randn(args.batch, 3, args.frames, args.size, args.size, device=args.device)  # (B, C, T, H, W)
+        return model, lambda: (video,)
+    from turbo_ds.turbo import num_kept, random_keep_indices
+    model = VideoMAEClassifier(args)
+    video = torch.randn(args.batch, args.frames, 3, args.size, args.size, device=args.device)  # (B, T, C, H, W)
+    keep_n = num_kept(num_tokens, keep)
+
+    def step_input():
+        if keep_n == num_tokens:
+            return video, None
+        kept = random_keep_indices(args.batch, num_tokens, keep_n, args.device)
+        mask = torch.ones(args.batch, num_tokens, dtype=torch.bool, device=args.device)
+        return video, mask.scatter_(1, kept, False)  # True = dropped, as VideoMAE expects
+
+    return model, step_input
+
+
+# --------------------------------------------------------------- measuring
+
+
+def _rss_peak_kb() -> int:
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
+
+
+def _rss_kb() -> int:
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _reset_rss_peak() -> bool:
+    """Reset the peak RSS to the current RSS (Linux >= 4.0); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def measure(impl: str, keep: float, args: argparse.Namespace) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    cuda = args.device == "cuda"
+    model, step_input = build(impl, keep, args)
+    model = model.to(args.device).train()
+    labels = torch.randint(0, args.classes, (args.batch,), device=args.device)
+    # Fused AdamW (CPU since torch 2.4, and CUDA): ~3x faster than the per-tensor loop on CPU; same for both impls.
+    try:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, fused=True)
+    except RuntimeError:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=False)  # gradients stay allocated: part of the resident state
+        with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.amp):
+            logits = model(*step_input())
+        F.cross_entropy(logits.float(), labels).backward()
+        opt.step()
+
+    # Resident training state first (gradients + AdamW moments), so the peak below is per-step memory.
+    before_state = torch.cuda.memory_allocated() if cuda else _rss_kb() * 1024
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    state = (torch.cuda.memory_allocated() if cuda else _rss_kb() * 1024) - before_state
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        exact = _reset_rss_peak()
+        base = (_rss_kb() if exact else _rss_peak_kb()) * 1024
+    times = []
+    for i in range(args.warmup + args.repeats):
+        t0 = time.perf_counter()
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated() if cuda else _rss_peak_kb() * 1024
+    return {"impl": impl, "keep_ratio": keep, "step_s": statistics.median(times), "peak_mem_mb": (peak - base) / 2**20,
+            "state_mb": state / 2**20, "times_s": times, "threads": torch.get_num_threads()}
+
+
+def run_child(impl: str, keep: float, argv: list[str]) -> dict:
+    cmd = [sys.executable, __file__, *argv, "--child", f"{impl}:{keep}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{impl} keep {keep} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.child:
+        impl, keep = args.child.split(":")
+        print(json.dumps(measure(impl, float(keep), args)))
+        return
+    grid = (args.frames // args.tubelet, args.size // args.patch, args.size // args.patch)
+    print(f"width {args.width} depth {args.depth} heads {args.heads} | {args.frames} frames of {args.size}^2, patch "
+          f"{args.patch}, tubelet {args.tubelet}: {grid[0] * grid[1] * grid[2]} tokens | batch {args.batch} | "
+          f"{args.device}{' bf16' if args.amp else ''} | threads {args.threads or 'default'} | warmup {args.warmup}, "
+          f"repeats {args.repeats} | turbo_ds strategy {args.strategy}", flush=True)
+    print(f"{'impl':<10} {'keep':>6} {'step s':>9} {'speedup':>8} {'peak MB':>9} {'vs 1.0':>7} {'state MB':>9}", flush=True)
+    results, refs = [], {}
+    for keep in args.keep_ratios:  # impls alternate, so a noisy spell on a shared machine hits both
+        for impl in args.impls:
+            r = run_child(impl, keep, argv)  # the child re-parses the same options
+            refs[impl] = r if keep == 1.0 else refs.get(impl)
+            ref = refs[impl]
+            speedup = f"{ref['step_s'] / r['step_s']:.2f}x" if ref else "-"
+            mem = f"{r['peak_mem_mb'] / ref['peak_mem_mb']:.2f}x" if ref and ref["peak_mem_mb"] > 0 else "-"
+            print(f"{impl:<10} {keep:>6.3f} {r['step_s']:>9.3f} {speedup:>8} {r['peak_mem_mb']:>9.0f} {mem:>7} "
+                  f"{r['state_mb']:>9.0f}", flush=True)
+            results.append(r)
+    by = {(r["impl"], r["keep_ratio"]): r["step_s"] for r in results}
+    for keep in args.keep_ratios:
+        if ("turbo_ds", keep) in by and ("videomae", keep) in by:
+            print(f"turbo_ds / videomae step time at keep {keep}: {by['turbo_ds', keep] / by['videomae', keep]:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k not in ("json", "child")},
+                                         "results": results}, indent=1, default=str))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
