@@ -1,12 +1,18 @@
 """WebDataset loaders: one ordered list of stages per split.
 
-Training stream of one rank (infinite; epoch e is a deterministic function of the seed):
+Training stream of one rank/worker (infinite; epoch e is a deterministic function of the seed):
 
-    shards --shuffle(seed, e)--> split by node --> split by worker --> tar samples
-      --> shuffle buffer --> decode mp4 (skip + count corrupt) --> sample T frames
-      --> random resized crop + flip --> normalise --> batch
+    1. shards: shuffle(seed, e) -> split by node -> split by worker
+       (data.resampled: draw shards with replacement, seeded by (seed, e, rank, worker))
+    2. tar samples (a truncated or garbage member is skipped and counted)
+    3. shuffle buffer
+    4. choose frame indices from the container metadata (uniform segments or a dense window),
+       decode only those frames (a corrupt mp4 is skipped and counted)
+    5. choose the crop box and flip
+    6. batch: crop + flip + resize on uint8, normalise straight into the batch tensor
 
-Evaluation stream: every shard in order, sample i goes to rank i % world, centre crop.
+Evaluation stream: every shard in order, sample i goes to rank i % world (then to worker
+(i // world) % workers); num_clips x num_crops views per sample, no randomness.
 Augmentation randomness is seeded per sample by (seed, epoch, key), so a sample looks
 the same whichever worker decodes it.
 """
@@ -14,41 +20,76 @@ the same whichever worker decodes it.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import random
 import signal
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.filters import _shuffle
 from webdataset.tariterators import tarfile_samples
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from turbo_ds.config import DataConfig, ModelConfig
+from turbo_ds.config import DataConfig, EvalConfig, ModelConfig
 from turbo_ds.data import transforms as T
 from turbo_ds.data.shards import read_manifest, shard_paths
-from turbo_ds.data.video import CorruptVideo, decode_frames, sample_indices
+from turbo_ds.data.video import CorruptVideo, decode_frames, dense_indices, read_frames, sample_indices
+
+
+Targets = Literal["label", "captions"]  # what a task learns from: `cls` ids, or `txt`/json captions
+
+
+def sample_captions(sample: dict) -> list[str]:
+    """The ``txt`` caption plus any further ones in ``json["captions"]``; none is bad input."""
+    captions = [sample["txt"].decode()] if "txt" in sample else []
+    if "json" in sample:
+        extra = json.loads(sample["json"]).get("captions")
+        captions += [c for c in extra or [] if isinstance(c, str) and c not in captions]
+    if not captions:
+        raise ValueError("sample has no caption")
+    return captions
 
 
 @dataclass
 class ClipSpec:
-    """What the model needs from each sample, and how to augment it."""
+    """What the model needs from each sample, and how to sample and augment it."""
 
     frames: int
     size: int
     train: bool
+    sampling: str
+    frame_stride: int
     crop_scale: tuple[float, float]
     hflip_prob: float
-    mean: list[float]
-    std: list[float]
+    num_clips: int
+    num_crops: int
+    normalize: T.Normalizer
+    targets: Targets = "label"
 
     @classmethod
-    def from_config(cls, data: DataConfig, model: ModelConfig, train: bool) -> "ClipSpec":
-        return cls(model.num_frames, model.img_size, train, tuple(data.crop_scale), data.hflip_prob, data.mean, data.std)
+    def from_config(cls, data: DataConfig, model: ModelConfig, train: bool, evaluation: EvalConfig | None = None,
+                    frames: int | None = None, targets: Targets = "label") -> "ClipSpec":
+        """``frames`` overrides model.num_frames (a long video feeds several encoder clips)."""
+        views = (1, 1) if train or evaluation is None else (evaluation.num_clips, evaluation.num_crops)
+        return cls(frames or model.num_frames, model.img_size, train, data.sampling, data.frame_stride,
+                   tuple(data.crop_scale), data.hflip_prob, *views, T.Normalizer(data.mean, data.std), targets)
+
+    @property
+    def views(self) -> int:
+        return self.num_clips * self.num_crops
+
+    def frame_indices(self, num_frames: int, rng: np.random.Generator | None) -> np.ndarray:
+        """The frames of all temporal clips, clip after clip: (num_clips * frames,)."""
+        def pick(clip: int) -> np.ndarray:
+            if self.sampling == "dense":
+                return dense_indices(num_frames, self.frames, self.frame_stride, rng, clip, self.num_clips)
+            return sample_indices(num_frames, self.frames, rng, clip, self.num_clips)
+        return np.concatenate([pick(k) for k in range(self.num_clips)])
 
 
 class StreamPosition:
@@ -75,55 +116,73 @@ class StreamPosition:
 
 
 class DecodedCache:
-    """A small LRU of decoded clips keyed by sample key (for datasets that fit in memory)."""
+    """A small LRU of fully decoded videos keyed by sample key (for datasets that fit in memory).
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity, self.items = capacity, OrderedDict()
+    With the cache off, only the picked frames are decoded; with it on, a video is decoded
+    whole once so that later epochs can pick other frames from memory.
+    """
 
-    def get(self, key: str, data: bytes) -> np.ndarray:
+    def __init__(self, capacity: int, threads: int = 1) -> None:
+        self.capacity, self.threads, self.items = capacity, threads, OrderedDict()
+
+    def read(self, key: str, data: bytes, spec: ClipSpec, rng: np.random.Generator | None) -> np.ndarray:
+        """The frames ``spec`` picks for this sample: (num_clips * frames, H, W, 3) uint8."""
+        if not self.capacity:
+            return read_frames(data, lambda n: spec.frame_indices(n, rng), self.threads)
         if key in self.items:
             self.items.move_to_end(key)
-            return self.items[key]
-        clip = decode_frames(data)
-        if self.capacity:
-            self.items[key] = clip
+        else:
+            self.items[key] = decode_frames(data, self.threads)
             if len(self.items) > self.capacity:
                 self.items.popitem(last=False)
-        return clip
-
-
-def prepare_clip(frames: np.ndarray, spec: ClipSpec, rng: np.random.Generator | None) -> torch.Tensor:
-    """Decoded (F, H, W, 3) uint8 -> normalised (C, T, size, size) float."""
-    clip = torch.from_numpy(frames[sample_indices(len(frames), spec.frames, rng)])  # (T, H, W, C)
-    h, w = clip.shape[1:3]
-    if spec.train:
-        box = T.random_resized_crop_box(h, w, spec.crop_scale, rng)
-        x = T.crop_resize(clip, box, spec.size)
-        if rng.random() < spec.hflip_prob:
-            x = x.flip(-1)
-    else:
-        x = T.crop_resize(clip, T.center_crop_box(h, w), spec.size)
-    return T.normalize(x, spec.mean, spec.std)
+        video = self.items[key]
+        return video[spec.frame_indices(len(video), rng)]
 
 
 def decode_samples(samples: Iterator[dict], spec: ClipSpec, cache: DecodedCache, pos: StreamPosition,
                    seed: int) -> Iterator[dict]:
-    """Decode and augment each sample; corrupt ones are counted and skipped, never fatal."""
+    """Decode each sample's picked frames and choose its views; corrupt ones are counted and skipped, never fatal."""
     for s in samples:
+        rng = np.random.default_rng([seed, pos.epoch, zlib.crc32(s["__key__"].encode())]) if spec.train else None
         try:
-            frames = cache.get(s["__key__"], s["mp4"])
-            label = int(s["cls"])
+            target = {"label": int(s["cls"])} if spec.targets == "label" else {"captions": sample_captions(s)}
+            frames = cache.read(s["__key__"], s["mp4"], spec, rng)
         except (CorruptVideo, KeyError, ValueError, TypeError):
             pos.skipped += 1
             continue
-        rng = np.random.default_rng([seed, pos.epoch, zlib.crc32(s["__key__"].encode())]) if spec.train else None
-        yield {"video": prepare_clip(frames, spec, rng), "label": label}
+        h, w = frames.shape[1:3]
+        if spec.train:
+            box = T.random_resized_crop_box(h, w, spec.crop_scale, rng)
+            views = [(0, box, bool(rng.random() < spec.hflip_prob))]
+        else:  # clip-major: view v = clip * num_crops + crop
+            boxes = T.spatial_crop_boxes(h, w, spec.num_crops)
+            views = [(k, box, False) for k in range(spec.num_clips) for box in boxes]
+        if "captions" in target and spec.train:  # one caption per clip per epoch, seeded like the crop
+            target["text"] = target["captions"][int(rng.integers(len(target["captions"])))]
+        yield {"frames": frames.reshape(spec.num_clips, spec.frames, h, w, 3), "views": views, "key": s["__key__"],
+               **target}
 
 
-def collate(samples: list[dict], stream: str, position: StreamPosition) -> dict[str, Any]:
-    return {"video": torch.stack([s["video"] for s in samples]),  # (B, C, T, H, W)
-            "label": torch.tensor([s["label"] for s in samples]),  # (B,)
-            "stream": stream, "position": position.state()}
+def _empty_batch(*shape: int) -> torch.Tensor:
+    if get_worker_info() is None:
+        return torch.empty(shape)
+    # In a loader worker, build the batch in shared memory (as torch's default_collate does):
+    # handing it to the training process then moves no pixels.
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * 4)
+    return torch.empty(0).set_(storage).view(shape)
+
+
+def collate(samples: list[dict], spec: ClipSpec, stream: str, position: StreamPosition) -> dict[str, Any]:
+    """Crop, resize and normalise every view straight into its slot of one preallocated batch tensor."""
+    video = _empty_batch(len(samples), spec.views, 3, spec.frames, spec.size, spec.size)  # (B, V, C, T, H, W)
+    for slots, s in zip(video, samples):
+        clips = torch.from_numpy(s["frames"])  # (clips, T, H, W, C) uint8
+        for slot, (k, box, flip) in zip(slots, s["views"]):
+            spec.normalize(T.crop_flip_resize(clips[k], box, flip, spec.size), out=slot)
+    targets = ({"label": torch.tensor([s["label"] for s in samples])} if spec.targets == "label"  # (B,)
+               else {"captions": [s["captions"] for s in samples], "text": [s.get("text") for s in samples]})
+    return {"video": video if spec.views > 1 else video.flatten(0, 1),  # (B, V, C, T, H, W) or (B, C, T, H, W)
+            **targets, "key": [s["key"] for s in samples], "stream": stream, "position": position.state()}
 
 
 def _worker() -> tuple[int, int]:
@@ -139,23 +198,37 @@ class TrainStream(IterableDataset):
     """
 
     def __init__(self, data: DataConfig, model: ModelConfig, rank: int, world: int, batch_size: int, seed: int,
-                 resume: dict[str, dict[str, int]] | None = None):
+                 resume: dict[str, dict[str, int]] | None = None, frames: int | None = None,
+                 targets: Targets = "label"):
         self.manifest = read_manifest(data.train)
         self.shards = shard_paths(data.train, self.manifest)
         readers = world * max(1, data.num_workers)
-        if len(self.shards) < readers:
+        if data.resampled and self.manifest["num_samples"] < readers:
+            raise ValueError(f"data.train={data.train}: {self.manifest['num_samples']} samples cannot give each of "
+                             f"{world} ranks x {max(1, data.num_workers)} workers an epoch; lower data.num_workers")
+        if not data.resampled and len(self.shards) < readers:
             raise ValueError(f"data.train={data.train}: {len(self.shards)} shards cannot feed {world} ranks x "
-                             f"{max(1, data.num_workers)} workers; rebuild with a smaller shard size or lower data.num_workers")
-        self.spec = ClipSpec.from_config(data, model, train=True)
+                             f"{max(1, data.num_workers)} workers; rebuild with a smaller shard size, lower "
+                             "data.num_workers or set data.resampled=true")
+        self.spec = ClipSpec.from_config(data, model, train=True, frames=frames, targets=targets)
         self.data, self.rank, self.world, self.batch_size, self.seed = data, rank, world, batch_size, seed
         self.resume = resume or {}
 
     def epoch_samples(self, epoch: int, worker: int, workers: int, pos: StreamPosition) -> Iterator[dict]:
         """The raw (undecoded) samples this rank/worker reads in ``epoch``, in order."""
-        shards = list(self.shards)
-        random.Random(f"{self.seed}-{epoch}").shuffle(shards)  # same order on every rank
-        mine = shards[self.rank :: self.world][worker::workers]  # split by node, then by worker
-        samples = tarfile_samples(({"url": u} for u in mine), handler=pos.tar_handler)
+        if self.data.resampled:
+            # Every stream draws its own shards with replacement, so any shard count suits any
+            # world size; its epoch is its share of the manifest. A good shard yields at least
+            # one sample, so that many draws suffice (fewer samples only if shards are broken).
+            share = self.manifest["num_samples"] // (self.world * workers)
+            draw = random.Random(f"resample-{self.seed}-{epoch}-{self.rank}-{worker}")
+            urls = ({"url": draw.choice(self.shards)} for _ in range(share))
+            samples = itertools.islice(tarfile_samples(urls, handler=pos.tar_handler), share)
+        else:
+            shards = list(self.shards)
+            random.Random(f"{self.seed}-{epoch}").shuffle(shards)  # same order on every rank
+            mine = shards[self.rank :: self.world][worker::workers]  # split by node, then by worker
+            samples = tarfile_samples(({"url": u} for u in mine), handler=pos.tar_handler)
         rng = random.Random(f"{self.seed}-{epoch}-{self.rank}-{worker}")
         return _shuffle(samples, self.data.shuffle_buffer, self.data.shuffle_buffer // 2, rng=rng)
 
@@ -163,7 +236,7 @@ class TrainStream(IterableDataset):
         worker, workers = _worker()
         stream = f"rank{self.rank}/worker{worker}"
         pos = StreamPosition(**self.resume.get(stream, {}))
-        cache = DecodedCache(self.data.decoded_cache_clips)
+        cache = DecodedCache(self.data.decoded_cache_clips, self.data.decode_threads)
         skip, pos.consumed = pos.consumed, 0  # counted again while skipping
         while True:
             raw = pos.count(self.epoch_samples(pos.epoch, worker, workers, pos))
@@ -172,33 +245,48 @@ class TrainStream(IterableDataset):
             for sample in decode_samples(raw, self.spec, cache, pos, self.seed):
                 batch.append(sample)
                 if len(batch) == self.batch_size:
-                    yield collate(batch, stream, pos)
+                    yield collate(batch, self.spec, stream, pos)
                     batch = []
             # A partial batch at the end of an epoch is dropped, like drop_last.
             pos.epoch, pos.consumed, skip = pos.epoch + 1, 0, 0
 
 
 class EvalStream(IterableDataset):
-    """Every validation sample exactly once across ranks: sample i goes to rank i % world."""
+    """Every validation sample exactly once across ranks (and workers): sample i goes to rank i % world.
 
-    def __init__(self, data: DataConfig, model: ModelConfig, rank: int, world: int, batch_size: int):
+    With ``evaluation.num_clips * num_crops = V > 1`` views, ``video`` is (B, V, C, T, H, W).
+    ``num_workers`` must equal the loader's; ``num_batches`` accounts for the split.
+    """
+
+    def __init__(self, data: DataConfig, model: ModelConfig, rank: int, world: int, batch_size: int,
+                 evaluation: EvalConfig | None = None, num_workers: int = 0, frames: int | None = None,
+                 targets: Targets = "label"):
         self.manifest = read_manifest(data.val)
         self.shards = shard_paths(data.val, self.manifest)
-        self.spec = ClipSpec.from_config(data, model, train=False)
-        self.rank, self.world, self.batch_size = rank, world, batch_size
+        self.spec = ClipSpec.from_config(data, model, train=False, evaluation=evaluation, frames=frames,
+                                         targets=targets)
+        self.data, self.rank, self.world, self.batch_size = data, rank, world, batch_size
+        self.workers = max(1, num_workers)
 
     @property
     def num_batches(self) -> int:
         """Batches on the busiest rank; every rank runs this many (padding) so collectives line up."""
-        return math.ceil(math.ceil(self.manifest["num_samples"] / self.world) / self.batch_size)
+        def batches(rank: int) -> int:
+            local = len(range(rank, self.manifest["num_samples"], self.world))
+            return sum(math.ceil(len(range(w, local, self.workers)) / self.batch_size) for w in range(self.workers))
+        return max(batches(r) for r in range(self.world))
 
     def __iter__(self) -> Iterator[dict]:
+        worker, workers = _worker()
+        if workers != self.workers:
+            raise ValueError(f"EvalStream(num_workers={self.workers}) is read by {workers} loader workers; "
+                             "pass the same count to both")
         pos = StreamPosition()
         samples = tarfile_samples(({"url": u} for u in self.shards), handler=pos.tar_handler)
-        mine = pos.count(itertools.islice(samples, self.rank, None, self.world))
-        decoded = decode_samples(mine, self.spec, DecodedCache(0), pos, seed=0)
+        mine = itertools.islice(itertools.islice(samples, self.rank, None, self.world), worker, None, workers)
+        decoded = decode_samples(pos.count(mine), self.spec, DecodedCache(0, self.data.decode_threads), pos, seed=0)
         while chunk := list(itertools.islice(decoded, self.batch_size)):
-            yield collate(chunk, f"eval{self.rank}", pos)
+            yield collate(chunk, self.spec, f"eval{self.rank}/worker{worker}", pos)
 
 
 def _ignore_stop_signals(worker_id: int) -> None:
@@ -208,7 +296,11 @@ def _ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def make_loader(stream: IterableDataset, num_workers: int) -> DataLoader:
-    """Batches are formed inside the stream, so the DataLoader only adds worker processes."""
+def make_loader(stream: TrainStream | EvalStream, num_workers: int, prefetch_factor: int | None = None) -> DataLoader:
+    """Batches are formed inside the stream, so the DataLoader only adds worker processes.
+
+    ``prefetch_factor`` (batches queued per worker) defaults to the stream's ``data.prefetch_factor``.
+    """
+    prefetch = prefetch_factor or stream.data.prefetch_factor
     return DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0,
-                      prefetch_factor=4 if num_workers else None, worker_init_fn=_ignore_stop_signals)
+                      prefetch_factor=prefetch if num_workers else None, worker_init_fn=_ignore_stop_signals)

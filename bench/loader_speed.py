@@ -1,0 +1,214 @@
+#!/usr/bin/env python
+"""Clips/s of the full training loader next to a raw PyAV decode loop on the same clips.
+
+    python bench/loader_speed.py --shards DIR_OR_GLOB --json out.json [--workers 2 --batches 100 --batch-size 8]
+    python bench/loader_speed.py --make-long /tmp/long --json long.json [--sampling dense --stride 2]
+
+Loader: TrainStream through make_loader with W workers (decode only the picked frames +
+sample + crop/resize/normalise + collate), decoded cache off. Raw: W processes, each
+decoding every frame of its share of the same clips with plain PyAV (``container.decode``
++ ``frame.to_ndarray(format="rgb24")``, default threading); also the same loop with the
+loader's decoder settings ("tuned": shared RGB converter, ``--decode-threads``) for
+reference. Runs alternate (raw, tuned, loader) ``--repeats`` times; medians are reported,
+so load from other processes hits all three alike. CPU ms/clip (all processes' user +
+system time) shows the work done, which other processes on the machine do not distort.
+``--make-long DIR`` first writes 64-frame 128x128 clips with 1-s GOPs (gop 8 at 8 fps) to
+DIR/train and benchmarks those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import glob
+import io
+import json
+import multiprocessing as mp
+import resource
+import statistics
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain checkout
+
+import av  # noqa: E402
+import numpy as np  # noqa: E402
+
+from turbo_ds.config import DataConfig, ModelConfig  # noqa: E402
+from turbo_ds.data.demo import CLASS_NAMES, DemoSettings, render_clip  # noqa: E402
+from turbo_ds.data.pipeline import TrainStream, make_loader  # noqa: E402
+from turbo_ds.data.shards import MANIFEST, read_manifest, shard_name, write_manifest, write_shard  # noqa: E402
+from turbo_ds.data.video import decode_frames, encode_mp4  # noqa: E402
+
+
+def make_long_clips(folder: Path, clips: int, frames: int = 64, size: int = 128, gop: int = 8,
+                    shard_size: int = 8) -> Path:
+    """Demo-style clips, longer and larger, with a keyframe every ``gop`` frames (1 s at 8 fps)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    settings, shards = DemoSettings(frames=frames, size=size), []
+    for k, start in enumerate(range(0, clips, shard_size)):
+        samples = []
+        for i in range(start, min(start + shard_size, clips)):
+            label = i % len(CLASS_NAMES)
+            video, _, _ = render_clip(np.random.default_rng([7, i]), label, settings)
+            samples.append({"__key__": f"long{i:07d}", "mp4": encode_mp4(video, settings.fps, gop=gop), "cls": label})
+        write_shard(folder / shard_name("long", k), samples)
+        shards.append({"name": shard_name("long", k), "num_samples": len(samples)})
+    write_manifest(folder, task="action_cls", shards=shards, class_names=CLASS_NAMES,
+                   build={"tool": "bench/loader_speed.py", "frames": frames, "size": size, "gop": gop})
+    return folder
+
+
+def dataset_folder(spec: str) -> Path:
+    """A dataset folder as given, or a temporary one (links + manifest) for a glob of tar shards."""
+    if (Path(spec) / MANIFEST).is_file():
+        return Path(spec)
+    tars = sorted(glob.glob(spec))
+    if not tars:
+        sys.exit(f"--shards {spec}: neither a dataset folder with {MANIFEST} nor a glob matching tar shards")
+    folder = Path(tempfile.mkdtemp(prefix="loader_speed_"))
+    shards = []
+    for path in tars:
+        (folder / Path(path).name).symlink_to(Path(path).resolve())
+        with tarfile.open(path) as tar:
+            shards.append({"name": Path(path).name, "num_samples": sum(m.name.endswith(".mp4") for m in tar)})
+    write_manifest(folder, task="action_cls", shards=shards, class_names=None)
+    return folder
+
+
+def read_clips(folder: Path, count: int) -> list[bytes]:
+    clips = []
+    for shard in read_manifest(folder)["shards"]:
+        with tarfile.open(folder / shard["name"]) as tar:
+            clips += [tar.extractfile(m).read() for m in tar if m.name.endswith(".mp4")]
+    return [clips[i % len(clips)] for i in range(count)]
+
+
+def plain_decode(data: bytes) -> int:
+    with av.open(io.BytesIO(data)) as container:
+        return len([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def tuned_decode(data: bytes, threads: int = 1) -> int:
+    return len(decode_frames(data, threads))
+
+
+def cpu_seconds() -> float:
+    """User + system time of this process and of its finished (joined) children."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _raw_worker(clips: list[bytes], decode, barrier, results) -> None:
+    barrier.wait()
+    start, frames = time.perf_counter(), sum(decode(c) for c in clips)
+    results.put((time.perf_counter() - start, frames))
+
+
+def raw_rate(clips: list[bytes], workers: int, decode) -> dict[str, float]:
+    """Clips/s and frames/s of ``workers`` processes decoding their shares of ``clips`` in a tight loop."""
+    ctx = mp.get_context("fork")
+    barrier, results = ctx.Barrier(workers), ctx.Queue()
+    procs = [ctx.Process(target=_raw_worker, args=(clips[w::workers], decode, barrier, results))
+             for w in range(workers)]
+    cpu = cpu_seconds()
+    for p in procs:
+        p.start()
+    done = [results.get() for _ in procs]
+    for p in procs:
+        p.join()
+    elapsed = max(t for t, _ in done)  # the wall time until the slowest process finished
+    return {"clips_per_s": len(clips) / elapsed, "frames_per_s": sum(f for _, f in done) / elapsed,
+            "cpu_ms_per_clip": (cpu_seconds() - cpu) * 1e3 / len(clips)}
+
+
+def loader_rate(data: DataConfig, model: ModelConfig, batch_size: int, batches: int, warmup: int) -> dict[str, float]:
+    """Clips/s of a fresh loader after ``warmup`` batches (worker start-up excluded from the wall time).
+
+    Its CPU time covers everything (start-up, warm-up, batches prefetched but never taken),
+    so ``cpu_ms_per_clip`` slightly overstates the loader's cost.
+    """
+    cpu = cpu_seconds()
+    batches_iter = iter(make_loader(TrainStream(data, model, 0, 1, batch_size, seed=0), data.num_workers))
+    for _ in range(warmup):
+        next(batches_iter)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(batches_iter)
+    elapsed = time.perf_counter() - start
+    del batches_iter  # shut the workers down (and reap them) before the next raw run
+    return {"clips_per_s": batches * batch_size / elapsed,
+            "cpu_ms_per_clip": (cpu_seconds() - cpu) * 1e3 / ((warmup + batches) * batch_size)}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--shards", help="dataset folder (tar shards + manifest.json) or a glob of tar shards")
+    src.add_argument("--make-long", metavar="DIR", help="write 64-frame 128x128 gop-8 clips to DIR/train and use them")
+    p.add_argument("--json", required=True, help="write the figures here")
+    p.add_argument("--workers", type=int, default=2, help="loader workers = raw decode processes")
+    p.add_argument("--batches", type=int, default=100, help="timed batches per loader run (and clips for raw runs)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=None, help="untimed batches first (default 2 x workers)")
+    p.add_argument("--repeats", type=int, default=3, help="alternating raw/loader runs; medians are reported")
+    p.add_argument("--frames", type=int, default=16, help="model.num_frames")
+    p.add_argument("--size", type=int, default=None, help="model.img_size (default: the clips' size)")
+    p.add_argument("--sampling", choices=["uniform", "dense"], default="uniform")
+    p.add_argument("--stride", type=int, default=4, help="data.frame_stride for dense sampling")
+    p.add_argument("--decode-threads", type=int, default=1)
+    p.add_argument("--long-clips", type=int, default=64, help="clips written by --make-long")
+    a = p.parse_args(argv)
+
+    if a.make_long:
+        folder = Path(a.make_long) / "train"
+        if not (folder / MANIFEST).is_file():
+            make_long_clips(folder, a.long_clips)
+    else:
+        folder = dataset_folder(a.shards)
+    clips = read_clips(folder, a.batches * a.batch_size)
+    height, width = decode_frames(clips[0]).shape[1:3]
+    frames_per_clip = len(decode_frames(clips[0]))
+    size = a.size or min(height, width)
+    data = DataConfig(train=str(folder), val=str(folder), num_workers=a.workers, decoded_cache_clips=0,
+                      sampling=a.sampling, frame_stride=a.stride, decode_threads=a.decode_threads, shuffle_buffer=64)
+    model = ModelConfig(num_frames=a.frames, img_size=size)
+    warmup = 2 * max(1, a.workers) if a.warmup is None else a.warmup
+    procs = max(1, a.workers)
+
+    runs = {"raw": [], "tuned": [], "loader": []}
+    for _ in range(a.repeats):
+        runs["raw"].append(raw_rate(clips, procs, plain_decode))
+        runs["tuned"].append(raw_rate(clips, procs, functools.partial(tuned_decode, threads=a.decode_threads)))
+        runs["loader"].append(loader_rate(data, model, a.batch_size, a.batches, warmup))
+    med = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
+    raw, tuned, loader = med["raw"], med["tuned"], med["loader"]
+    result = {
+        "loader_clips_per_s": loader["clips_per_s"], "raw_decode_clips_per_s": raw["clips_per_s"],
+        "ratio": loader["clips_per_s"] / raw["clips_per_s"],
+        "loader_frames_per_s": loader["clips_per_s"] * a.frames,  # frames delivered (decoded: these + GOP lead-ins)
+        "raw_decode_frames_per_s": raw["frames_per_s"],  # every frame of every clip
+        "tuned_decode_clips_per_s": tuned["clips_per_s"],
+        "ratio_vs_tuned": loader["clips_per_s"] / tuned["clips_per_s"],
+        "loader_cpu_ms_per_clip": loader["cpu_ms_per_clip"], "raw_decode_cpu_ms_per_clip": raw["cpu_ms_per_clip"],
+        "tuned_decode_cpu_ms_per_clip": tuned["cpu_ms_per_clip"],
+        "workers": a.workers, "batch_size": a.batch_size, "batches": a.batches, "repeats": a.repeats,
+        "frames": a.frames, "size": size, "sampling": a.sampling, "frame_stride": a.stride,
+        "decode_threads": a.decode_threads, "clip_frames": frames_per_clip, "clip_hw": [height, width],
+        "shards": str(folder), "runs": runs,
+    }
+    Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"clips: {frames_per_clip} frames of {height}x{width}; model {a.frames} frames at {size} px, "
+          f"{a.sampling} sampling; {a.workers} workers / processes; medians of {a.repeats} runs")
+    print(f"{'':30s}{'clips/s':>9s}{'frames/s':>10s}{'vs raw':>8s}{'CPU ms/clip':>13s}")
+    for name, m, frames_s in [("raw PyAV decode (all frames)", raw, raw["frames_per_s"]),
+                              ("tuned decode (all frames)", tuned, tuned["frames_per_s"]),
+                              ("loader (picked frames)", loader, result["loader_frames_per_s"])]:
+        print(f"{name:30s}{m['clips_per_s']:9.1f}{frames_s:10.0f}{m['clips_per_s'] / raw['clips_per_s']:7.2f}x"
+              f"{m['cpu_ms_per_clip']:13.2f}")
+
+if __name__ == "__main__":
+    main()
