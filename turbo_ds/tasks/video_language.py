@@ -1,0 +1,163 @@
+"""Video-language contrastive learning: video ViT (Turbo) + text Transformer, symmetric InfoNCE
+over the global batch, text<->video retrieval at evaluation.
+
+Negatives are global: each rank gathers every rank's embeddings (with gradients) and
+computes the loss of the whole global batch, so R ranks x b clips train exactly like one
+process on R*b clips (see ``all_gather_with_grad`` for why no extra loss scaling is needed).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from turbo_ds.config import Config, ConfigError, TextConfig
+from turbo_ds.data.tokenizer import TextTokenizer, load_tokenizer
+from turbo_ds.engine.distributed import all_reduce_sum
+from turbo_ds.engine.gather import all_gather_objects, all_gather_with_grad
+from turbo_ds.models.pretrained import load_pretrained
+from turbo_ds.models.text import TextEncoder, VideoTextModel
+from turbo_ds.models.vit import VideoViT
+from turbo_ds.tasks.retrieval import retrieval_metrics
+
+COUNTERS = ("captions", "truncated_captions", "empty_captions")
+
+
+def contrastive_loss(video: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE on (N, E) normalised embeddings where row i of each is a matching pair."""
+    logits = logit_scale * video @ text.T  # (N, N): video i vs caption j
+    target = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+# ------------------------------------------------------------------ tokenizer
+
+
+def prepare_tokenizer(cfg: Config, log: Callable[[str], None] = print) -> None:
+    """Rank 0, before ``build_task``: train the sentencepiece tokenizer on data.train's captions when
+    ``text.train_tokenizer_if_missing`` and it does not exist yet. Atomic: a run killed mid-way leaves none."""
+    text, path = cfg.text, Path(cfg.text.tokenizer)
+    if path.exists() or path.with_name(path.name + ".model").exists() or not text.train_tokenizer_if_missing:
+        return
+    from data_prep.train_tokenizer import read_captions, train  # the same trainer as the command line
+
+    prefix = Path(text.tokenizer.removesuffix(".model"))
+    tmp = prefix.with_name(f"{prefix.name}.tmp{os.getpid()}")
+    captions = read_captions(None, cfg.data.train)
+    vocab = train(captions, tmp, text.tokenizer_type, text.tokenizer_vocab_size, 0.9995, 2_000_000)
+    os.replace(f"{tmp}.vocab", f"{prefix}.vocab")
+    os.replace(f"{tmp}.model", f"{prefix}.model")  # last: its presence marks a complete tokenizer
+    log(f"trained tokenizer {prefix}.model ({vocab} pieces) on {len(captions)} captions of {cfg.data.train}")
+
+
+def build_tokenizer(text: TextConfig) -> TextTokenizer:
+    try:
+        return load_tokenizer(text.tokenizer)
+    except (ValueError, OSError) as e:  # the message names the path and the command that builds it
+        raise ConfigError(f"text.tokenizer={text.tokenizer}: {e}") from e
+
+
+def check_text_model(text: TextConfig, encoder: TextEncoder, tokenizer: TextTokenizer) -> None:
+    """A tokenizer whose ids the text model does not embed trains garbage (or crashes on a GPU): stop now."""
+    if tokenizer.vocab_size != encoder.vocab_size:
+        raise ConfigError(
+            f"text.tokenizer={text.tokenizer} has {tokenizer.vocab_size} tokens but text.pretrained={text.pretrained} "
+            f"embeds {encoder.vocab_size}; use the tokenizer saved with that model (its folder works as "
+            "text.tokenizer), or drop text.pretrained to train a new text encoder on this tokenizer")
+    if text.max_length > encoder.max_positions:
+        raise ConfigError(f"text.max_length={text.max_length}: text.pretrained={text.pretrained} has only "
+                          f"{encoder.max_positions} positions")
+
+
+# ----------------------------------------------------------------------- task
+
+
+class VideoLanguage:
+    """The trainer's task interface (see ``ActionClassification``), plus ``counters``: cumulative
+    caption counts of this rank's training batches, for the trainer to sum over ranks and log."""
+
+    targets = "captions"
+
+    def __init__(self, cfg: Config, manifest: dict[str, Any]):
+        self.cfg, self.clip_frames = cfg, cfg.model.num_frames
+        self.tokenizer = build_tokenizer(cfg.text)
+        self.encoder = VideoViT(cfg.model, cfg.turbo)
+        self.pretrained_report = load_pretrained(self.encoder, cfg.model.pretrained) if cfg.model.pretrained else None
+        text = TextEncoder(cfg.text, self.tokenizer.vocab_size, self.tokenizer.pad_id)
+        check_text_model(cfg.text, text, self.tokenizer)
+        self.model = VideoTextModel(self.encoder, text, cfg.text.embed_dim, cfg.text.temperature)
+        self.tokens_total = self.encoder.num_tokens
+        self.train_counts, self.eval_counts = dict.fromkeys(COUNTERS, 0), dict.fromkeys(COUNTERS, 0)
+
+    @property
+    def tokens_kept(self) -> int:
+        return self.encoder.turbo.num_kept(training=True)
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Cumulative caption counts of this rank's training batches (since this process started)."""
+        return {f"text/{k}": v for k, v in self.train_counts.items()}
+
+    def encode(self, captions: list[str], counts: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokenize in this process, counting captions, truncated ones and empty ones (encoded as bos, eos)."""
+        ids, mask, truncated = self.tokenizer.encode(captions, self.cfg.text.max_length)  # (M, L) each
+        for key, n in (("captions", len(captions)), ("truncated_captions", truncated),
+                       ("empty_captions", sum(not c.strip() for c in captions))):
+            counts[key] += n
+        return ids, mask
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, Any], dtype: torch.dtype) -> torch.Tensor:
+        video = batch["video"].to(dtype)  # (b, C, T, H, W)
+        ids, mask = self.encode(batch["text"], self.train_counts)
+        v, t, scale = model(video=video, input_ids=ids.to(video.device), attention_mask=mask.to(video.device))
+        # Every rank computes the same loss on the global batch: mean over R*b pairs, no rescaling.
+        return contrastive_loss(all_gather_with_grad(v), all_gather_with_grad(t), scale)
+
+    @torch.no_grad()
+    def eval_step(self, model: torch.nn.Module, batch: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
+        """This rank's video embeddings (averaged over views), caption embeddings and caption -> local video index."""
+        captions = [c for caps in batch["captions"] for c in caps]
+        owner = torch.tensor([i for i, caps in enumerate(batch["captions"]) for _ in caps], dtype=torch.long)
+        ids, mask = self.encode(captions, self.eval_counts) if captions else self.encode_placeholder()
+        video = batch["video"].to(dtype)
+        b = len(batch["captions"])
+        # One model call with both towers per batch, so ZeRO-3's parameter gathers match across ranks.
+        v, t, _ = model(video=video.flatten(0, 1) if video.ndim == 6 else video,  # (b*V, C, T, H, W)
+                        input_ids=ids.to(video.device), attention_mask=mask.to(video.device))
+        v = F.normalize(v.view(b, -1, v.shape[-1]).mean(dim=1), dim=-1)  # (b, V, E) -> (b, E)
+        return {"video": v.cpu(), "text": t[: len(captions)].cpu(), "owner": owner}
+
+    def encode_placeholder(self) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask, _ = self.tokenizer.encode([""], self.cfg.text.max_length)  # (1, L) each, not counted
+        return ids, mask
+
+    @torch.no_grad()
+    def eval_padding(self, model: torch.nn.Module, dtype: torch.dtype) -> None:
+        """A forward pass on a dummy clip and caption, so ranks with fewer clips join ZeRO-3's collectives."""
+        m = self.cfg.model
+        ids, mask = self.encode_placeholder()
+        device = next(model.parameters()).device
+        model(video=torch.zeros(1, 3, m.num_frames, m.img_size, m.img_size, dtype=dtype, device=device),
+              input_ids=ids.to(device), attention_mask=mask.to(device))
+
+    def eval_metrics(self, outputs: list[dict[str, Any]]) -> dict[str, Any]:
+        """Gather every rank's embeddings, then text->video and video->text retrieval over the whole set."""
+        videos, texts, owner = stack_batches([o for part in all_gather_objects(outputs) for o in part])
+        metrics = retrieval_metrics(texts @ videos.T, owner)  # (Q, V) cosine similarities
+        counts = all_reduce_sum([self.eval_counts[k] for k in COUNTERS])
+        self.eval_counts = dict.fromkeys(COUNTERS, 0)
+        return {**{f"eval/{k}": v for k, v in metrics.items()}, "eval/num_videos": len(videos),
+                "eval/num_captions": len(texts), "eval/chance_r1": 1 / len(videos),
+                "eval/truncated_captions": int(counts[1]), "eval/empty_captions": int(counts[2])}
+
+
+def stack_batches(batches: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """eval_step outputs -> videos (V, E), captions (Q, E), caption -> video index (Q,) into the stacked videos."""
+    starts = itertools.accumulate((len(b["video"]) for b in batches), initial=0)
+    owner = torch.cat([b["owner"] + start for b, start in zip(batches, starts)])
+    return torch.cat([b["video"] for b in batches]), torch.cat([b["text"] for b in batches]), owner
