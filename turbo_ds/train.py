@@ -78,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
             from turbo_ds.data.demo import generate_demo
 
             generate_demo(Path(cfg.data.train).parent)
+        if cfg.task == "video_language":
+            from turbo_ds.tasks.video_language import prepare_tokenizer
+
+            prepare_tokenizer(cfg)  # trains one on the captions when text.train_tokenizer_if_missing
         atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
         atomic_write_bytes(run_dir / "ds_config.json", (json.dumps(ds_config, indent=2) + "\n").encode())
     barrier()  # demo data and run dir exist before any rank reads them
@@ -86,7 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     log.info(f"turbo_ds: task {cfg.task} | run_dir {run_dir} | {dist_info.world} rank(s) | "
              f"keep_ratio {cfg.turbo.keep_ratio} (eval {cfg.turbo.eval_keep_ratio})")
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    task = build_task(cfg, read_manifest(cfg.data.train))
+    try:
+        task = build_task(cfg, read_manifest(cfg.data.train))
+    except ConfigError as e:  # checks that need the data or the tokenizer (e.g. vocab vs text model)
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    if getattr(task, "pretrained_report", None):
+        log.info(str(task.pretrained_report))
     trainer = Trainer(cfg, ds_config, plan, dist_info, task, log)
     trainer.fit()
     log.close()

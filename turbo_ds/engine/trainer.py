@@ -17,6 +17,7 @@ from turbo_ds.data.pipeline import EvalStream, TrainStream, make_loader
 from turbo_ds.engine.checkpoint import Checkpointer
 from turbo_ds.engine.distributed import DistInfo, all_reduce_sum, any_rank
 from turbo_ds.engine.metrics import RunLog, peak_memory_mb, progress_bar
+from turbo_ds.turbo import TokenSelector, keep_ratio_at
 
 
 def warmup_cosine(warmup: int, total: int, min_ratio: float):
@@ -121,7 +122,7 @@ class Trainer:
                           f"(use a new run_dir or raise train.steps to train more)")
             return
         stream = TrainStream(cfg.data, cfg.model, self.dist.rank, self.dist.world, self.plan.micro, cfg.train.seed,
-                             resume=self.data_position)
+                             resume=self.data_position, frames=self.task.clip_frames, targets=self.task.targets)
         batches = iter(make_loader(stream, cfg.data.num_workers))
         self.log.info(f"training steps {self.step + 1}..{total}: {self.plan.micro} clips x {self.plan.accumulation} "
                       f"accumulation x {self.plan.world} ranks = {self.plan.global_size} clips/step, "
@@ -131,6 +132,7 @@ class Trainer:
         self.engine.train()
         while self.step < total:
             self.step += 1
+            self._set_keep_ratio(keep_ratio_at(cfg.turbo, self.step - 1, total))
             # Randomness (token choice) depends on (seed, step, rank) only, so a resumed run repeats it.
             torch.manual_seed(cfg.train.seed * 1_000_003 + self.step * 1009 + self.dist.rank)
             for _ in range(self.plan.accumulation):
@@ -161,6 +163,13 @@ class Trainer:
         if self.step >= total and self.dist.is_main:
             (Path(cfg.run_dir) / "COMPLETED").write_text(f"{self.step}\n")
 
+    def _set_keep_ratio(self, ratio: float) -> None:
+        """Apply the Turbo keep-ratio schedule to every token selector (video towers, segment encoders)."""
+        self.keep_ratio = ratio
+        for module in self.engine.module.modules():
+            if isinstance(module, TokenSelector):
+                module.set_keep_ratio(ratio)
+
     def _log_train(self, window: dict[str, float]) -> None:
         elapsed = time.perf_counter() - window["t0"]
         loss, skipped = all_reduce_sum([window["loss"] / max(window["n"], 1),
@@ -168,9 +177,12 @@ class Trainer:
         record = {
             "step": self.step, "train/loss": loss / self.dist.world, "train/lr": self.engine.get_lr()[0],
             "train/clips_per_s": window["steps"] * self.plan.global_size / elapsed,
-            "train/tokens_kept": self.task.tokens_kept, "train/tokens_total": self.task.tokens_total,
-            "train/peak_mem_mb": peak_memory_mb(), "data/skipped_samples": int(skipped),
+            "train/keep_ratio": self.keep_ratio, "train/tokens_kept": self.task.tokens_kept,
+            "train/tokens_total": self.task.tokens_total, "train/peak_mem_mb": peak_memory_mb(),
+            "data/skipped_samples": int(skipped),
         }
+        counters = getattr(self.task, "counters", {})  # task-specific running totals, e.g. truncated captions
+        record.update(zip(counters, map(int, all_reduce_sum(list(counters.values())))))
         self.log.metrics(record)
         self.log.info(f"step {self.step}/{self.cfg.train.steps} | loss {record['train/loss']:.4f} | "
                       f"lr {record['train/lr']:.2e} | {record['train/clips_per_s']:.1f} clips/s | tokens "
@@ -182,7 +194,8 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
         """Every validation clip once across ranks; short ranks run padding batches so collectives match."""
-        stream = EvalStream(self.cfg.data, self.cfg.model, self.dist.rank, self.dist.world, self.cfg.eval.batch_size)
+        stream = EvalStream(self.cfg.data, self.cfg.model, self.dist.rank, self.dist.world, self.cfg.eval.batch_size,
+                            self.cfg.eval, frames=self.task.clip_frames, targets=self.task.targets)
         self.engine.eval()
         start, outputs, skipped, batches = time.perf_counter(), [], 0, iter(make_loader(stream, 0))
         for _ in range(stream.num_batches):

@@ -9,14 +9,17 @@ import torch.nn.functional as F
 
 from turbo_ds.config import Config
 from turbo_ds.engine.distributed import all_reduce_sum
+from turbo_ds.models.pretrained import load_pretrained
 from turbo_ds.models.vit import VideoClassifier, VideoViT
 from turbo_ds.tasks.mixup import mix_batch, soft_targets
-from turbo_ds.turbo import num_kept
 
 
 class ActionClassification:
-    """The task interface the trainer uses: ``model``, ``tokens_kept/total``, ``loss``, and
-    ``eval_step`` per batch / ``eval_padding`` for ranks out of clips / ``eval_metrics`` over ranks."""
+    """The task interface the trainer uses: ``model``, ``tokens_kept/total``, what the loader must
+    provide (``clip_frames`` per sample, ``targets``), ``loss``, and ``eval_step`` per batch /
+    ``eval_padding`` for ranks out of clips / ``eval_metrics`` over ranks."""
+
+    targets = "label"
 
     def __init__(self, cfg: Config, manifest: dict[str, Any]):
         self.cfg = cfg
@@ -24,10 +27,16 @@ class ActionClassification:
         if not self.class_names:
             raise ValueError(f"data.train={cfg.data.train}: manifest has no class_names; rebuild the shards "
                              "with --task action_cls")
-        encoder = VideoViT(cfg.model, cfg.turbo.keep_ratio, cfg.turbo.eval_keep_ratio)
-        self.model = VideoClassifier(encoder, len(self.class_names))
-        self.tokens_total = encoder.num_tokens
-        self.tokens_kept = num_kept(encoder.num_tokens, cfg.turbo.keep_ratio)
+        self.encoder = VideoViT(cfg.model, cfg.turbo)
+        self.model = VideoClassifier(self.encoder, len(self.class_names))
+        self.tokens_total = self.encoder.num_tokens
+        self.clip_frames = cfg.model.num_frames
+        # The head loads too when the checkpoint's class count matches.
+        self.pretrained_report = load_pretrained(self.model, cfg.model.pretrained) if cfg.model.pretrained else None
+
+    @property
+    def tokens_kept(self) -> int:
+        return self.encoder.turbo.num_kept(training=True)
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
         tr = self.cfg.train
