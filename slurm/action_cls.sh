@@ -19,13 +19,9 @@ set -euo pipefail
 export CONFIG=${CONFIG:-configs/demo_action_cls.yaml}
 export DS_CONFIG=${DS_CONFIG:-ds_configs/zero2_bf16.json}
 
-# Slurm runs a copy of this script from its spool dir: find the repo by TURBO_DS_ROOT, the
-# path the job was submitted with, the submit dir, or this script's dir (outside Slurm).
-for TURBO_DS_ROOT in "${TURBO_DS_ROOT:-}" \
-    "$(scontrol show job "${SLURM_JOB_ID:-none}" 2>/dev/null | sed -n 's|^ *Command=\(.*\)/slurm/[^/ ]*$|\1|p')" \
-    "${SLURM_SUBMIT_DIR:-}" "$(dirname "$0")/.."; do
-    [[ -n $TURBO_DS_ROOT && -f $TURBO_DS_ROOT/slurm/launch.sh ]] && break
-done
-[[ -f $TURBO_DS_ROOT/slurm/launch.sh ]] || { echo "cannot find the turbo_ds repo: set TURBO_DS_ROOT" >&2; exit 1; }
-export TURBO_DS_ROOT
-exec bash "$TURBO_DS_ROOT/slurm/launch.sh" run
+# Slurm runs a spool copy of this script: find the repo from TURBO_DS_ROOT, the path the job
+# was submitted with, or the submit dir; launch.sh does the rest.
+submitted=$(scontrol show job "${SLURM_JOB_ID:-none}" 2>/dev/null | sed -n 's|^ *Command=\(.*\)/slurm/[^/ ]*$|\1|p')
+launch=${TURBO_DS_ROOT:-${submitted:-${SLURM_SUBMIT_DIR:-.}}}/slurm/launch.sh
+[[ -f $launch ]] || { echo "cannot find $launch: set TURBO_DS_ROOT to the turbo_ds repo" >&2; exit 1; }
+exec bash "$launch" run
