@@ -1,9 +1,17 @@
-"""Deterministic synthetic video dataset whose labels can only be read from motion.
+"""Deterministic synthetic video datasets whose labels can only be read from motion.
 
-Each clip shows 1-2 shapes (circle/square/triangle, random colour and size) on a random
-static texture. All shapes share one motion, and the class is that motion: 4 directions
-x 2 speeds. Shapes wrap around the frame edges, so position, shape, colour and
-background in any single frame carry no information about the label.
+Action demo (``generate_demo``): each clip shows 1-2 shapes (circle/square/triangle,
+random colour and size) on a random static texture. All shapes share one motion, and the
+class is that motion: 4 directions x 2 speeds. Shapes wrap around the frame edges, so
+position, shape, colour and background in any single frame carry no information about
+the label.
+
+Long-video demo (``generate_long_demo``): longer videos in 4 phases; the shapes move in
+a different direction in each phase (each of the 4 directions once), and the class is
+the ORDER of the directions, one of 8 fixed orders. Every video contains the same 4
+events, and every direction appears equally often in every phase across the classes, so
+neither one short window nor the set of events tells the class: the model has to place
+events in time over the whole video.
 """
 
 from __future__ import annotations
@@ -104,13 +112,13 @@ def make_sample(split: str, index: int, s: DemoSettings) -> dict:
 
 
 def _write_demo_shard(args: tuple) -> None:
-    path, split, indices, settings = args
-    write_shard(path, [make_sample(split, i, settings) for i in indices])
+    path, make, split, indices, settings = args
+    write_shard(path, [make(split, i, settings) for i in indices])
 
 
-def generate_demo(out: str | Path, num_train: int = 2048, num_val: int = 512, settings: DemoSettings = DemoSettings(),
-                  shard_size: int = 128, workers: int = 2, log=print) -> None:
-    """Write ``out/train`` and ``out/val`` dataset folders; rerunning resumes (complete shards are kept)."""
+def _generate(out: str | Path, num_train: int, num_val: int, settings, shard_size: int, workers: int, log,
+              make, class_names: list[str], task: str, build: dict) -> None:
+    """Render ``make(split, index, settings)`` samples into ``out/train`` and ``out/val``; resumable."""
     jobs, manifests = [], {}
     for split, count in (("train", num_train), ("val", num_val)):
         folder = Path(out) / split
@@ -121,11 +129,115 @@ def generate_demo(out: str | Path, num_train: int = 2048, num_val: int = 512, se
             name = shard_name(split, k)
             shards.append({"name": name, "num_samples": len(indices)})
             if not (folder / name).exists():  # shards are atomic, so an existing one is complete
-                jobs.append((str(folder / name), split, indices, settings))
+                jobs.append((str(folder / name), make, split, indices, settings))
         manifests[split] = (folder, shards)
-    log(f"demo data: rendering {sum(len(j[2]) for j in jobs)} clips into {out} with {workers} workers")
+    log(f"demo data: rendering {sum(len(j[3]) for j in jobs)} clips into {out} with {workers} workers")
     with ProcessPoolExecutor(workers) as pool:
         list(pool.map(_write_demo_shard, jobs))
     for split, (folder, shards) in manifests.items():  # manifests last: they mark the folder complete
-        write_manifest(folder, task="action_cls", shards=shards, class_names=CLASS_NAMES,
-                       build={"tool": "turbo_ds.data.demo", "settings": asdict(settings), "shard_size": shard_size})
+        write_manifest(folder, task=task, shards=shards, class_names=class_names,
+                       build={"tool": "turbo_ds.data.demo", "settings": asdict(settings), "shard_size": shard_size,
+                              **build})
+
+
+def generate_demo(out: str | Path, num_train: int = 2048, num_val: int = 512, settings: DemoSettings = DemoSettings(),
+                  shard_size: int = 128, workers: int = 2, log=print) -> None:
+    """Write the action demo's ``out/train`` and ``out/val`` folders; rerunning resumes (complete shards are kept)."""
+    _generate(out, num_train, num_val, settings, shard_size, workers, log, make_sample, CLASS_NAMES, "action_cls", {})
+
+
+# ------------------------------------------------------------------ long-video demo
+
+# 8 orders of the 4 directions: the 4 rotations of a clockwise and of a counter-clockwise
+# cycle, so every direction appears exactly twice at every phase position.
+LONG_SEQUENCES = [("up", "right", "down", "left"), ("right", "down", "left", "up"),
+                  ("down", "left", "up", "right"), ("left", "up", "right", "down"),
+                  ("up", "left", "down", "right"), ("left", "down", "right", "up"),
+                  ("down", "right", "up", "left"), ("right", "up", "left", "down")]
+LONG_CLASS_NAMES = ["-".join(seq) for seq in LONG_SEQUENCES]
+
+
+@dataclass(frozen=True)
+class LongDemoSettings:
+    """How the long-video demo is rendered and encoded (stored in the manifest)."""
+
+    seed: int = 0
+    frames: int = 64
+    size: int = 64
+    fps: float = 8.0
+    crf: int = 23
+    boundary_jitter: float = 0.2
+    "phase boundaries move by up to this fraction of a phase (so phases are not exactly equal)"
+
+
+def long_demo_label(directions: tuple[str, ...] | list[str]) -> int:
+    """The class of a video whose shapes move in ``directions``, phase after phase (order matters)."""
+    try:
+        return LONG_SEQUENCES.index(tuple(directions))
+    except ValueError:
+        raise ValueError(f"{list(directions)} is not one of the demo's orders {LONG_CLASS_NAMES}") from None
+
+
+def phase_of_frames(rng: np.random.Generator, frames: int, phases: int, jitter: float) -> np.ndarray:
+    """Phase index of every frame (F,) int: equal phases whose inner boundaries move by up to ``jitter`` of a phase."""
+    length = frames / phases
+    bounds = (np.arange(1, phases) + rng.uniform(-jitter, jitter, phases - 1)) * length  # (phases - 1,)
+    return np.searchsorted(bounds, np.arange(frames), side="right")
+
+
+def render_long_clip(rng: np.random.Generator, directions: tuple[str, ...], s: LongDemoSettings
+                     ) -> tuple[np.ndarray, str, dict]:
+    """Render one video whose shapes move in ``directions`` phase after phase: (F, S, S, 3) uint8, caption, meta."""
+    phase = phase_of_frames(rng, s.frames, len(directions), s.boundary_jitter)  # (F,)
+    velocity = []
+    for d in directions:  # each phase: its direction (jittered by up to 12 degrees) and its own speed
+        angle, ux, uy = np.deg2rad(rng.uniform(-12, 12)), *DIRECTIONS[d]
+        speed = rng.uniform(1.5, 3.0) * s.size / 64
+        velocity.append((speed * (ux * np.cos(angle) - uy * np.sin(angle)),
+                         speed * (ux * np.sin(angle) + uy * np.cos(angle))))
+    steps = np.asarray(velocity)[phase]  # (F, 2): displacement from frame t to t + 1
+    offset = np.concatenate([np.zeros((1, 2)), np.cumsum(steps[:-1], axis=0)])  # (F, 2): shift since frame 0
+
+    background = _texture(rng, s.size)
+    yy, xx = np.mgrid[0 : s.size, 0 : s.size].astype(np.float64)
+    objects = []
+    for _ in range(rng.integers(1, 3)):
+        objects.append(dict(shape=str(rng.choice(SHAPES)), colour=str(rng.choice(list(COLOURS))),
+                            radius=float(rng.uniform(7, 13) * s.size / 64),
+                            x=float(rng.uniform(0, s.size)), y=float(rng.uniform(0, s.size))))
+    frames = np.empty((s.frames, s.size, s.size, 3), np.uint8)
+    for t in range(s.frames):
+        img = background.copy()
+        for o in objects:  # on a torus, as in the action demo: positions carry no information
+            dx = (xx - o["x"] - offset[t, 0] + s.size / 2) % s.size - s.size / 2
+            dy = (yy - o["y"] - offset[t, 1] + s.size / 2) % s.size - s.size / 2
+            img[_shape_mask(o["shape"], dx, dy, o["radius"])] = COLOURS[o["colour"]]
+        frames[t] = img.astype(np.uint8)
+
+    nouns = " and ".join(f"a {o['colour']} {o['shape']}" for o in objects)
+    verb = "moves" if len(objects) == 1 else "move"
+    caption = f"{nouns} {verb} " + ", then ".join(DIRECTION_WORDS[d] for d in directions)
+    starts = [int(np.argmax(phase == k)) for k in range(len(directions))]
+    meta = {"directions": list(directions), "phase_starts": starts, "velocities": [list(v) for v in velocity],
+            "objects": objects, "segments": [{"start": a / s.fps, "end": b / s.fps, "label": d} for a, b, d in
+                                             zip(starts, starts[1:] + [s.frames], directions)]}
+    return frames, caption, meta
+
+
+def make_long_sample(split: str, index: int, s: LongDemoSettings) -> dict:
+    """The long-video sample ``index`` of ``split``: depends only on (seed, split, index)."""
+    rng = np.random.default_rng([s.seed, {"train": 0, "val": 1}[split], index, 1])
+    label = index % len(LONG_SEQUENCES)  # balanced classes
+    frames, caption, meta = render_long_clip(rng, LONG_SEQUENCES[label], s)
+    info = {"fps": s.fps, "frames": s.frames, "width": s.size, "height": s.size, "duration": s.frames / s.fps,
+            "source": "turbo_ds.demo", "label": LONG_CLASS_NAMES[label], **meta}
+    return {"__key__": f"{split}{index:07d}", "mp4": encode_mp4(frames, s.fps, s.crf),
+            "cls": label, "txt": caption, "json": info}
+
+
+def generate_long_demo(out: str | Path, num_train: int = 2048, num_val: int = 512,
+                       settings: LongDemoSettings = LongDemoSettings(), shard_size: int = 128, workers: int = 2,
+                       log=print) -> None:
+    """Write the long-video demo's ``out/train`` and ``out/val`` dataset folders; rerunning resumes."""
+    _generate(out, num_train, num_val, settings, shard_size, workers, log, make_long_sample, LONG_CLASS_NAMES,
+              "long_video", {"kind": "long"})
