@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     if dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if needs_demo:
-            from turbo_ds.data.demo import generate_demo
+            from turbo_ds.data.demo import generate_demo, generate_long_demo
 
-            generate_demo(Path(cfg.data.train).parent)
+            (generate_long_demo if cfg.task == "long_video" else generate_demo)(Path(cfg.data.train).parent)
         if cfg.task == "video_language":
             from turbo_ds.tasks.video_language import prepare_tokenizer
 

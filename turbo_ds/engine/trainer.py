@@ -17,6 +17,7 @@ from turbo_ds.data.pipeline import EvalStream, TrainStream, make_loader
 from turbo_ds.engine.checkpoint import Checkpointer
 from turbo_ds.engine.distributed import DistInfo, all_reduce_sum, any_rank
 from turbo_ds.engine.metrics import RunLog, peak_memory_mb, progress_bar
+from turbo_ds.models.vit import VideoViT
 from turbo_ds.turbo import TokenSelector, keep_ratio_at
 
 
@@ -32,11 +33,16 @@ def warmup_cosine(warmup: int, total: int, min_ratio: float):
     return factor
 
 
-def layer_id(name: str, depth: int) -> int:
-    """0 for embeddings, i + 1 for block i, depth + 1 for everything after the blocks."""
-    if ".blocks." in f".{name}":
-        return int(name.split("blocks.")[1].split(".")[0]) + 1
-    return 0 if "patch_embed" in name or "pos_embed" in name else depth + 1
+def video_layer_ids(model: torch.nn.Module, depth: int) -> dict[int, int]:
+    """Layer index of every video-encoder parameter: 0 for embeddings, i + 1 for block i, depth + 1
+    after the blocks. Parameters outside a VideoViT (heads, text or temporal towers) are absent."""
+    ids = {}
+    for module in model.modules():
+        if isinstance(module, VideoViT):
+            for name, p in module.named_parameters():
+                block = int(name.split(".")[1]) + 1 if name.startswith("blocks.") else None
+                ids[id(p)] = block if block is not None else 0 if name.startswith(("patch_embed", "pos_embed")) else depth + 1
+    return ids
 
 
 def param_groups(model: torch.nn.Module, base_lr: float, layer_decay: float = 1.0, depth: int = 0) -> list[dict[str, Any]]:
@@ -45,12 +51,13 @@ def param_groups(model: torch.nn.Module, base_lr: float, layer_decay: float = 1.
     Each group carries its own lr (the JSON's lr times the layer's scale), which the
     warmup-cosine schedule then multiplies.
     """
+    layers = video_layer_ids(model, depth) if layer_decay < 1 else {}
     groups: dict[tuple[int, bool], dict[str, Any]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        layer = layer_id(name, depth) if layer_decay < 1 else depth + 1
-        no_decay = p.ndim <= 1 or name.endswith("pos_embed")
+        layer = layers.get(id(p), depth + 1)
+        no_decay = p.ndim <= 1 or name.endswith(("pos_embed", "cls_token"))
         group = groups.setdefault((layer, no_decay), {"params": [], "lr": base_lr * layer_decay ** (depth + 1 - layer)})
         if no_decay:
             group["weight_decay"] = 0.0
