@@ -158,14 +158,10 @@ LONG_CLASS_NAMES = ["-".join(seq) for seq in LONG_SEQUENCES]
 
 
 @dataclass(frozen=True)
-class LongDemoSettings:
+class LongDemoSettings(DemoSettings):
     """How the long-video demo is rendered and encoded (stored in the manifest)."""
 
-    seed: int = 0
     frames: int = 64
-    size: int = 64
-    fps: float = 8.0
-    crf: int = 23
     boundary_jitter: float = 0.2
     "phase boundaries move by up to this fraction of a phase (so phases are not exactly equal)"
 
