@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from turbo_ds.config import Config, ConfigError, LongVideoConfig, ModelConfig, TurboConfig, validate
+from turbo_ds.config import Config, ConfigError, DataConfig, LongVideoConfig, ModelConfig, TurboConfig, validate
 from turbo_ds.data.demo import (LONG_CLASS_NAMES, LONG_SEQUENCES, LongDemoSettings, long_demo_label, make_long_sample,
                                 render_long_clip)
-from turbo_ds.data.pipeline import ClipSpec
+from turbo_ds.data.pipeline import ClipSpec, EvalStream, TrainStream, make_loader
 from turbo_ds.data.video import sample_indices
 from turbo_ds.models.long_video import SegmentClassifier
 from turbo_ds.tasks import build_task
@@ -178,3 +178,13 @@ def test_short_videos_repeat_frames():
     cfg = tiny_config(frames=32)
     spec = ClipSpec.from_config(cfg.data, cfg.model, train=False, frames=make_task(cfg).clip_frames)
     assert len(spec.frame_indices(10, None)) == 32
+
+
+@pytest.mark.parametrize("frames, short", [(16, False), (24, True)])
+def test_short_videos_are_counted(tiny_demo, frames, short):
+    """The 16-frame demo clips are short for a 24-frame clip: every decoded sample is counted, in both streams."""
+    data, model = DataConfig(train=f"{tiny_demo}/train", val=f"{tiny_demo}/val", shuffle_buffer=8), ModelConfig(img_size=32)
+    train = next(iter(make_loader(TrainStream(data, model, 0, 1, 8, seed=0, frames=frames), 0)))
+    assert train["video"].shape[2] == frames and train["position"]["short"] == (8 if short else 0)
+    batches = list(make_loader(EvalStream(data, model, 0, 1, 32, frames=frames), 0))
+    assert batches[-1]["position"]["short"] == (32 if short else 0)

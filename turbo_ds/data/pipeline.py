@@ -27,7 +27,7 @@ import signal
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 import torch
@@ -83,6 +83,11 @@ class ClipSpec:
     def views(self) -> int:
         return self.num_clips * self.num_crops
 
+    @property
+    def span(self) -> int:
+        """Frames a video needs so that no pick repeats a frame."""
+        return (self.frames - 1) * self.frame_stride + 1 if self.sampling == "dense" else self.frames
+
     def frame_indices(self, num_frames: int, rng: np.random.Generator | None) -> np.ndarray:
         """The frames of all temporal clips, clip after clip: (num_clips * frames,)."""
         def pick(clip: int) -> np.ndarray:
@@ -93,14 +98,15 @@ class ClipSpec:
 
 
 class StreamPosition:
-    """Where a stream stands: epoch, raw samples consumed in it, and bad samples skipped so far.
+    """Where a stream stands: epoch, raw samples consumed in it, bad samples skipped and short
+    videos (fewer frames than the clip needs: frames repeat) so far.
 
     It travels with every batch, so a checkpoint records exactly what training consumed
     and a resumed stream continues from there instead of restarting its epoch.
     """
 
-    def __init__(self, epoch: int = 0, consumed: int = 0, skipped: int = 0):
-        self.epoch, self.consumed, self.skipped = epoch, consumed, skipped
+    def __init__(self, epoch: int = 0, consumed: int = 0, skipped: int = 0, short: int = 0):
+        self.epoch, self.consumed, self.skipped, self.short = epoch, consumed, skipped, short
 
     def count(self, samples: Iterator[dict]) -> Iterator[dict]:
         for sample in samples:
@@ -112,7 +118,7 @@ class StreamPosition:
         return True
 
     def state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "consumed": self.consumed, "skipped": self.skipped}
+        return {"epoch": self.epoch, "consumed": self.consumed, "skipped": self.skipped, "short": self.short}
 
 
 class DecodedCache:
@@ -125,10 +131,10 @@ class DecodedCache:
     def __init__(self, capacity: int, threads: int = 1) -> None:
         self.capacity, self.threads, self.items = capacity, threads, OrderedDict()
 
-    def read(self, key: str, data: bytes, spec: ClipSpec, rng: np.random.Generator | None) -> np.ndarray:
-        """The frames ``spec`` picks for this sample: (num_clips * frames, H, W, 3) uint8."""
+    def read(self, key: str, data: bytes, choose: Callable[[int], np.ndarray]) -> np.ndarray:
+        """The frames ``choose(num_frames)`` picks for this sample, (picks, H, W, 3) uint8."""
         if not self.capacity:
-            return read_frames(data, lambda n: spec.frame_indices(n, rng), self.threads)
+            return read_frames(data, choose, self.threads)
         if key in self.items:
             self.items.move_to_end(key)
         else:
@@ -136,20 +142,28 @@ class DecodedCache:
             if len(self.items) > self.capacity:
                 self.items.popitem(last=False)
         video = self.items[key]
-        return video[spec.frame_indices(len(video), rng)]
+        return video[choose(len(video))]
 
 
 def decode_samples(samples: Iterator[dict], spec: ClipSpec, cache: DecodedCache, pos: StreamPosition,
                    seed: int) -> Iterator[dict]:
-    """Decode each sample's picked frames and choose its views; corrupt ones are counted and skipped, never fatal."""
+    """Decode each sample's picked frames and choose its views; corrupt ones are counted and skipped, never
+    fatal; videos too short for the clip repeat frames (``sample_indices``, ``dense_indices``) and are counted."""
     for s in samples:
         rng = np.random.default_rng([seed, pos.epoch, zlib.crc32(s["__key__"].encode())]) if spec.train else None
+        length = [0]  # the video's true frame count, as last seen by the decoder
+
+        def choose(n: int) -> np.ndarray:
+            length[0] = n
+            return spec.frame_indices(n, rng)
+
         try:
             target = {"label": int(s["cls"])} if spec.targets == "label" else {"captions": sample_captions(s)}
-            frames = cache.read(s["__key__"], s["mp4"], spec, rng)
+            frames = cache.read(s["__key__"], s["mp4"], choose)
         except (CorruptVideo, KeyError, ValueError, TypeError):
             pos.skipped += 1
             continue
+        pos.short += length[0] < spec.span
         h, w = frames.shape[1:3]
         if spec.train:
             box = T.random_resized_crop_box(h, w, spec.crop_scale, rng)

@@ -179,14 +179,15 @@ class Trainer:
 
     def _log_train(self, window: dict[str, float]) -> None:
         elapsed = time.perf_counter() - window["t0"]
-        loss, skipped = all_reduce_sum([window["loss"] / max(window["n"], 1),
-                                        sum(p["skipped"] for p in self.data_position.values())])
+        loss, skipped, short = all_reduce_sum([window["loss"] / max(window["n"], 1),
+                                               sum(p["skipped"] for p in self.data_position.values()),
+                                               sum(p.get("short", 0) for p in self.data_position.values())])
         record = {
             "step": self.step, "train/loss": loss / self.dist.world, "train/lr": self.engine.get_lr()[0],
             "train/clips_per_s": window["steps"] * self.plan.global_size / elapsed,
             "train/keep_ratio": self.keep_ratio, "train/tokens_kept": self.task.tokens_kept,
             "train/tokens_total": self.task.tokens_total, "train/peak_mem_mb": peak_memory_mb(),
-            "data/skipped_samples": int(skipped),
+            "data/skipped_samples": int(skipped), "data/short_videos": int(short),
         }
         counters = getattr(self.task, "counters", {})  # task-specific running totals, e.g. truncated captions
         record.update(zip(counters, map(int, all_reduce_sum(list(counters.values())))))
@@ -194,7 +195,8 @@ class Trainer:
         self.log.info(f"step {self.step}/{self.cfg.train.steps} | loss {record['train/loss']:.4f} | "
                       f"lr {record['train/lr']:.2e} | {record['train/clips_per_s']:.1f} clips/s | tokens "
                       f"{self.task.tokens_kept}/{self.task.tokens_total} | peak mem {record['train/peak_mem_mb']:.0f} MB"
-                      + (f" | skipped {int(skipped)} bad samples" if skipped else ""))
+                      + (f" | skipped {int(skipped)} bad samples" if skipped else "")
+                      + (f" | {int(short)} videos shorter than the clip (frames repeated)" if short else ""))
 
     # ------------------------------------------------------------- evaluation
 
@@ -204,17 +206,18 @@ class Trainer:
         stream = EvalStream(self.cfg.data, self.cfg.model, self.dist.rank, self.dist.world, self.cfg.eval.batch_size,
                             self.cfg.eval, frames=self.task.clip_frames, targets=self.task.targets)
         self.engine.eval()
-        start, outputs, skipped, batches = time.perf_counter(), [], 0, iter(make_loader(stream, 0))
+        start, outputs, position, batches = time.perf_counter(), [], {}, iter(make_loader(stream, 0))
         for _ in range(stream.num_batches):
             batch = next(batches, None)
             if batch is None:  # this rank is out of clips: run the same collectives, record nothing
                 self.task.eval_padding(self.engine, self.dtype)
                 continue
             outputs.append(self.task.eval_step(self.engine, batch, self.dtype))
-            skipped = batch["position"]["skipped"]
+            position = batch["position"]
         metrics = self.task.eval_metrics(outputs)  # reduces over ranks
         self.engine.train()
-        record = {"step": self.step, **metrics, "eval/skipped_samples": int(all_reduce_sum([skipped])[0]),
+        skipped, short = all_reduce_sum([position.get("skipped", 0), position.get("short", 0)])
+        record = {"step": self.step, **metrics, "eval/skipped_samples": int(skipped), "eval/short_videos": int(short),
                   "eval/keep_ratio": self.cfg.turbo.eval_keep_ratio, "eval/seconds": time.perf_counter() - start}
         self.log.metrics(record)
         shown = " | ".join(f"{k.removeprefix('eval/')} {v:.4f}" if isinstance(v, float) else f"{k.removeprefix('eval/')} {v}"
