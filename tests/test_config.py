@@ -15,6 +15,8 @@ from turbo_ds.config import ConfigError, load_config
     ("model.depth=deep", "model.depth"),                  # wrong type
     ("turbo.keep_ratio=1.5", "turbo.keep_ratio"),         # outside (0, 1]
     ("turbo.keep_ratio=0", "turbo.keep_ratio"),
+    ("turbo.keep_ratio=most", "turbo.keep_ratio"),      # neither a number nor auto
+    ("turbo.keep_ratio=auto", "turbo.memory_budget_gb"),  # auto needs a budget
     ("data.train=/nonexistent/shards", "data.train"),      # missing shard path
     ("train.global_batch_size=48", "train.global_batch_size"),  # contradicts the JSON (16 x 1 x 1 = 16)
 ])
@@ -40,3 +42,16 @@ def test_overrides_are_typed(tmp_path):
     assert cfg.turbo.keep_ratio == 0.5 and cfg.data.crop_scale == [0.5, 1.0] and cfg.train.global_batch_size is None
     with pytest.raises(ConfigError, match="did you mean turbo.keep_ratio"):
         load_config("configs/demo_action_cls.yaml", ["turbo.keep_rato=0.5"])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["turbo.schedule=linear", "turbo.keep_ratio_end=0.5"], "turbo.schedule=constant"),
+    (["turbo.full_token_steps=10"], "turbo.full_token_steps=0"),
+    (["task=video_language", "text.tokenizer=x", "text.train_tokenizer_if_missing=true"], "task=video_language"),
+    (["turbo.memory_budget_gb=-1"], "turbo.memory_budget_gb=-1"),
+])
+def test_auto_keep_ratio_checks(overrides, message):
+    sets = ["turbo.keep_ratio=auto", "turbo.memory_budget_gb=2", *overrides]
+    assert load_config("configs/demo_action_cls.yaml", sets[:2]).turbo.keep_ratio == "auto"
+    with pytest.raises(ConfigError, match=message):
+        load_config("configs/demo_action_cls.yaml", sets)

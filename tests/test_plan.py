@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
-from turbo_ds.config import Config, LongVideoConfig, ModelConfig
-from turbo_ds.plan import Measurement, Planner, PlanError, Setting, main, pick_keep_ratio
+from conftest import read_metrics, run_train, tiny_overrides
+from turbo_ds.config import Config, LongVideoConfig, ModelConfig, load_config, load_ds_config
+from turbo_ds.plan import AUTO_KEEP_RATIOS, Measurement, Planner, PlanError, Setting, main, measure, pick_keep_ratio
 
 DS = {"train_micro_batch_size_per_gpu": 16, "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}}
 
@@ -69,3 +71,38 @@ def test_cli_errors_clearly_when_nothing_fits(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "plan error: memory budget 0.001 GB: nothing fits; the smallest setting (8 frames x micro-batch 1 at keep " \
            "ratio 0.125) needs" in err and "Raise the budget" in err
+
+
+def test_train_picks_keep_ratio_auto_and_keeps_it_on_resume(tiny_demo, tmp_path):
+    """turbo.keep_ratio: auto through the real entry point on 2 ranks: rank 0 measures, both ranks train at
+    the chosen ratio, and the resumed run keeps it without measuring again."""
+    run_dir = tmp_path / "auto"
+    sets = tiny_overrides(tiny_demo, run_dir, "turbo.keep_ratio=auto", "train.steps=2", "train.log_every=1",
+                          "train.ckpt_every=2", "train.eval_every=2")
+    # A budget half way between what keep 0.125 and keep 1.0 need on this machine (2 ranks, ZeRO-0).
+    cfg = load_config("configs/demo_action_cls.yaml", [*sets[1::2], "turbo.memory_budget_gb=1"])
+    ds = load_ds_config("ds_configs/zero0_bf16.json")
+    least, most = (measure(cfg, ds, Setting(16, 16, r), 1e3, num_classes=8).peak_gb for r in (0.125, 1.0))
+    budget = (least + most) / 2
+    proc = run_train([*sets, "--set", f"turbo.memory_budget_gb={budget}"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    chosen = yaml.safe_load((run_dir / "config.yaml").read_text())["turbo"]["keep_ratio"]
+    assert "turbo.keep_ratio auto: measuring" in proc.stdout and f"auto: {chosen:g} is the largest" in proc.stdout
+    assert chosen in AUTO_KEEP_RATIOS and 0.125 <= chosen < 1.0, proc.stdout
+    assert {r["train/keep_ratio"] for r in read_metrics(run_dir) if "train/loss" in r} == {chosen}
+
+    more = [*sets, "--set", f"turbo.memory_budget_gb={budget}", "--set", "train.steps=3"]
+    again = run_train(more)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"turbo.keep_ratio auto: {chosen:g}, as chosen when this run started" in again.stdout
+    assert "measuring" not in again.stdout
+    assert [r["train/keep_ratio"] for r in read_metrics(run_dir) if "train/loss" in r] == [chosen] * 3
+
+
+def test_train_keep_ratio_auto_over_budget_stops_every_rank(tiny_demo, tmp_path):
+    sets = tiny_overrides(tiny_demo, tmp_path / "tight", "turbo.keep_ratio=auto", "turbo.memory_budget_gb=0.001")
+    proc = run_train(sets, timeout=300)
+    assert proc.returncode != 0
+    assert "config error: memory budget 0.001 GB: nothing fits; the smallest setting (16 frames x micro-batch 16 at " \
+           "keep ratio 0.125) needs" in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / "tight" / "checkpoints").exists()

@@ -60,8 +60,10 @@ class ModelConfig:
 class TurboConfig:
     strategy: Literal["random", "tube", "frame_balanced", "motion"] = "random"
     "how kept tokens are chosen: uniform, same spatial set at every time step, equal share per time step, motion-weighted"
-    keep_ratio: float = 0.25
-    "fraction of space-time tokens kept in training, in (0, 1] (the start of a linear/cosine schedule)"
+    keep_ratio: float | Literal["auto"] = 0.25
+    "training fraction of space-time tokens in (0, 1] (a ramp's start), or auto: the largest that fits memory_budget_gb"
+    memory_budget_gb: float | None = None
+    "keep_ratio: auto only: one rank's memory budget in GiB (GPU: max_memory_allocated; CPU: peak RSS growth)"
     eval_keep_ratio: float = 1.0
     "fraction of tokens kept at evaluation, in (0, 1]"
     motion_temperature: float = 1.0
@@ -226,7 +228,13 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in typing.get_args(tp):
             return None
-        return _check_type(key, value, next(a for a in typing.get_args(tp) if a is not type(None)))
+        errors = []
+        for member in (a for a in typing.get_args(tp) if a is not type(None)):
+            try:
+                return _check_type(key, value, member)
+            except ConfigError as e:
+                errors.append(str(e).split(": ", 1)[1])
+        raise ConfigError(f"{key}={value!r}: " + "; or ".join(errors))
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise ConfigError(f"{key}={value!r}: must be one of {list(typing.get_args(tp))}")
@@ -338,13 +346,29 @@ def _validate_long_video(cfg: Config) -> None:
                           "whole video; set data.sampling=uniform")
 
 
+def _validate_auto_keep_ratio(cfg: Config) -> None:
+    """keep_ratio: auto measures one constant ratio against a budget, for the tasks the planner can measure."""
+    t = cfg.turbo
+    if t.memory_budget_gb is None or t.memory_budget_gb <= 0:
+        raise ConfigError(f"turbo.memory_budget_gb={t.memory_budget_gb}: turbo.keep_ratio=auto needs one rank's "
+                          "memory budget in GiB, e.g. --set turbo.memory_budget_gb=40")
+    if t.schedule != "constant" or t.full_token_steps:
+        raise ConfigError("turbo.keep_ratio=auto: picks one constant ratio; set turbo.schedule=constant and "
+                          "turbo.full_token_steps=0, or give turbo.keep_ratio as a number")
+    if cfg.task not in ("action_cls", "long_video"):
+        raise ConfigError(f"turbo.keep_ratio=auto: task={cfg.task} cannot be measured by the memory planner "
+                          "(action_cls, long_video); give turbo.keep_ratio as a number")
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks that types alone cannot express."""
     _validate_text(cfg)
     _validate_long_video(cfg)
     m, t, d, tr = cfg.model, cfg.turbo, cfg.data, cfg.train
+    if t.keep_ratio == "auto":
+        _validate_auto_keep_ratio(cfg)
     for key, ratio in (("turbo.keep_ratio", t.keep_ratio), ("turbo.eval_keep_ratio", t.eval_keep_ratio)):
-        if not 0 < ratio <= 1:
+        if ratio != "auto" and not 0 < ratio <= 1:
             raise ConfigError(f"{key}={ratio}: must be in (0, 1]; 0.25 keeps a quarter of the tokens")
     if t.schedule != "constant" and t.keep_ratio_end is None:
         raise ConfigError(f"turbo.keep_ratio_end: required by turbo.schedule={t.schedule}; set the ratio the ramp ends at")

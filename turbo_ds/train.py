@@ -10,6 +10,7 @@ Rerunning with the same run_dir resumes from its latest checkpoint.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ if __package__ in (None, ""):  # run as a script (the deepspeed launcher does): 
 
 import yaml  # noqa: E402
 
-from turbo_ds.config import ConfigError, load_config, load_ds_config, plan_batches, to_dict  # noqa: E402
+from turbo_ds.config import Config, ConfigError, load_config, load_ds_config, plan_batches, to_dict  # noqa: E402
 from turbo_ds.data.shards import MANIFEST, atomic_write_bytes, read_manifest  # noqa: E402
 from turbo_ds.engine.distributed import world_from_env  # noqa: E402
 
@@ -50,6 +51,46 @@ def check_data(cfg) -> bool:
     return bool(missing)
 
 
+def resolve_keep_ratio(cfg: Config, ds_config: dict, dist_info, log) -> Config:
+    """``turbo.keep_ratio: auto`` made a number, the same on every rank.
+
+    Rank 0 measures the largest ratio whose training step fits turbo.memory_budget_gb
+    (``turbo_ds.plan.pick_keep_ratio``), or, when the run resumes, takes the ratio it started
+    with from its config.yaml: a run must not change its token budget halfway. Whatever stops
+    the measurement (a budget nothing fits: the planner's ConfigError) is raised on every rank,
+    so no rank waits for a ratio that never comes.
+    """
+    if cfg.turbo.keep_ratio != "auto":
+        return cfg
+    from turbo_ds.engine.checkpoint import Checkpointer
+    from turbo_ds.engine.distributed import broadcast_from_main
+
+    outcome: float | Exception | None = None
+    if dist_info.is_main:
+        saved = Path(cfg.run_dir) / "config.yaml"
+        if Checkpointer(cfg.run_dir, dist_info).latest and saved.is_file():
+            outcome = yaml.safe_load(saved.read_text())["turbo"]["keep_ratio"]
+            log.info(f"turbo.keep_ratio auto: {outcome:g}, as chosen when this run started ({saved})")
+        else:
+            import torch
+
+            from turbo_ds.plan import AUTO_KEEP_RATIOS, pick_keep_ratio
+
+            budget = cfg.turbo.memory_budget_gb
+            device = f"cuda:{dist_info.local_rank}" if torch.cuda.is_available() else "cpu"
+            log.info(f"turbo.keep_ratio auto: measuring keep ratios {', '.join(map(str, AUTO_KEEP_RATIOS))} "
+                     f"against {budget:g} GB per rank on {device} (a few real training steps each)")
+            try:
+                outcome = pick_keep_ratio(cfg, ds_config, budget, device, ranks=dist_info.world, log=log.info)
+                log.info(f"turbo.keep_ratio auto: {outcome:g} is the largest that fits {budget:g} GB")
+            except Exception as e:  # noqa: BLE001 - handed to every rank below
+                outcome = e
+    outcome = broadcast_from_main(outcome)
+    if isinstance(outcome, Exception):
+        raise outcome
+    return dataclasses.replace(cfg, turbo=dataclasses.replace(cfg.turbo, keep_ratio=float(outcome)))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Everything that can be wrong with the configs fails here, before any engine starts.
@@ -74,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(cfg.run_dir)
     if dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+    log = RunLog(run_dir, dist_info.is_main)
+    if dist_info.is_main:
         if needs_demo:
             from turbo_ds.data.demo import generate_demo, generate_long_demo
 
@@ -82,11 +125,16 @@ def main(argv: list[str] | None = None) -> int:
             from turbo_ds.tasks.video_language import prepare_tokenizer
 
             prepare_tokenizer(cfg)  # trains one on the captions when text.train_tokenizer_if_missing
+    try:
+        cfg = resolve_keep_ratio(cfg, ds_config, dist_info, log)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    if dist_info.is_main:
         atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
         atomic_write_bytes(run_dir / "ds_config.json", (json.dumps(ds_config, indent=2) + "\n").encode())
     barrier()  # demo data and run dir exist before any rank reads them
 
-    log = RunLog(run_dir, dist_info.is_main)
     log.info(f"turbo_ds: task {cfg.task} | run_dir {run_dir} | {dist_info.world} rank(s) | "
              f"keep_ratio {cfg.turbo.keep_ratio} (eval {cfg.turbo.eval_keep_ratio})")
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank

@@ -154,6 +154,9 @@ class TokenSelector(nn.Module):
     def __init__(self, cfg: TurboConfig, grid: Grid, patch_shape: PatchShape):
         super().__init__()
         self.cfg, self.grid, self.patch_shape = cfg, grid, patch_shape
+        if cfg.keep_ratio == "auto":
+            raise ValueError("turbo.keep_ratio=auto: train.py measures the ratio before building the model "
+                             "(turbo_ds.plan.pick_keep_ratio); give the model a number")
         self.keep_ratio, self.eval_keep_ratio = cfg.keep_ratio, cfg.eval_keep_ratio
 
     def set_keep_ratio(self, keep_ratio: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -45,6 +46,14 @@ def _free_port() -> int:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def broadcast_from_main(obj: Any) -> Any:
+    """Rank 0's ``obj`` (any picklable value) on every rank."""
+    box = [obj]
+    if dist.is_initialized():
+        dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def all_reduce_sum(values: list[float]) -> list[float]:
