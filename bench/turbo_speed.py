@@ -58,8 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--amp", action="store_true", help="bf16 autocast")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps first (allocator, thread pools)")
+    p.add_argument("--repeats", type=int, default=5, help="timed steps per setting; the median is reported")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="write {'results': [...]} here")
     p.add_argument("--child", help=argparse.SUPPRESS)  # internal: 'impl:keep' measured in this process
