@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from conftest import run_train, tiny_overrides
-from turbo_ds.config import ConfigError, load_config
+from turbo_ds.config import ConfigError, load_config, load_ds_config, plan_batches
 
 
 @pytest.mark.parametrize("override, key", [
@@ -55,3 +56,12 @@ def test_auto_keep_ratio_checks(overrides, message):
     assert load_config("configs/demo_action_cls.yaml", sets[:2]).turbo.keep_ratio == "auto"
     with pytest.raises(ConfigError, match=message):
         load_config("configs/demo_action_cls.yaml", sets)
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in Path("configs").glob("*.yaml")))
+def test_every_recipe_loads_and_matches_its_ds_configs(recipe):
+    """Shipped recipes stay valid as the config tree changes (weights and tokenizer paths are the user's)."""
+    cfg = load_config(f"configs/{recipe}", ["model.pretrained=null", "text.pretrained=null",
+                                            "text.train_tokenizer_if_missing=true"])
+    for ds in sorted(Path("ds_configs").glob("*.json")):
+        plan_batches(cfg, load_ds_config(ds), world=2)
