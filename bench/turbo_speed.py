@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
+
+from turbo_ds.memory import peak_rss_bytes, reset_peak_rss, rss_bytes  # noqa: E402
 
 IMPLS = ("turbo_ds", "videomae")
 
@@ -117,33 +118,6 @@ def build(impl: str, keep: float, args: argparse.Namespace):
 # --------------------------------------------------------------- measuring
 
 
-def _rss_peak_kb() -> int:
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
-
-
-def _rss_kb() -> int:
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-def _reset_rss_peak() -> bool:
-    """Reset the peak RSS to the current RSS (Linux >= 4.0); False where that is not possible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 def measure(impl: str, keep: float, args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -166,18 +140,17 @@ def measure(impl: str, keep: float, args: argparse.Namespace) -> dict:
         opt.step()
 
     # Resident training state first (gradients + AdamW moments), so the peak below is per-step memory.
-    before_state = torch.cuda.memory_allocated() if cuda else _rss_kb() * 1024
+    before_state = torch.cuda.memory_allocated() if cuda else rss_bytes()
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     opt.step()
-    state = (torch.cuda.memory_allocated() if cuda else _rss_kb() * 1024) - before_state
+    state = (torch.cuda.memory_allocated() if cuda else rss_bytes()) - before_state
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        exact = _reset_rss_peak()
-        base = (_rss_kb() if exact else _rss_peak_kb()) * 1024
+        base = rss_bytes() if reset_peak_rss() else peak_rss_bytes()
     times = []
     for i in range(args.warmup + args.repeats):
         t0 = time.perf_counter()
@@ -186,7 +159,7 @@ def measure(impl: str, keep: float, args: argparse.Namespace) -> dict:
             torch.cuda.synchronize()
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() if cuda else _rss_peak_kb() * 1024
+    peak = torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes()
     return {"impl": impl, "keep_ratio": keep, "step_s": statistics.median(times), "peak_mem_mb": (peak - base) / 2**20,
             "state_mb": state / 2**20, "times_s": times, "threads": torch.get_num_threads()}
 

@@ -45,6 +45,7 @@ import yaml
 
 from turbo_ds.config import Config, ConfigError, load_config, load_ds_config, plan_batches, to_dict
 from turbo_ds.data.shards import read_manifest
+from turbo_ds.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
 
 KEEP_RATIOS = (1.0, 0.5, 0.25, 0.125)
 AUTO_KEEP_RATIOS = (1.0, 0.75, 0.5, 0.375, 0.25, 0.1875, 0.125)  # turbo.keep_ratio: auto picks among these
@@ -96,30 +97,24 @@ def with_setting(cfg: Config, frames: int, keep_ratio: float) -> Config:
     return dataclasses.replace(cfg, turbo=turbo, model=dataclasses.replace(model, num_frames=frames))
 
 
-def _rss_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise OSError(f"no {field} in /proc/self/status")
-
-
 def _cpu_meter(limit: list[int]) -> Callable[[], int]:
     """Start measuring CPU memory growth now; returns a function giving the peak growth in bytes.
 
     The peak resident set is reset to the current one (Linux clear_refs), and a watchdog
     thread ends the process with status 3 once growth passes ``limit[0]`` (which may be raised later).
     """
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    base = _rss_kb("VmRSS") * 1024
+    if not reset_peak_rss():
+        raise OSError("the CPU memory planner needs Linux's /proc/self/clear_refs to reset the peak resident set")
+    base = rss_bytes()
 
     def watch() -> None:
         while True:
-            if _rss_kb("VmRSS") * 1024 - base > limit[0]:
+            if rss_bytes() - base > limit[0]:
                 os._exit(_OVER_BUDGET)
             time.sleep(0.002)
 
     threading.Thread(target=watch, daemon=True).start()
-    return lambda: max(_rss_kb("VmHWM") * 1024 - base, 0)
+    return lambda: max(peak_rss_bytes() - base, 0)
 
 
 def _optimizer(params: list, ds_config: dict[str, Any]):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import resource
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,13 +10,14 @@ from typing import Any
 import torch
 
 from turbo_ds.data.shards import atomic_write_bytes
+from turbo_ds.memory import peak_rss_bytes
 
 
 def peak_memory_mb() -> float:
     """Peak memory of this process: GPU allocations on CUDA, resident set size on CPU."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    return peak_rss_bytes() / 2**20
 
 
 class RunLog:
