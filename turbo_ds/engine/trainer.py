@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import signal
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,16 @@ class PreemptionFlag:
         self.signal = signal.Signals(signum).name
 
 
+@dataclass
+class LogWindow:
+    """What this rank trained since the last log line."""
+
+    loss_sum: float = 0.0
+    micro_steps: int = 0
+    steps: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+
 class Trainer:
     def __init__(self, cfg: Config, ds_config: dict[str, Any], plan: BatchPlan, dist_info: DistInfo, task: Any,
                  log: RunLog):
@@ -135,7 +146,7 @@ class Trainer:
                       f"accumulation x {self.plan.world} ranks = {self.plan.global_size} clips/step, "
                       f"{self.task.tokens_kept}/{self.task.tokens_total} tokens kept, dtype {self.dtype}")
         bar = progress_bar(total, self.step, self.dist.is_main)
-        window = {"loss": 0.0, "n": 0, "t0": time.perf_counter(), "steps": 0}
+        window = LogWindow()
         self.engine.train()
         while self.step < total:
             self.step += 1
@@ -148,13 +159,13 @@ class Trainer:
                 self.engine.backward(loss)
                 self.engine.step()
                 self.data_position[batch["stream"]] = batch["position"]
-                window["loss"] += loss.item()
-                window["n"] += 1
-            window["steps"] += 1
+                window.loss_sum += loss.item()
+                window.micro_steps += 1
+            window.steps += 1
             bar.update(1)
             if self.step % cfg.train.log_every == 0 or self.step == total:
                 self._log_train(window)
-                window = {"loss": 0.0, "n": 0, "t0": time.perf_counter(), "steps": 0}
+                window = LogWindow()
             stop = any_rank(self.preemption.signal is not None) or self.step == cfg.train.stop_at_step
             if self.step % cfg.train.eval_every == 0 or self.step == total:
                 self.evaluate()
@@ -177,14 +188,14 @@ class Trainer:
             if isinstance(module, TokenSelector):
                 module.set_keep_ratio(ratio)
 
-    def _log_train(self, window: dict[str, float]) -> None:
-        elapsed = time.perf_counter() - window["t0"]
-        loss, skipped, short = all_reduce_sum([window["loss"] / max(window["n"], 1),
+    def _log_train(self, window: LogWindow) -> None:
+        elapsed = time.perf_counter() - window.start
+        loss, skipped, short = all_reduce_sum([window.loss_sum / max(window.micro_steps, 1),
                                                sum(p["skipped"] for p in self.data_position.values()),
                                                sum(p.get("short", 0) for p in self.data_position.values())])
         record = {
             "step": self.step, "train/loss": loss / self.dist.world, "train/lr": self.engine.get_lr()[0],
-            "train/clips_per_s": window["steps"] * self.plan.global_size / elapsed,
+            "train/clips_per_s": window.steps * self.plan.global_size / elapsed,
             "train/keep_ratio": self.keep_ratio, "train/tokens_kept": self.task.tokens_kept,
             "train/tokens_total": self.task.tokens_total, "train/peak_mem_mb": peak_memory_mb(),
             "data/skipped_samples": int(skipped), "data/short_videos": int(short),
