@@ -105,4 +105,5 @@ def test_train_keep_ratio_auto_over_budget_stops_every_rank(tiny_demo, tmp_path)
     assert proc.returncode != 0
     assert "config error: memory budget 0.001 GB: nothing fits; the smallest setting (16 frames x micro-batch 16 at " \
            "keep ratio 0.125) needs" in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.count("config error:") == 1  # said once, by rank 0; both ranks stop
     assert not (tmp_path / "tight" / "checkpoints").exists()

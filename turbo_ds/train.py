@@ -51,6 +51,13 @@ def check_data(cfg) -> bool:
     return bool(missing)
 
 
+def config_error(e: ConfigError, show: bool = True) -> int:
+    """One line on stderr (from one rank once the ranks exist), exit status 2."""
+    if show:
+        print(f"config error: {e}", file=sys.stderr)
+    return 2
+
+
 def resolve_keep_ratio(cfg: Config, ds_config: dict, dist_info, log) -> Config:
     """``turbo.keep_ratio: auto`` made a number, the same on every rank.
 
@@ -101,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         ds_config = {**ds_config, "train_batch_size": plan.global_size}  # resolved: what DeepSpeed will run
         needs_demo = check_data(cfg)
     except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+        return config_error(e)
 
     import torch
 
@@ -128,8 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = resolve_keep_ratio(cfg, ds_config, dist_info, log)
     except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+        return config_error(e, dist_info.is_main)
     if dist_info.is_main:
         atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
         atomic_write_bytes(run_dir / "ds_config.json", (json.dumps(ds_config, indent=2) + "\n").encode())
@@ -141,8 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         task = build_task(cfg, read_manifest(cfg.data.train))
     except ConfigError as e:  # checks that need the data or the tokenizer (e.g. vocab vs text model)
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+        return config_error(e, dist_info.is_main)
     if getattr(task, "pretrained_report", None):
         log.info(str(task.pretrained_report))
     trainer = Trainer(cfg, ds_config, plan, dist_info, task, log)
