@@ -14,6 +14,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 if __package__ in (None, ""):  # run as a script (the deepspeed launcher does): make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -23,6 +24,10 @@ import yaml  # noqa: E402
 from turbo_ds.config import Config, ConfigError, load_config, load_ds_config, plan_batches, to_dict  # noqa: E402
 from turbo_ds.data.shards import MANIFEST, atomic_write_bytes, read_manifest  # noqa: E402
 from turbo_ds.engine.distributed import world_from_env  # noqa: E402
+
+if TYPE_CHECKING:
+    from turbo_ds.engine.distributed import DistInfo
+    from turbo_ds.engine.metrics import RunLog
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,7 +63,7 @@ def config_error(e: ConfigError, show: bool = True) -> int:
     return 2
 
 
-def resolve_keep_ratio(cfg: Config, ds_config: dict, dist_info, log) -> Config:
+def resolve_keep_ratio(cfg: Config, ds_config: dict, dist_info: DistInfo, log: RunLog) -> Config:
     """``turbo.keep_ratio: auto`` made a number, the same on every rank.
 
     Rank 0 measures the largest ratio whose training step fits turbo.memory_budget_gb
