@@ -66,6 +66,11 @@ def param_groups(model: torch.nn.Module, base_lr: float, layer_decay: float = 1.
     return list(groups.values())
 
 
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The batch with its tensors (video, labels) on the engine's device; the loader builds them on the CPU."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 def compute_dtype(ds_config: dict[str, Any]) -> torch.dtype:
     if ds_config.get("bf16", {}).get("enabled"):
         return torch.bfloat16
@@ -155,7 +160,7 @@ class Trainer:
             torch.manual_seed(cfg.train.seed * 1_000_003 + self.step * 1009 + self.dist.rank)
             for _ in range(self.plan.accumulation):
                 batch = next(batches)
-                loss = self.task.loss(self.engine, batch, self.dtype)
+                loss = self.task.loss(self.engine, to_device(batch, self.engine.device), self.dtype)
                 self.engine.backward(loss)
                 self.engine.step()
                 self.data_position[batch["stream"]] = batch["position"]
@@ -223,7 +228,7 @@ class Trainer:
             if batch is None:  # this rank is out of clips: run the same collectives, record nothing
                 self.task.eval_padding(self.engine, self.dtype)
                 continue
-            outputs.append(self.task.eval_step(self.engine, batch, self.dtype))
+            outputs.append(self.task.eval_step(self.engine, to_device(batch, self.engine.device), self.dtype))
             position = batch["position"]
         metrics = self.task.eval_metrics(outputs)  # reduces over ranks
         self.engine.train()

@@ -14,6 +14,11 @@ from turbo_ds.models.vit import VideoClassifier, VideoViT
 from turbo_ds.tasks.mixup import mix_batch, soft_targets
 
 
+def dummy_clip(model: torch.nn.Module, frames: int, size: int, dtype: torch.dtype) -> torch.Tensor:
+    """One all-zero clip (1, C, T, H, W) on the model's device, for padding forward passes."""
+    return torch.zeros(1, 3, frames, size, size, dtype=dtype, device=next(model.parameters()).device)
+
+
 class ActionClassification:
     """The task interface the trainer uses: ``model``, ``tokens_kept/total``, what the loader must
     provide (``clip_frames`` per sample, ``targets``), ``loss``, and ``eval_step`` per batch /
@@ -60,7 +65,7 @@ class ActionClassification:
     @torch.no_grad()
     def eval_padding(self, model: torch.nn.Module, dtype: torch.dtype) -> None:
         """A forward pass on a dummy clip, so ranks with fewer clips join ZeRO-3's collectives."""
-        model(torch.zeros(1, 3, self.cfg.model.num_frames, self.cfg.model.img_size, self.cfg.model.img_size, dtype=dtype))
+        model(dummy_clip(model, self.clip_frames, self.cfg.model.img_size, dtype))
 
     def eval_metrics(self, outputs: list[list[float]]) -> dict[str, Any]:
         correct1, correct5, count = all_reduce_sum([sum(col) for col in zip(*outputs)] if outputs else [0.0] * 3)

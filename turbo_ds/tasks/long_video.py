@@ -51,12 +51,6 @@ class LongVideoClassification(ActionClassification):
     def eval_chunked(self) -> bool:
         return isinstance(self.model, SegmentClassifier) and self.model.chunked
 
-    @torch.no_grad()
-    def eval_padding(self, model: torch.nn.Module, dtype: torch.dtype) -> None:
-        """A forward pass on a dummy clip, so ranks with fewer clips join ZeRO-3's collectives."""
-        size = self.cfg.model.img_size
-        model(torch.zeros(1, 3, self.clip_frames, size, size, dtype=dtype))
-
     def eval_metrics(self, outputs: list[list[float]]) -> dict[str, Any]:
         return {**super().eval_metrics(outputs), "eval/chunked": self.eval_chunked,
                 "eval/frames": self.clip_frames, "eval/segments": self.num_segments}

@@ -23,6 +23,7 @@ from turbo_ds.engine.gather import all_gather_objects, all_gather_with_grad
 from turbo_ds.models.pretrained import load_pretrained
 from turbo_ds.models.text import TextEncoder, VideoTextModel
 from turbo_ds.models.vit import VideoViT
+from turbo_ds.tasks.action_cls import dummy_clip
 from turbo_ds.tasks.retrieval import retrieval_metrics
 
 COUNTERS = ("captions", "truncated_captions", "empty_captions")
@@ -139,11 +140,9 @@ class VideoLanguage:
     @torch.no_grad()
     def eval_padding(self, model: torch.nn.Module, dtype: torch.dtype) -> None:
         """A forward pass on a dummy clip and caption, so ranks with fewer clips join ZeRO-3's collectives."""
-        m = self.cfg.model
+        video = dummy_clip(model, self.clip_frames, self.cfg.model.img_size, dtype)
         ids, mask = self.encode_placeholder()
-        device = next(model.parameters()).device
-        model(video=torch.zeros(1, 3, m.num_frames, m.img_size, m.img_size, dtype=dtype, device=device),
-              input_ids=ids.to(device), attention_mask=mask.to(device))
+        model(video=video, input_ids=ids.to(video.device), attention_mask=mask.to(video.device))
 
     def eval_metrics(self, outputs: list[dict[str, Any]]) -> dict[str, Any]:
         """Gather every rank's embeddings, then text->video and video->text retrieval over the whole set."""
