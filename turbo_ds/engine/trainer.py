@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch.optim.lr_scheduler import LambdaLR
 
 from turbo_ds.config import BatchPlan, Config
 from turbo_ds.data.pipeline import EvalStream, TrainStream, make_loader
 from turbo_ds.engine.checkpoint import Checkpointer
 from turbo_ds.engine.distributed import DistInfo, all_reduce_sum, any_rank
+from turbo_ds.engine.gather import all_gather_objects
 from turbo_ds.engine.metrics import RunLog, peak_memory_mb, progress_bar
 from turbo_ds.models.vit import VideoViT
 from turbo_ds.turbo import TokenSelector, keep_ratio_at
@@ -112,6 +112,8 @@ class Trainer:
         groups = param_groups(task.model, ds_config["optimizer"]["params"]["lr"], cfg.train.layer_decay, cfg.model.depth)
         self.engine, *_ = deepspeed.initialize(model=task.model, model_parameters=groups,
                                                config=ds_config, lr_scheduler=lambda opt: LambdaLR(opt, schedule))
+        # Every token selector (video towers, segment encoders) follows the keep-ratio schedule.
+        self.selectors = [m for m in task.model.modules() if isinstance(m, TokenSelector)]
         self.checkpoints = Checkpointer(cfg.run_dir, dist_info)
         self.preemption = PreemptionFlag()
         self.data_position: dict[str, dict[str, int]] = {}
@@ -129,8 +131,7 @@ class Trainer:
         self.log.info(f"resuming from checkpoint {self.checkpoints.latest} at step {self.step}")
 
     def save(self) -> None:
-        positions: list[dict] = [None] * self.dist.world
-        dist.all_gather_object(positions, self.data_position)  # every rank's streams into rank 0's file
+        positions = all_gather_objects(self.data_position)  # every rank's streams into rank 0's file
         merged = {k: v for p in positions for k, v in p.items()}
         path = self.checkpoints.save(self.engine, self.step, {"data_position": merged})
         self.log.info(f"saved checkpoint {path}")
@@ -187,11 +188,9 @@ class Trainer:
             (Path(cfg.run_dir) / "COMPLETED").write_text(f"{self.step}\n")
 
     def _set_keep_ratio(self, ratio: float) -> None:
-        """Apply the Turbo keep-ratio schedule to every token selector (video towers, segment encoders)."""
         self.keep_ratio = ratio
-        for module in self.engine.module.modules():
-            if isinstance(module, TokenSelector):
-                module.set_keep_ratio(ratio)
+        for selector in self.selectors:
+            selector.set_keep_ratio(ratio)
 
     def _log_train(self, window: LogWindow) -> None:
         elapsed = time.perf_counter() - window.start
