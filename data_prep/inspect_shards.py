@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain checkout
 
 from turbo_ds.data.manifest_rows import VIDEO_EXTS, read_member, tar_samples  # noqa: E402
-from turbo_ds.data.shards import MANIFEST, atomic_write_bytes  # noqa: E402
+from turbo_ds.data.shards import MANIFEST, atomic_write_bytes, shard_paths  # noqa: E402
 from turbo_ds.data.transcode import probe  # noqa: E402
 from turbo_ds.data.video import CorruptVideo, decode_frames, sample_indices  # noqa: E402
 
@@ -68,7 +68,7 @@ def _shards(folder: Path) -> tuple[list[Path], dict]:
     manifest_path = folder / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     if manifest:
-        return [folder / s["name"] for s in manifest["shards"]], manifest
+        return [Path(p) for p in shard_paths(folder, manifest)], manifest
     return sorted(folder.glob("*.tar")), manifest
 
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
+from turbo_ds.data.shards import MANIFEST
+
 TASKS = ("action_cls", "video_language", "long_video")
 REQUIRED = {"action_cls": ("path", "label"), "video_language": ("path", "caption"), "long_video": ("path", "label")}
 VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov", "m4v", "mpg", "mpeg", "ogv", "flv", "ts", "3gp", "wmv")
@@ -205,7 +207,7 @@ def read_class_names(path: str | Path) -> list[str]:
     """Class names from a text file (one a line) or a dataset folder / manifest.json (its class_names)."""
     path = Path(path)
     if path.is_dir():
-        path = path / "manifest.json"
+        path = path / MANIFEST
     if path.suffix == ".json":
         names = json.loads(path.read_text()).get("class_names")
         if not names:

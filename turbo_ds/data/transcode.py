@@ -18,7 +18,7 @@ from typing import Iterator, TypeAlias
 
 import av
 
-from turbo_ds.data.video import CorruptVideo
+from turbo_ds.data.video import DECODE_ERRORS, CorruptVideo, x264_options
 
 MAX_DEFAULT_FPS = 30  # "keep the source rate" never goes above this
 MAX_PLAUSIBLE_FPS = 240
@@ -26,7 +26,6 @@ MPEG_RANGE, JPEG_RANGE = 1, 2  # av.video.reformatter.ColorRange values
 # Timestamps rounded to milliseconds (mkv, webm) may land just after the exact output time.
 PTS_TOLERANCE = Fraction(1, 1000)
 AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
-DECODE_ERRORS = (av.error.FFmpegError, ValueError, IndexError, EOFError)
 
 Source: TypeAlias = "str | os.PathLike[str] | bytes"  # a path, or the file's bytes
 
@@ -184,11 +183,7 @@ def _plan(stream, s: TranscodeSettings, start: float | None, end: float | None) 
 def _add_video_stream(out, clip: _Clip, crf: int):
     stream = out.add_stream("libx264", rate=clip.fps)
     stream.width, stream.height, stream.pix_fmt = clip.width, clip.height, "yuv420p"
-    # Byte-reproducible shards: x264 output depends on its thread count, and its AVX-512
-    # code paths gave run-to-run different bytes for identical frames (x264 core 164);
-    # cpu-independent keeps the result the same on every run and CPU. Parallelism comes
-    # from worker processes instead of encoder threads.
-    stream.options = {"crf": str(crf), "threads": "1", "x264-params": "cpu-independent=1"}
+    stream.options = x264_options(crf)  # byte-reproducible shards
     stream.codec_context.gop_size = clip.gop
     return stream
 

@@ -22,12 +22,22 @@ from av.video.reformatter import VideoReformatter
 # and leaves no threads in the cached context for a forked loader worker to deadlock on.
 _RGB = VideoReformatter()
 _RGB_OPTIONS = {"threads": 1} if int(av.__version__.split(".")[0]) >= 17 else {}
-_DECODE_ERRORS = (av.error.FFmpegError, ValueError, IndexError, EOFError)
+DECODE_ERRORS = (av.error.FFmpegError, ValueError, IndexError, EOFError)
 _GOP_SCAN = 1000  # index entries read to find the first two keyframes (bounded cost on long videos)
 
 
 class CorruptVideo(ValueError):
     """Raised for bytes that FFmpeg cannot turn into frames; the loader skips and counts them."""
+
+
+def x264_options(crf: int) -> dict[str, str]:
+    """libx264 options for byte-reproducible output: identical frames give identical bytes on any run and CPU.
+
+    x264's output depends on its thread count, and its AVX-512 code paths gave run-to-run
+    different bytes for identical frames (x264 core 164); one thread and cpu-independent fix
+    both. Parallelism comes from worker processes instead of encoder threads.
+    """
+    return {"crf": str(crf), "threads": "1", "x264-params": "cpu-independent=1"}
 
 
 def encode_mp4(frames: np.ndarray, fps: float = 8.0, crf: int = 23, gop: int | None = None) -> bytes:
@@ -37,8 +47,7 @@ def encode_mp4(frames: np.ndarray, fps: float = 8.0, crf: int = 23, gop: int | N
     with av.open(buf, mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=int(round(fps)))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        # One thread and cpu-independent: identical frames give identical bytes on any CPU.
-        stream.options = {"crf": str(crf), "threads": "1", "x264-params": "cpu-independent=1"}
+        stream.options = x264_options(crf)
         if gop:
             stream.codec_context.gop_size = gop
         for frame in frames:
@@ -66,7 +75,7 @@ def decode_frames(data: bytes, threads: int = 1) -> np.ndarray:
     try:
         with av.open(io.BytesIO(data)) as container:
             frames = [_rgb(f) for f in container.decode(_open_stream(container, threads))]
-    except _DECODE_ERRORS as e:
+    except DECODE_ERRORS as e:
         raise CorruptVideo(f"cannot decode video: {e}") from e
     if not frames:
         raise CorruptVideo("video has no decodable frames")
@@ -89,7 +98,7 @@ def read_frames(data: bytes, choose: Callable[[int], np.ndarray], threads: int =
                 frames = _decode_picks(container, stream, np.asarray(choose(timing[0])), *timing[1:])
                 if frames is not None:
                     return frames
-    except _DECODE_ERRORS:
+    except DECODE_ERRORS:
         pass  # decoding everything below tells a corrupt video from one that only resists seeking
     frames = decode_frames(data, threads)
     return frames[choose(len(frames))]
