@@ -16,10 +16,9 @@ import dataclasses
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from turbo_ds.config import LongVideoConfig, ModelConfig, TurboConfig
-from turbo_ds.models.vit import Block, VideoClassifier, VideoViT, sinusoid_table
+from turbo_ds.models.vit import Block, VideoClassifier, VideoViT, run_blocks, sinusoid_table
 
 
 class TemporalTransformer(nn.Module):
@@ -49,10 +48,7 @@ class TemporalTransformer(nn.Module):
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(b, -1, -1).to(x.dtype), x], dim=1)  # (B, 1+S, D)
         x = x + self.pos_embed.to(x.dtype)
-        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
-        for block in self.blocks:
-            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
-        x = self.norm(x)
+        x = self.norm(run_blocks(self.blocks, x, self.activation_checkpointing))
         if self.pooling == "concat":
             return x.flatten(1)  # (B, S*D), segment after segment
         return x[:, 0] if self.cls_token is not None else x.mean(dim=1)  # (B, D)

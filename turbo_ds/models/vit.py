@@ -118,6 +118,15 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, checkpointing: bool) -> torch.Tensor:
+    """``blocks`` in order. With ``checkpointing`` in training (grad on), each block is recomputed in
+    backward: ~1/3 more compute for not storing its activations."""
+    recompute = checkpointing and blocks.training and torch.is_grad_enabled()
+    for block in blocks:
+        x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
+    return x
+
+
 class VideoViT(nn.Module):
     """Tubelet embedding + space-time position embedding + blocks; returns mean-pooled features.
 
@@ -156,10 +165,7 @@ class VideoViT(nn.Module):
             patches = patches.gather(1, keep[..., None].expand(-1, -1, patches.shape[-1]))  # (B, K, P)
             pos = pos.gather(1, keep[..., None].expand(-1, -1, self.width))  # (B, K, D)
         x = self.patch_embed.embed(patches) + pos  # (B, K, D)
-        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
-        for block in self.blocks:
-            # Recomputing a block in backward trades ~1/3 more compute for not storing its activations.
-            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
+        x = run_blocks(self.blocks, x, self.activation_checkpointing)
         return self.norm(x.mean(dim=1))  # (B, D)
 
 
