@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from turbo_ds.config import Config
 from turbo_ds.models.long_video import SegmentClassifier, build_long_video_model
 from turbo_ds.models.pretrained import load_pretrained
