@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from conftest import REPO
 from turbo_ds.data.shards import write_manifest, write_shard
 from turbo_ds.data.video import encode_mp4
 
-REPO = Path(__file__).resolve().parents[1]
 INSPECT = str(REPO / "data_prep" / "inspect_shards.py")
 BUILD = str(REPO / "data_prep" / "build_shards.py")
 CLASSES = ["jump", "run", "swim"]

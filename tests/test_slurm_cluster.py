@@ -10,7 +10,6 @@ code as a real run. Slurm 22.05 has no sacct here, so jobs are polled with
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -23,9 +22,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-LOCAL_CLUSTER = ROOT / "slurm" / "local_cluster.sh"
-LAUNCH = ROOT / "slurm" / "launch.sh"
+from conftest import REPO, free_port, read_metrics, tiny_overrides
+
+LOCAL_CLUSTER = REPO / "slurm" / "local_cluster.sh"
+LAUNCH = REPO / "slurm" / "launch.sh"
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 
 # A stand-in for turbo_ds/train.py: on SIGUSR1 it "checkpoints" and exits 0; in a
@@ -43,12 +43,6 @@ echo "fake trainer rank=$RANK ready"
 (trap '' USR1; exec sleep 600) &
 wait
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -104,7 +98,7 @@ def slurm_cluster(tmp_path_factory):
         pytest.skip("starting the local Slurm daemons needs root")
     cluster_dir = tmp_path_factory.mktemp("slurm")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k != "TURBO_DS_ROOT"}
-    ports = {"LOCAL_SLURM_CTLD_PORT": str(_free_port()), "LOCAL_SLURM_SLURMD_PORT": str(_free_port())}
+    ports = {"LOCAL_SLURM_CTLD_PORT": str(free_port()), "LOCAL_SLURM_SLURMD_PORT": str(free_port())}
     start = subprocess.run(
         ["bash", str(LOCAL_CLUSTER), "start", str(cluster_dir)],
         env={**env, **ports}, capture_output=True, text=True, timeout=900,  # may apt-get install
@@ -180,9 +174,9 @@ def _submit_fake_training(
     exports = f"ALL,RUN_DIR={run_dir},LAUNCH_CMD=bash {fake}"
     jobid = cluster.sbatch(
         "--gpus-per-node=0", "--ntasks-per-node=2", "--cpus-per-task=1", "-o", str(out), f"--export={exports}",
-        *sbatch_args, str(ROOT / "slurm" / template),
+        *sbatch_args, str(REPO / "slurm" / template),
         # submitted from tmp_path: without TURBO_DS_ROOT the template must find the repo itself
-        cwd=tmp_path, env={"TURBO_DS_ROOT": str(ROOT)} if root_env else None,
+        cwd=tmp_path, env={"TURBO_DS_ROOT": str(REPO)} if root_env else None,
     )
     return jobid, out, run_dir
 
@@ -253,17 +247,12 @@ def test_scancel_does_not_requeue(slurm_cluster, tmp_path):
 def _submit_training(cluster: SlurmCluster, tmp_path: Path, demo: Path, *extra_sets: str, steps: int):
     """The real action_cls template and trainer, 2 CPU ranks on the local node, tiny demo data."""
     run_dir, out = tmp_path / "run", tmp_path / "job.out"
-    sets = [f"data.train={demo}/train", f"data.val={demo}/val", "data.generate_demo=false", f"train.steps={steps}",
-            "train.warmup_steps=1", "train.log_every=1", f"train.eval_every={steps}", f"train.ckpt_every={steps}",
-            "eval.batch_size=16", "data.shuffle_buffer=8", *extra_sets]
+    sets = tiny_overrides(demo, run_dir, f"train.steps={steps}", "train.log_every=1", f"train.eval_every={steps}",
+                          f"train.ckpt_every={steps}", *extra_sets)[1::2]  # values only: EXTRA_SETS is a list
     exports = f"ALL,RUN_DIR={run_dir},EXTRA_SETS={' '.join(sets)},PYTHON={sys.executable}"
     jobid = cluster.sbatch("--gpus-per-node=0", "--ntasks-per-node=2", "--cpus-per-task=1", "-o", str(out),
-                           f"--export={exports}", str(ROOT / "slurm" / "action_cls.sh"), cwd=ROOT)
+                           f"--export={exports}", str(REPO / "slurm" / "action_cls.sh"), cwd=REPO)
     return jobid, out, run_dir
-
-
-def _metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_sbatch_trains_demo_to_final_eval(slurm_cluster, tmp_path, tiny_demo):
@@ -273,7 +262,7 @@ def test_sbatch_trains_demo_to_final_eval(slurm_cluster, tmp_path, tiny_demo):
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", text[-3000:]
     assert "world size 2" in text and "2 rank(s)" in text and f"run dir:    {run_dir}" in text
     assert "----- " + str(run_dir / "config.yaml") in text  # resolved configs in the job output
-    evals = [r for r in _metrics(run_dir) if "eval/top1" in r]
+    evals = [r for r in read_metrics(run_dir) if "eval/top1" in r]
     assert evals[-1]["step"] == 4 and evals[-1]["num_classes"] == 8 and (run_dir / "COMPLETED").exists()
 
 
@@ -289,6 +278,6 @@ def test_preemption_checkpoints_requeues_and_resumes(slurm_cluster, tmp_path, ti
     resumed = int(re.search(r"resuming from checkpoint \S+ at step (\d+)", text).group(1))
     assert 5 <= stopped < steps and resumed == stopped
     print(f"preemption signal landed at step {stopped}; the requeued run resumed from step {resumed}")
-    train_steps = [r["step"] for r in _metrics(run_dir) if "train/loss" in r]
+    train_steps = [r["step"] for r in read_metrics(run_dir) if "train/loss" in r]
     assert train_steps == list(range(1, steps + 1))  # no step lost or duplicated across the requeue
     assert (run_dir / "COMPLETED").exists()

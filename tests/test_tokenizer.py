@@ -13,10 +13,10 @@ import pytest
 import torch
 import transformers
 
+from conftest import REPO
 from turbo_ds.data.shards import write_shard
 from turbo_ds.data.tokenizer import load_tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "data_prep" / "train_tokenizer.py")
 COLOURS = ["red", "green", "blue", "yellow", "white", "orange"]
 SHAPES = ["circle", "square", "triangle", "star"]
