@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from conftest import read_metrics, run_train, tiny_overrides
@@ -12,8 +14,10 @@ def test_every_ds_config_trains_evaluates_and_resumes(tiny_demo, tmp_path, zero)
     run_dir = tmp_path / f"zero{zero}"
     ds_config = f"ds_configs/zero{zero}_bf16.json"
     args = tiny_overrides(tiny_demo, run_dir)
+    shm_before = set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
     proc = run_train(args, ds_config=ds_config)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")) <= shm_before  # DeepSpeed's CPU buffers unlinked
     records = read_metrics(run_dir)
     train = [r for r in records if "train/loss" in r]
     evals = [r for r in records if "eval/top1" in r]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,6 +35,8 @@ def init_distributed() -> DistInfo:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
     deepspeed.init_distributed()
+    dist.barrier()  # every rank is past DeepSpeed's init, which maps every rank's shm buffer
+    _unlink_shm_buffer(dist.get_rank())
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
@@ -41,6 +44,18 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _unlink_shm_buffer(rank: int) -> None:
+    """Remove the name of this rank's DeepSpeed CPU allreduce buffer (/dev/shm, ~66 MB per rank and port).
+
+    DeepSpeed 0.19 never unlinks it, so every CPU run would leave one per rank in /dev/shm
+    until it fills. Safe once every rank is past init: all have mapped every buffer, the
+    mappings live on until exit, and a crash or kill -9 later leaves nothing behind.
+    """
+    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR')}_"
+            f"{os.environ.get('MASTER_PORT')}_{rank}")
+    Path("/dev/shm", name).unlink(missing_ok=True)  # absent on GPU runs (NCCL) and without the shm op
 
 
 def barrier() -> None:
