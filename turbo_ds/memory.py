@@ -1,6 +1,6 @@
-"""This process's resident memory (Linux ``/proc/self/status``), for CPU memory measurements.
+"""Memory readings from Linux ``/proc``, for CPU memory measurements.
 
-Where ``/proc`` is missing, the readings fall back to ``ru_maxrss`` (the lifetime peak).
+Where ``/proc`` is missing, the resident-set readings fall back to ``ru_maxrss`` (the lifetime peak).
 """
 
 from __future__ import annotations
@@ -8,15 +8,22 @@ from __future__ import annotations
 import resource
 from pathlib import Path
 
-_STATUS = Path("/proc/self/status")
+
+def _proc_bytes(path: str, field: str) -> int | None:
+    """``field``'s value from a ``/proc`` file of "Field:  N kB" lines, or None."""
+    try:
+        text = Path(path).read_text()  # read directly: the planner's watchdog calls this every 2 ms
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return None
 
 
 def _status_bytes(field: str) -> int:
-    if _STATUS.exists():
-        for line in _STATUS.read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024  # reported in kB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+    value = _proc_bytes("/proc/self/status", field)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 if value is None else value  # kB on Linux
 
 
 def rss_bytes() -> int:
@@ -36,3 +43,8 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def available_bytes() -> int | None:
+    """Memory the system can still give processes (MemAvailable), or None where it does not say."""
+    return _proc_bytes("/proc/meminfo", "MemAvailable")

@@ -45,7 +45,7 @@ import yaml
 
 from turbo_ds.config import Config, ConfigError, load_config, load_ds_config, plan_batches, to_dict
 from turbo_ds.data.shards import read_manifest
-from turbo_ds.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
+from turbo_ds.memory import available_bytes, peak_rss_bytes, reset_peak_rss, rss_bytes
 
 KEEP_RATIOS = (1.0, 0.5, 0.25, 0.125)
 AUTO_KEEP_RATIOS = (1.0, 0.75, 0.5, 0.375, 0.25, 0.1875, 0.125)  # turbo.keep_ratio: auto picks among these
@@ -154,11 +154,12 @@ def _warm_up(device: str) -> None:
 
 def run_steps(cfg: Config, ds_config: dict[str, Any], setting: Setting, device: str, steps: int,
               limit_bytes: int, ranks: int, num_classes: int) -> dict[str, Any]:
-    """Train ``steps`` steps of ``setting`` in this process: peak memory growth and the median step time.
+    """Train ``steps`` steps of ``setting`` in this process: the rank's need in bytes (peak memory growth
+    less what ZeRO over ``ranks`` ranks takes off) and the median step time.
 
-    Run in a fresh process (``measure`` does): the CPU figure is this process's peak RSS growth.
-    The process stops (CPU: exit status 3; CUDA: out-of-memory error) once it needs more than
-    ``limit_bytes`` plus what ZeRO over ``ranks`` ranks would take off.
+    ``cfg`` is already ``with_setting(..., setting)`` (``measure`` writes it so). Run in a fresh
+    process (``measure`` does): the CPU figure is this process's peak RSS growth. The process
+    stops (CPU: exit status 3; CUDA: out-of-memory error) once the need passes ``limit_bytes``.
     """
     import importlib
 
@@ -169,7 +170,6 @@ def run_steps(cfg: Config, ds_config: dict[str, Any], setting: Setting, device: 
 
     importlib.import_module(f"turbo_ds.tasks.{cfg.task}")  # imports are not training memory: load them first
     _warm_up(device)
-    cfg = with_setting(cfg, setting.frames, setting.keep_ratio)
     dtype, cuda = compute_dtype(ds_config), device.startswith("cuda")
     limit = [limit_bytes]
     if cuda:
@@ -180,8 +180,8 @@ def run_steps(cfg: Config, ds_config: dict[str, Any], setting: Setting, device: 
     torch.manual_seed(0)
     task = build_task(cfg, {"class_names": [f"class{i}" for i in range(num_classes)]})
     params = [p for p in task.model.parameters() if p.requires_grad]
-    num_params = sum(p.numel() for p in params)
-    limit[0] += zero_saving_bytes(num_params, ds_config, ranks)
+    saving = zero_saving_bytes(sum(p.numel() for p in params), ds_config, ranks)
+    limit[0] += saving
     if cuda:
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, limit[0] / total), device)
@@ -211,7 +211,7 @@ def run_steps(cfg: Config, ds_config: dict[str, Any], setting: Setting, device: 
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
         assert torch.isfinite(loss), f"non-finite loss {loss.item()} in a planning step"
-    return {"peak_bytes": peak(), "step_s": statistics.median(times[1:] or times), "num_params": num_params}
+    return {"need_bytes": peak() - saving, "step_s": statistics.median(times[1:] or times)}
 
 
 def measure(cfg: Config, ds_config: dict[str, Any], setting: Setting, budget_gb: float, device: str = "cpu",
@@ -237,7 +237,7 @@ def measure(cfg: Config, ds_config: dict[str, Any], setting: Setting, budget_gb:
     if proc.returncode != 0:
         raise RuntimeError(f"measuring {setting} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    need = out["peak_bytes"] - zero_saving_bytes(out["num_params"], ds_config, ranks)
+    need = out["need_bytes"]
     return Measurement(setting, need <= budget_gb * _GB, need / _GB, out["step_s"])
 
 
@@ -340,10 +340,10 @@ class Planner:
 
     def nothing_fits(self, smallest: Setting) -> PlanError:
         """The error for a budget that ``smallest`` (the least demanding setting tried) exceeds, with its need."""
-        m = self(smallest)
+        m, spare = self(smallest), _spare_gb(self.device)
         if m.peak_gb is None:  # stopped at the budget: measure its need, up to what the machine can spare
-            m = self._measure(smallest, limit_gb=_spare_gb(self.device))
-        need = f"needs {m.peak_gb:.2f} GB" if m.peak_gb is not None else f"needs more than {_spare_gb(self.device):.1f} GB"
+            m = self._measure(smallest, limit_gb=spare)
+        need = f"needs {m.peak_gb:.2f} GB" if m.peak_gb is not None else f"needs more than {spare:.1f} GB"
         return PlanError(f"memory budget {self.budget_gb:g} GB: nothing fits; the smallest setting ({smallest.frames} "
                          f"frames x micro-batch {smallest.micro} at keep ratio {smallest.keep_ratio:g}) {need}. Raise "
                          "the budget, or lower the frames or the micro-batch (train_micro_batch_size_per_gpu, with more "
@@ -354,10 +354,8 @@ def _spare_gb(device: str) -> float:
     """The most a measurement may take to report a need: 70% of available RAM (CPU), the whole GPU (CUDA)."""
     if device.startswith("cuda"):
         return 1e6  # the child's memory fraction is capped at 1
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return 0.7 * int(line.split()[1]) * 1024 / _GB
-    return 4.0
+    available = available_bytes()
+    return 4.0 if available is None else 0.7 * available / _GB
 
 
 def frame_unit(cfg: Config) -> int:
