@@ -77,11 +77,13 @@ class HFTokenizer:
         self.pad_id, self.vocab_size = pad, len(self.tok)
 
     def encode(self, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        # The tokenizer's own truncation keeps its special tokens (e.g. [SEP]) in place;
-        # the untruncated lengths only count how many captions were cut.
-        seqs = self.tok(list(texts), truncation=True, max_length=max_length)["input_ids"]
-        full = self.tok(list(texts), verbose=False)["input_ids"]
-        return (*pad_batch(seqs, max_length, self.pad_id), sum(len(f) > max_length for f in full))
+        seqs = self.tok(list(texts), verbose=False)["input_ids"]
+        long = [i for i, seq in enumerate(seqs) if len(seq) > max_length]
+        if long:  # the tokenizer's own truncation keeps its special tokens (e.g. [SEP]) in place
+            cut = self.tok([texts[i] for i in long], truncation=True, max_length=max_length)["input_ids"]
+            for i, seq in zip(long, cut):
+                seqs[i] = seq
+        return (*pad_batch(seqs, max_length, self.pad_id), len(long))
 
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
