@@ -84,6 +84,8 @@ def read_clips(folder: Path, count: int) -> list[bytes]:
     for shard in read_manifest(folder)["shards"]:
         with tarfile.open(folder / shard["name"]) as tar:
             clips += [tar.extractfile(m).read() for m in tar if m.name.endswith(".mp4")]
+        if len(clips) >= count:
+            break
     return [clips[i % len(clips)] for i in range(count)]
 
 
@@ -170,8 +172,8 @@ def main(argv=None) -> None:
     else:
         folder = dataset_folder(a.shards)
     clips = read_clips(folder, a.batches * a.batch_size)
-    height, width = decode_frames(clips[0]).shape[1:3]
-    frames_per_clip = len(decode_frames(clips[0]))
+    first = decode_frames(clips[0])  # (T, H, W, 3)
+    frames_per_clip, height, width = first.shape[:3]
     size = a.size or min(height, width)
     data = DataConfig(train=str(folder), val=str(folder), num_workers=a.workers, decoded_cache_clips=0,
                       sampling=a.sampling, frame_stride=a.stride, decode_threads=a.decode_threads, shuffle_buffer=64)
