@@ -67,6 +67,25 @@ def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndar
     return (dy >= -r) & (dy <= 0.8 * r) & (abs(dx) <= 0.6 * (dy + r))  # triangle, apex up
 
 
+def _draw(background: np.ndarray, objects: list[dict], offset: np.ndarray) -> np.ndarray:
+    """Frames (F, S, S, 3) uint8: ``objects`` over ``background``, all shifted by ``offset[t]`` (F, 2) in frame t.
+
+    Offsets wrap on a torus: shapes leaving one edge re-enter at the opposite one, so a
+    shape's position carries no information, only its motion does.
+    """
+    size = background.shape[0]
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    frames = np.empty((len(offset), size, size, 3), np.uint8)
+    for t, (ox, oy) in enumerate(offset):
+        img = background.copy()
+        for o in objects:
+            dx = (xx - o["x"] - ox + size / 2) % size - size / 2
+            dy = (yy - o["y"] - oy + size / 2) % size - size / 2
+            img[_shape_mask(o["shape"], dx, dy, o["radius"])] = COLOURS[o["colour"]]
+        frames[t] = img.astype(np.uint8)
+    return frames
+
+
 def render_clip(rng: np.random.Generator, label: int, s: DemoSettings) -> tuple[np.ndarray, str, dict]:
     """Render one clip of class ``label``: (T, S, S, 3) uint8 frames, a caption, metadata."""
     direction, speed = CLASS_NAMES[label].split("_")
@@ -76,22 +95,13 @@ def render_clip(rng: np.random.Generator, label: int, s: DemoSettings) -> tuple[
     step = SPEEDS[speed] * rng.uniform(0.85, 1.15) * s.size / 64
 
     background = _texture(rng, s.size)
-    yy, xx = np.mgrid[0 : s.size, 0 : s.size].astype(np.float64)
     objects = []
     for _ in range(rng.integers(1, 3)):
         colour = str(rng.choice(list(COLOURS)))
         objects.append(dict(shape=str(rng.choice(SHAPES)), colour=colour,
                             radius=float(rng.uniform(7, 13) * s.size / 64),
                             x=float(rng.uniform(0, s.size)), y=float(rng.uniform(0, s.size))))
-    frames = np.empty((s.frames, s.size, s.size, 3), np.uint8)
-    for t in range(s.frames):
-        img = background.copy()
-        for o in objects:
-            # Offsets on a torus: shapes leaving one edge re-enter at the opposite one.
-            dx = (xx - o["x"] - vx * step * t + s.size / 2) % s.size - s.size / 2
-            dy = (yy - o["y"] - vy * step * t + s.size / 2) % s.size - s.size / 2
-            img[_shape_mask(o["shape"], dx, dy, o["radius"])] = COLOURS[o["colour"]]
-        frames[t] = img.astype(np.uint8)
+    frames = _draw(background, objects, np.outer(np.arange(s.frames), (vx * step, vy * step)))
 
     nouns = [f"{'small' if o['radius'] < 10 * s.size / 64 else 'large'} {o['colour']} {o['shape']}" for o in objects]
     verb = "moves" if len(nouns) == 1 else "move"
@@ -195,20 +205,12 @@ def render_long_clip(rng: np.random.Generator, directions: tuple[str, ...], s: L
     offset = np.concatenate([np.zeros((1, 2)), np.cumsum(steps[:-1], axis=0)])  # (F, 2): shift since frame 0
 
     background = _texture(rng, s.size)
-    yy, xx = np.mgrid[0 : s.size, 0 : s.size].astype(np.float64)
     objects = []
-    for _ in range(rng.integers(1, 3)):
+    for _ in range(rng.integers(1, 3)):  # drawn in another order than render_clip's: kept, so the data stays the same
         objects.append(dict(shape=str(rng.choice(SHAPES)), colour=str(rng.choice(list(COLOURS))),
                             radius=float(rng.uniform(7, 13) * s.size / 64),
                             x=float(rng.uniform(0, s.size)), y=float(rng.uniform(0, s.size))))
-    frames = np.empty((s.frames, s.size, s.size, 3), np.uint8)
-    for t in range(s.frames):
-        img = background.copy()
-        for o in objects:  # on a torus, as in the action demo: positions carry no information
-            dx = (xx - o["x"] - offset[t, 0] + s.size / 2) % s.size - s.size / 2
-            dy = (yy - o["y"] - offset[t, 1] + s.size / 2) % s.size - s.size / 2
-            img[_shape_mask(o["shape"], dx, dy, o["radius"])] = COLOURS[o["colour"]]
-        frames[t] = img.astype(np.uint8)
+    frames = _draw(background, objects, offset)
 
     nouns = " and ".join(f"a {o['colour']} {o['shape']}" for o in objects)
     verb = "moves" if len(objects) == 1 else "move"
