@@ -17,7 +17,8 @@
 #                  resumes into the same run dir (the trainer auto-resumes from `latest`).
 #   EXTRA_SETS     whitespace-separated key=value config overrides, each passed as
 #                  `--set key=value` (values cannot contain spaces)
-#   TURBO_DS_ROOT  repo root (the templates set it); default: the parent of this script
+#   TURBO_DS_ROOT  repo root (the templates also use it to find this script); default: the
+#                  parent of this script's folder
 #   PYTHON         interpreter for the trainer (default: python)
 #   GPUS_PER_NODE  override the GPU count Slurm reports (SLURM_GPUS_ON_NODE/_PER_NODE)
 #   LAUNCH_CMD     for tests/debugging: a bash command line each task runs instead of
@@ -186,10 +187,14 @@ run() {
     exit "$rc"
 }
 
+usage() {
+    sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+}
+
 case ${1:-} in
     run) run ;;
     task) shift; task "$@" ;;
     print-env) print_env ;;
-    -h | --help | help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' ;;
-    *) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2 ;;
+    -h | --help | help) usage ;;
+    *) usage >&2; exit 2 ;;
 esac

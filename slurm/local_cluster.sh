@@ -149,7 +149,7 @@ start_daemon() {
     shift
     rm -f "$DIR/$name.pid"
     # stdio to a file: a daemon must never hold the caller's pipes open
-    TURBO_DS_LOCAL_CLUSTER=$DIR "$@" </dev/null >>"$DIR/log/$name.stdout" 2>&1 ||
+    "$@" </dev/null >>"$DIR/log/$name.stdout" 2>&1 ||
         { dump_logs; die "$name failed to start"; }
     for ((i = 0; i < 100; i++)); do
         [[ -n $(live_pid "$name") ]] && return 0
