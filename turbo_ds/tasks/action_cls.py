@@ -14,6 +14,13 @@ from turbo_ds.models.vit import VideoClassifier, VideoViT
 from turbo_ds.tasks.mixup import mix_batch, soft_targets
 
 
+def class_names(cfg: Config, manifest: dict[str, Any]) -> list[str]:
+    if not manifest["class_names"]:
+        raise ValueError(f"data.train={cfg.data.train}: manifest has no class_names; rebuild the shards "
+                         f"with --task {cfg.task}")
+    return manifest["class_names"]
+
+
 def dummy_clip(model: torch.nn.Module, frames: int, size: int, dtype: torch.dtype) -> torch.Tensor:
     """One all-zero clip (1, C, T, H, W) on the model's device, for padding forward passes."""
     return torch.zeros(1, 3, frames, size, size, dtype=dtype, device=next(model.parameters()).device)
@@ -25,13 +32,11 @@ class ActionClassification:
     ``eval_padding`` for ranks out of clips / ``eval_metrics`` over ranks."""
 
     targets = "label"
+    num_segments = 1  # encoder clips per sample
 
     def __init__(self, cfg: Config, manifest: dict[str, Any]):
         self.cfg = cfg
-        self.class_names = manifest["class_names"]
-        if not self.class_names:
-            raise ValueError(f"data.train={cfg.data.train}: manifest has no class_names; rebuild the shards "
-                             "with --task action_cls")
+        self.class_names = class_names(cfg, manifest)
         self.encoder = VideoViT(cfg.model, cfg.turbo)
         self.model = VideoClassifier(self.encoder, len(self.class_names))
         self.tokens_total = self.encoder.num_tokens
@@ -41,7 +46,7 @@ class ActionClassification:
 
     @property
     def tokens_kept(self) -> int:
-        return self.encoder.turbo.num_kept(training=True)
+        return self.num_segments * self.encoder.turbo.num_kept(training=True)
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
         tr = self.cfg.train

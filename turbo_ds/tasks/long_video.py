@@ -18,7 +18,7 @@ from typing import Any
 from turbo_ds.config import Config
 from turbo_ds.models.long_video import SegmentClassifier, build_long_video_model
 from turbo_ds.models.pretrained import load_pretrained
-from turbo_ds.tasks.action_cls import ActionClassification
+from turbo_ds.tasks.action_cls import ActionClassification, class_names
 
 
 class LongVideoClassification(ActionClassification):
@@ -28,10 +28,7 @@ class LongVideoClassification(ActionClassification):
     def __init__(self, cfg: Config, manifest: dict[str, Any]):
         # Not ActionClassification.__init__: that builds a short-clip model.
         self.cfg, lv = cfg, cfg.long_video
-        self.class_names = manifest["class_names"]
-        if not self.class_names:
-            raise ValueError(f"data.train={cfg.data.train}: manifest has no class_names; rebuild the shards "
-                             "with --task long_video")
+        self.class_names = class_names(cfg, manifest)
         self.model = build_long_video_model(cfg.model, lv, cfg.turbo, len(self.class_names))
         self.encoder = self.model.encoder
         # Segments: the encoder only (temporal model and head start fresh); joint: the head too if classes match.
@@ -40,10 +37,6 @@ class LongVideoClassification(ActionClassification):
         self.clip_frames = lv.frames  # frames per video the data pipeline must deliver
         self.num_segments = self.model.num_segments if isinstance(self.model, SegmentClassifier) else 1
         self.tokens_total = self.num_segments * self.encoder.num_tokens  # per clip
-
-    @property
-    def tokens_kept(self) -> int:
-        return self.num_segments * self.encoder.turbo.num_kept(training=True)
 
     @property
     def eval_chunked(self) -> bool:
