@@ -37,6 +37,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
 from turbo_ds.memory import peak_rss_bytes, reset_peak_rss, rss_bytes  # noqa: E402
+from turbo_ds.turbo import STRATEGIES  # noqa: E402
 
 IMPLS = ("turbo_ds", "videomae")
 
@@ -45,8 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS))
     p.add_argument("--keep-ratios", nargs="+", type=float, default=[1.0, 0.5, 0.25, 0.125])
-    p.add_argument("--strategy", default="random", choices=["random", "tube", "frame_balanced", "motion"],
-                   help="turbo_ds token selection (videomae always drops random tokens)")
+    p.add_argument("--strategy", default="random", choices=list(STRATEGIES),
+                   help="turbo_ds token selection (videomae always drops random tokens): "
+                        + "; ".join(f"{name}: {s.doc}" for name, s in STRATEGIES.items()))
     p.add_argument("--width", type=int, default=384)
     p.add_argument("--depth", type=int, default=12)
     p.add_argument("--heads", type=int, default=6)

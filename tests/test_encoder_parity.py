@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from turbo_ds.config import ModelConfig, TurboConfig
-from turbo_ds.models.vit import DropPath, VideoViT, interpolate_pos_embed
+from turbo_ds.models.vit import DropPath, VideoClassifier, VideoViT, interpolate_pos_embed
 from turbo_ds.turbo import keep_count, tube_keep_indices
 
 CFG = ModelConfig(num_frames=4, img_size=16, patch_size=4, tubelet_size=2, width=32, depth=3, heads=4, pos_embed="learned")
@@ -34,6 +34,16 @@ def test_fast_path_equals_conv3d_then_gather():
     torch.manual_seed(1)  # the selector draws from the global generator: replay its choice
     keep = tube_keep_indices(2, vit.grid, keep_count("tube", vit.grid, 0.25))
     assert torch.allclose(fast, plain_forward(vit, x, keep), atol=1e-5)
+
+
+def test_classifier_trains_on_kept_tokens_only():
+    torch.manual_seed(0)
+    model = VideoClassifier(VideoViT(CFG, 0.5), num_classes=3)
+    logits = model.train()(torch.randn(4, 3, 4, 16, 16))
+    F.cross_entropy(logits, torch.tensor([0, 1, 2, 0])).backward()
+    assert logits.shape == (4, 3)
+    assert model.encoder.pos_embed.grad.abs().sum(-1).eq(0).any()  # dropped positions get no gradient
+
 
 
 @pytest.mark.parametrize("drop_path", [0.0, 0.3])

@@ -8,10 +8,10 @@ import pytest
 import yaml
 
 from conftest import read_metrics, run_train, tiny_overrides
-from turbo_ds.config import Config, LongVideoConfig, ModelConfig, load_config, load_ds_config
+from turbo_ds.config import Config, DeepSpeedConfig, LongVideoConfig, ModelConfig, load_config, load_ds_config
 from turbo_ds.plan import AUTO_KEEP_RATIOS, Measurement, Planner, PlanError, Setting, main, measure, pick_keep_ratio
 
-DS = {"train_micro_batch_size_per_gpu": 16, "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}}
+DS = DeepSpeedConfig({"train_micro_batch_size_per_gpu": 16, "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}})
 
 
 def tiny_config(frames: int = 16) -> Config:
@@ -23,7 +23,7 @@ def tiny_config(frames: int = 16) -> Config:
 def fake_measure(calls: list[Setting]):
     """Memory model: 0.1 GB of state + 1 MB per kept token-frame-video; records what was measured."""
 
-    def measure(cfg, ds_config, setting, budget_gb, *args) -> Measurement:
+    def measure(cfg, ds, setting, budget_gb, *args) -> Measurement:
         calls.append(setting)
         need = 0.1 + setting.frames * setting.micro * setting.keep_ratio / 1024
         return Measurement(setting, need <= budget_gb, need, 0.1)
@@ -66,7 +66,7 @@ def test_cli_errors_clearly_when_nothing_fits(tmp_path, capsys):
     config, ds = tmp_path / "tiny.yaml", tmp_path / "ds.json"
     config.write_text("task: long_video\nmodel: {num_frames: 8, img_size: 32, patch_size: 4, width: 64, depth: 2, "
                       "heads: 2}\nlong_video: {frames: 16, mode: joint}\n")
-    ds.write_text(json.dumps(DS))
+    ds.write_text(json.dumps(DS.raw))
     assert main(["--config", str(config), "--ds_config", str(ds), "--memory-gb", "0.001", "--steps", "2"]) == 2
     err = capsys.readouterr().err
     assert "plan error: memory budget 0.001 GB: nothing fits; the smallest setting (8 frames x micro-batch 1 at keep " \

@@ -10,25 +10,40 @@ import torch
 
 from turbo_ds.config import ConfigError, ModelConfig, TurboConfig, load_config
 from turbo_ds.models.vit import VideoViT
-from turbo_ds.turbo import (frame_balanced_keep_indices, keep_count, keep_ratio_at, motion_keep_indices, motion_scores,
-                            random_keep_indices, tube_keep_indices)
+from turbo_ds.turbo import (STRATEGIES, TokenSelector, frame_balanced_keep_indices, keep_count, keep_ratio_at,
+                            motion_keep_indices, motion_scores, num_kept, tube_keep_indices)
 
 GRID = (4, 6, 5)  # (T', H', W'): 120 tokens
 N, HW = 120, 30
-STRATEGIES = ["random", "tube", "frame_balanced", "motion"]
+PATCH_SHAPE = (3, 2, 2, 2)  # (C, t, p, p) of the random "patches" the strategies choose from
 
 
 def indices(strategy: str, ratio: float, seed: int = 0, batch: int = 8) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    k = keep_count(strategy, GRID, ratio)
-    if strategy == "random":
-        return random_keep_indices(batch, N, k, generator=g)
-    if strategy == "tube":
-        return tube_keep_indices(batch, GRID, k, generator=g)
-    if strategy == "frame_balanced":
-        return frame_balanced_keep_indices(batch, GRID, k, generator=g)
-    scores = torch.rand(batch, N, generator=g)
-    return motion_keep_indices(scores, k, temperature=0.5, mix=0.25, generator=g)
+    """``strategy``'s keep indices for random patches, through the table every caller uses."""
+    torch.manual_seed(seed)
+    patches = torch.rand(batch, N, math.prod(PATCH_SHAPE))  # (B, N, P)
+    cfg = TurboConfig(strategy=strategy, keep_ratio=ratio, motion_temperature=0.5, motion_mix=0.25)
+    return STRATEGIES[strategy].select(patches, GRID, PATCH_SHAPE, keep_count(strategy, GRID, ratio), cfg)
+
+
+@pytest.mark.parametrize("n, ratio, k", [(512, 0.25, 128), (10, 0.01, 1), (7, 0.5, 4), (8, 1.0, 8)])
+def test_num_kept(n, ratio, k):
+    assert num_kept(n, ratio) == k
+
+
+def test_selector_uses_train_and_eval_ratios():
+    grid, patch_shape = (2, 4, 5), (3, 2, 1, 1)
+    sel = TokenSelector(TurboConfig(keep_ratio=0.25, eval_keep_ratio=0.5), grid, patch_shape)
+    patches = torch.zeros(3, 40, 6)
+    assert sel.train()(patches).shape == (3, 10)
+    assert sel.eval()(patches).shape == (3, 20)
+    assert TokenSelector(TurboConfig(keep_ratio=0.25), grid, patch_shape).eval()(patches) is None  # no gather at all
+    sel.set_keep_ratio(0.5)  # a schedule moves the training ratio only
+    assert sel.train()(patches).shape == (3, 20) and sel.num_kept(training=False) == 20
+
+
+def test_per_slice_rule_of_the_shipped_strategies():
+    assert {name for name, s in STRATEGIES.items() if s.per_slice} == {"tube", "frame_balanced"}
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -36,11 +51,11 @@ def indices(strategy: str, ratio: float, seed: int = 0, batch: int = 8) -> torch
 def test_indices_unique_sorted_in_range_with_k_as_specified(strategy, ratio):
     idx = indices(strategy, ratio)
     per_slice = max(1, round(HW * ratio))
-    k = GRID[0] * per_slice if strategy in ("tube", "frame_balanced") else max(1, round(N * ratio))
+    k = GRID[0] * per_slice if STRATEGIES[strategy].per_slice else max(1, round(N * ratio))
     assert idx.shape == (8, k) and idx.dtype == torch.int64
     assert int(idx.min()) >= 0 and int(idx.max()) < N
     assert bool((idx[:, 1:] > idx[:, :-1]).all())  # sorted ascending, hence unique
-    assert torch.equal(idx, indices(strategy, ratio))  # deterministic under a seeded generator
+    assert torch.equal(idx, indices(strategy, ratio))  # deterministic under a seed
     if k < N - 1:
         assert not torch.equal(idx, indices(strategy, ratio, seed=1))
 

@@ -43,13 +43,12 @@ from typing import Any, Callable
 
 import yaml
 
-from turbo_ds.config import Config, ConfigError, load_config, load_ds_config, plan_batches, to_dict
+from turbo_ds.config import Config, ConfigError, DeepSpeedConfig, load_config, load_ds_config, plan_batches, to_dict
 from turbo_ds.data.shards import read_manifest
 from turbo_ds.memory import available_bytes, peak_rss_bytes, reset_peak_rss, rss_bytes
 
 KEEP_RATIOS = (1.0, 0.5, 0.25, 0.125)
 AUTO_KEEP_RATIOS = (1.0, 0.75, 0.5, 0.375, 0.25, 0.1875, 0.125)  # turbo.keep_ratio: auto picks among these
-CLASSIFICATION_TASKS = ("action_cls", "long_video")
 _GB = 1024**3
 _OVER_BUDGET = 3  # exit status of a child stopped by its memory watchdog
 
@@ -61,7 +60,7 @@ class PlanError(ConfigError):
 @dataclass(frozen=True)
 class Setting:
     frames: int
-    "frames per video (long_video.frames, or model.num_frames for action_cls)"
+    "frames per video (the task's frames_key: model.num_frames, or long_video.frames)"
     micro: int
     "videos per micro-batch on one rank"
     keep_ratio: float
@@ -82,19 +81,14 @@ class Measurement:
 # ----------------------------------------------------------------- one setting
 
 
-def frames_of(cfg: Config) -> int:
-    return cfg.long_video.frames if cfg.task == "long_video" else cfg.model.num_frames
-
-
 def with_setting(cfg: Config, frames: int, keep_ratio: float) -> Config:
     """``cfg`` training ``frames`` per video at a constant ``keep_ratio``, without pretrained weights (no size change)."""
+    from turbo_ds.tasks import task_type
+
     turbo = dataclasses.replace(cfg.turbo, keep_ratio=keep_ratio, schedule="constant", keep_ratio_end=None,
                                 full_token_steps=0)
-    model = dataclasses.replace(cfg.model, pretrained=None)
-    if cfg.task == "long_video":
-        return dataclasses.replace(cfg, turbo=turbo, model=model,
-                                   long_video=dataclasses.replace(cfg.long_video, frames=frames))
-    return dataclasses.replace(cfg, turbo=turbo, model=dataclasses.replace(model, num_frames=frames))
+    cfg = dataclasses.replace(cfg, turbo=turbo, model=dataclasses.replace(cfg.model, pretrained=None))
+    return task_type(cfg.task).with_frames(cfg, frames)
 
 
 def _cpu_meter(limit: list[int]) -> Callable[[], int]:
@@ -117,29 +111,13 @@ def _cpu_meter(limit: list[int]) -> Callable[[], int]:
     return lambda: max(peak_rss_bytes() - base, 0)
 
 
-def _optimizer(params: list, ds_config: dict[str, Any]):
+def _optimizer(params: list, ds: DeepSpeedConfig):
     import torch
 
-    spec = ds_config.get("optimizer", {"type": "AdamW", "params": {}})
+    spec = ds.optimizer
     kwargs = {k: v for k, v in spec.get("params", {}).items() if k in ("lr", "betas", "eps", "weight_decay")}
     cls = torch.optim.Adam if spec.get("type", "").lower() == "adam" else torch.optim.AdamW  # others: AdamW-sized
     return cls(params, **kwargs)
-
-
-def model_state_bytes(num_params: int, ds_config: dict[str, Any]) -> dict[str, int]:
-    """Bytes of parameters, gradients and optimizer state (fp32 master + 2 Adam moments) for ``num_params``."""
-    mixed = any(ds_config.get(k, {}).get("enabled") for k in ("bf16", "fp16"))
-    width = 2 if mixed else 4
-    return {"params": width * num_params, "grads": width * num_params,
-            "optimizer": (12 if mixed else 8) * num_params}
-
-
-def zero_saving_bytes(num_params: int, ds_config: dict[str, Any], ranks: int) -> int:
-    """Per-rank bytes that the JSON's ZeRO stage removes by partitioning state over ``ranks`` ranks."""
-    stage = ds_config.get("zero_optimization", {}).get("stage", 0)
-    state = model_state_bytes(num_params, ds_config)
-    sharded = sum(state[k] for k in ("optimizer", "grads", "params")[:stage])
-    return int(sharded * (1 - 1 / ranks))
 
 
 def _warm_up(device: str) -> None:
@@ -152,7 +130,7 @@ def _warm_up(device: str) -> None:
     torch.optim.AdamW([x]).step()  # the first optimizer step loads ~70 MB of torch modules
 
 
-def run_steps(cfg: Config, ds_config: dict[str, Any], setting: Setting, device: str, steps: int,
+def run_steps(cfg: Config, ds: DeepSpeedConfig, setting: Setting, device: str, steps: int,
               limit_bytes: int, ranks: int, num_classes: int) -> dict[str, Any]:
     """Train ``steps`` steps of ``setting`` in this process: the rank's need in bytes (peak memory growth
     less what ZeRO over ``ranks`` ranks takes off) and the median step time.
@@ -161,16 +139,12 @@ def run_steps(cfg: Config, ds_config: dict[str, Any], setting: Setting, device: 
     process (``measure`` does): the CPU figure is this process's peak RSS growth. The process
     stops (CPU: exit status 3; CUDA: out-of-memory error) once the need passes ``limit_bytes``.
     """
-    import importlib
-
     import torch
 
-    from turbo_ds.engine.trainer import compute_dtype
-    from turbo_ds.tasks import build_task
+    from turbo_ds.tasks import build_task  # imports are not training memory: load them first
 
-    importlib.import_module(f"turbo_ds.tasks.{cfg.task}")  # imports are not training memory: load them first
     _warm_up(device)
-    dtype, cuda = compute_dtype(ds_config), device.startswith("cuda")
+    dtype, cuda = ds.dtype, device.startswith("cuda")
     limit = [limit_bytes]
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
@@ -180,7 +154,7 @@ def run_steps(cfg: Config, ds_config: dict[str, Any], setting: Setting, device: 
     torch.manual_seed(0)
     task = build_task(cfg, {"class_names": [f"class{i}" for i in range(num_classes)]})
     params = [p for p in task.model.parameters() if p.requires_grad]
-    saving = zero_saving_bytes(sum(p.numel() for p in params), ds_config, ranks)
+    saving = ds.zero_saving_bytes(sum(p.numel() for p in params), ranks)
     limit[0] += saving
     if cuda:
         total = torch.cuda.get_device_properties(device).total_memory
@@ -189,10 +163,8 @@ def run_steps(cfg: Config, ds_config: dict[str, Any], setting: Setting, device: 
     # DeepSpeed's bf16/fp16 training: low-precision weights and gradients, fp32 master weights and optimizer.
     master = [p.detach().float().clone().requires_grad_() for p in params] if dtype != torch.float32 else params
     model.to(dtype)
-    opt = _optimizer(master, ds_config)
-    size = cfg.model.img_size
-    batch = {"video": torch.randn(setting.micro, 3, setting.frames, size, size, device=device),  # (B, C, F, H, W)
-             "label": torch.randint(0, num_classes, (setting.micro,), device=device)}
+    opt = _optimizer(master, ds)
+    batch = task.synthetic_batch(setting.micro, device)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
@@ -214,7 +186,7 @@ def run_steps(cfg: Config, ds_config: dict[str, Any], setting: Setting, device: 
     return {"need_bytes": peak() - saving, "step_s": statistics.median(times[1:] or times)}
 
 
-def measure(cfg: Config, ds_config: dict[str, Any], setting: Setting, budget_gb: float, device: str = "cpu",
+def measure(cfg: Config, ds: DeepSpeedConfig, setting: Setting, budget_gb: float, device: str = "cpu",
             steps: int = 3, ranks: int = 1, num_classes: int = 10, limit_gb: float | None = None) -> Measurement:
     """Measure ``setting`` in a fresh subprocess; it fits when the rank's need is at most ``budget_gb``.
 
@@ -225,7 +197,7 @@ def measure(cfg: Config, ds_config: dict[str, Any], setting: Setting, budget_gb:
     with tempfile.TemporaryDirectory() as tmp:
         job, config = Path(tmp) / "job.json", Path(tmp) / "config.yaml"
         config.write_text(yaml.safe_dump(to_dict(with_setting(cfg, setting.frames, setting.keep_ratio)), sort_keys=False))
-        job.write_text(json.dumps({"config": str(config), "ds_config": ds_config, "setting": dataclasses.asdict(setting),
+        job.write_text(json.dumps({"config": str(config), "ds_config": ds.raw, "setting": dataclasses.asdict(setting),
                                    "device": device, "steps": steps, "limit_bytes": limit, "ranks": ranks,
                                    "num_classes": num_classes}))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
@@ -243,7 +215,7 @@ def measure(cfg: Config, ds_config: dict[str, Any], setting: Setting, budget_gb:
 
 def _child(job_path: str) -> None:
     job = json.loads(Path(job_path).read_text())
-    result = run_steps(load_config(job["config"]), job["ds_config"], Setting(**job["setting"]), job["device"],
+    result = run_steps(load_config(job["config"]), DeepSpeedConfig(job["ds_config"]), Setting(**job["setting"]), job["device"],
                        job["steps"], job["limit_bytes"], job["ranks"], job["num_classes"])
     print(json.dumps(result))
 
@@ -257,20 +229,22 @@ class Planner:
     ``measure_fn`` (signature of ``measure``) is what measures one setting; tests pass a model of memory.
     """
 
-    def __init__(self, cfg: Config, ds_config: dict[str, Any], budget_gb: float, device: str = "cpu", steps: int = 3,
+    def __init__(self, cfg: Config, ds: DeepSpeedConfig, budget_gb: float, device: str = "cpu", steps: int = 3,
                  ranks: int = 1, num_classes: int = 10, log: Callable[[str], None] | None = None,
                  measure_fn: Callable[..., Measurement] | None = None):
-        if cfg.task not in CLASSIFICATION_TASKS:
-            raise PlanError(f"task={cfg.task}: the planner measures {', '.join(CLASSIFICATION_TASKS)} "
-                            "(video + label batches)")
-        self.cfg, self.ds_config, self.budget_gb = cfg, ds_config, budget_gb
+        from turbo_ds.tasks import task_type
+
+        if not task_type(cfg.task).plannable:
+            raise PlanError(f"task={cfg.task}: the memory planner cannot measure this task (it measures tasks "
+                            "trained on labelled clips)")
+        self.cfg, self.ds, self.budget_gb = cfg, ds, budget_gb
         self.device, self.steps, self.ranks, self.num_classes = device, steps, ranks, num_classes
         self.log = log or (lambda msg: None)
         self.measure_fn = measure_fn or measure
         self.results: dict[Setting, Measurement] = {}
 
     def _measure(self, setting: Setting, limit_gb: float | None = None) -> Measurement:
-        return self.measure_fn(self.cfg, self.ds_config, setting, self.budget_gb, self.device, self.steps, self.ranks,
+        return self.measure_fn(self.cfg, self.ds, setting, self.budget_gb, self.device, self.steps, self.ranks,
                                self.num_classes, limit_gb)
 
     def __call__(self, setting: Setting) -> Measurement:
@@ -363,16 +337,17 @@ def frame_unit(cfg: Config) -> int:
     return cfg.model.num_frames
 
 
-def pick_keep_ratio(cfg: Config, ds_config: dict[str, Any], budget_gb: float, device: str | None = None,
+def pick_keep_ratio(cfg: Config, ds: DeepSpeedConfig, budget_gb: float, device: str | None = None,
                     ratios: tuple[float, ...] = AUTO_KEEP_RATIOS, ranks: int = 1,
                     log: Callable[[str], None] | None = None, measure_fn: Callable[..., Measurement] | None = None
                     ) -> float:
     """The largest keep ratio in ``ratios`` whose training step fits ``budget_gb`` at the config's frames and
     the JSON's micro-batch (for ``turbo.keep_ratio: auto``); PlanError when even the smallest does not fit."""
-    micro = plan_batches(cfg, ds_config, ranks).micro
-    planner = Planner(cfg, ds_config, budget_gb, device or _default_device(), ranks=ranks, log=log,
-                      measure_fn=measure_fn)
-    return planner.best_keep_ratio(frames_of(cfg), micro, ratios).setting.keep_ratio
+    from turbo_ds.tasks import task_type
+
+    micro = plan_batches(cfg, ds, ranks).micro
+    planner = Planner(cfg, ds, budget_gb, device or _default_device(), ranks=ranks, log=log, measure_fn=measure_fn)
+    return planner.best_keep_ratio(task_type(cfg.task).frames(cfg), micro, ratios).setting.keep_ratio
 
 
 def _default_device() -> str:
@@ -409,30 +384,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from turbo_ds.tasks import task_type
+
     args = parse_args(argv)
     if args._measure:
         _child(args._measure)
         return 0
     try:
         cfg = load_config(args.config, args.set)
-        ds_config = load_ds_config(args.ds_config)
+        ds = load_ds_config(args.ds_config)
         if args.ranks < 1 or args.memory_gb <= 0:
             raise PlanError("--ranks must be >= 1 and --memory-gb > 0")
-        micro = plan_batches(cfg, ds_config, args.ranks).micro
+        micro = plan_batches(cfg, ds, args.ranks).micro
         device = args.device or _default_device()
         try:  # the head's size: the dataset's class count when it is there
             num_classes = len(read_manifest(cfg.data.train)["class_names"] or []) or 10
         except (OSError, ValueError):
             num_classes = 10
-        planner = Planner(cfg, ds_config, args.memory_gb, device, args.steps, args.ranks, num_classes, log=print)
-        frames, unit = frames_of(cfg), frame_unit(cfg)
+        planner = Planner(cfg, ds, args.memory_gb, device, args.steps, args.ranks, num_classes, log=print)
+        key, frames, unit = task_type(cfg.task).frames_key, task_type(cfg.task).frames(cfg), frame_unit(cfg)
         ratios = sorted(args.keep_ratios, reverse=True)
-        print(f"memory plan for {args.config}: task {cfg.task}"
-              + (f" ({cfg.long_video.mode})" if cfg.task == "long_video" else "")
-              + f", encoder width {cfg.model.width} x depth {cfg.model.depth}, {cfg.model.img_size} px, "
-              f"{frames} frames, micro-batch {micro}, ZeRO stage "
-              f"{ds_config.get('zero_optimization', {}).get('stage', 0)} over {args.ranks} rank(s), {device}, "
-              f"budget {args.memory_gb:g} GB")
+        print(f"memory plan for {args.config}: task {cfg.task}, encoder width {cfg.model.width} x depth "
+              f"{cfg.model.depth}, {cfg.model.img_size} px, {key}={frames}, micro-batch {micro}, ZeRO stage "
+              f"{ds.zero_stage} over {args.ranks} rank(s), {device}, budget {args.memory_gb:g} GB")
         smallest = Setting(min(unit, frames), 1, min(ratios))
         if not planner(smallest).fits:
             raise planner.nothing_fits(smallest)
@@ -447,7 +421,6 @@ def main(argv: list[str] | None = None) -> int:
                 row.update(max_micro=m and m.setting.micro, micro_gb=m and m.peak_gb, micro_step_s=m and m.step_s)
             rows.append(row)
         _print_table(rows, micro, frames)
-        key = "long_video.frames" if cfg.task == "long_video" else "model.num_frames"
         try:
             best = planner.best_keep_ratio(frames, micro, tuple(ratios)).setting.keep_ratio
             print(f"\nrecommendation: at {key}={frames} and micro-batch {micro}, the largest keep ratio that fits is "

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,13 +18,13 @@ from typing import TYPE_CHECKING
 if __package__ in (None, ""):  # run as a script (the deepspeed launcher does): make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import yaml  # noqa: E402
-
-from turbo_ds.config import Config, ConfigError, load_config, load_ds_config, plan_batches, to_dict  # noqa: E402
-from turbo_ds.data.shards import MANIFEST, atomic_write_bytes, read_manifest  # noqa: E402
+from turbo_ds.config import (Config, ConfigError, DeepSpeedConfig, load_config, load_ds_config,  # noqa: E402
+                             plan_batches, to_dict)
+from turbo_ds.data.shards import MANIFEST, read_manifest  # noqa: E402
 from turbo_ds.engine.distributed import world_from_env  # noqa: E402
 
 if TYPE_CHECKING:
+    from turbo_ds.engine.checkpoint import CheckpointManager
     from turbo_ds.engine.distributed import DistInfo
     from turbo_ds.engine.metrics import RunLog
 
@@ -40,20 +39,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def check_data(cfg) -> bool:
-    """True if the demo must be generated; otherwise the dataset folders must already be complete."""
-    missing = [p for p in (cfg.data.train, cfg.data.val) if not (Path(p) / MANIFEST).is_file()]
-    if missing and not cfg.data.generate_demo:
-        key = "data.train" if cfg.data.train in missing else "data.val"
-        raise ConfigError(f"{key}={missing[0]}: no dataset there ({MANIFEST} missing); build shards with "
-                          "data_prep/ or set data.generate_demo=true for the demo data")
-    for folder in (cfg.data.train, cfg.data.val):
-        if folder not in missing:
-            try:
-                read_manifest(folder)
-            except (FileNotFoundError, ValueError) as e:
-                raise ConfigError(f"data: {e}") from e
-    return bool(missing)
+def check_data(cfg: Config) -> None:
+    """The dataset folders are complete, or missing but generated at start-up (the demo)."""
+    for key, folder in (("data.train", cfg.data.train), ("data.val", cfg.data.val)):
+        if not (Path(folder) / MANIFEST).is_file():
+            if cfg.data.generate_demo:
+                continue
+            raise ConfigError(f"{key}={folder}: no dataset there ({MANIFEST} missing); build shards with "
+                              "data_prep/ or set data.generate_demo=true for the demo data")
+        try:
+            read_manifest(folder)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"data: {e}") from e
 
 
 def config_error(e: ConfigError, show: bool = True) -> int:
@@ -63,26 +60,26 @@ def config_error(e: ConfigError, show: bool = True) -> int:
     return 2
 
 
-def resolve_keep_ratio(cfg: Config, ds_config: dict, dist_info: DistInfo, log: RunLog) -> Config:
+def resolve_keep_ratio(cfg: Config, ds: DeepSpeedConfig, dist_info: DistInfo, log: RunLog,
+                       checkpoints: CheckpointManager) -> Config:
     """``turbo.keep_ratio: auto`` made a number, the same on every rank.
 
     Rank 0 measures the largest ratio whose training step fits turbo.memory_budget_gb
     (``turbo_ds.plan.pick_keep_ratio``), or, when the run resumes, takes the ratio it started
-    with from its config.yaml: a run must not change its token budget halfway. Whatever stops
-    the measurement (a budget nothing fits: the planner's ConfigError) is raised on every rank,
-    so no rank waits for a ratio that never comes.
+    with: a run must not change its token budget halfway. Whatever stops the measurement (a
+    budget nothing fits: the planner's ConfigError) is raised on every rank, so no rank waits
+    for a ratio that never comes.
     """
     if cfg.turbo.keep_ratio != "auto":
         return cfg
-    from turbo_ds.engine.checkpoint import Checkpointer
     from turbo_ds.engine.distributed import broadcast_from_main
 
     outcome: float | Exception | None = None
     if dist_info.is_main:
-        saved = Path(cfg.run_dir) / "config.yaml"
-        if Checkpointer(cfg.run_dir, dist_info).latest and saved.is_file():
-            outcome = yaml.safe_load(saved.read_text())["turbo"]["keep_ratio"]
-            log.info(f"turbo.keep_ratio auto: {outcome:g}, as chosen when this run started ({saved})")
+        started = checkpoints.started_config()
+        if started is not None:
+            outcome = started["turbo"]["keep_ratio"]
+            log.info(f"turbo.keep_ratio auto: {outcome:g}, as chosen when this run started ({checkpoints.latest})")
         else:
             import torch
 
@@ -93,7 +90,7 @@ def resolve_keep_ratio(cfg: Config, ds_config: dict, dist_info: DistInfo, log: R
             log.info(f"turbo.keep_ratio auto: measuring keep ratios {', '.join(map(str, AUTO_KEEP_RATIOS))} "
                      f"against {budget:g} GB per rank on {device} (a few real training steps each)")
             try:
-                outcome = pick_keep_ratio(cfg, ds_config, budget, device, ranks=dist_info.world, log=log.info)
+                outcome = pick_keep_ratio(cfg, ds, budget, device, ranks=dist_info.world, log=log.info)
                 log.info(f"turbo.keep_ratio auto: {outcome:g} is the largest that fits {budget:g} GB")
             except Exception as e:  # noqa: BLE001 - handed to every rank below
                 outcome = e
@@ -108,41 +105,33 @@ def main(argv: list[str] | None = None) -> int:
     # Everything that can be wrong with the configs fails here, before any engine starts.
     try:
         cfg = load_config(args.config, args.set)
-        ds_config = load_ds_config(args.ds_config)
-        plan = plan_batches(cfg, ds_config, world_from_env())
-        ds_config = {**ds_config, "train_batch_size": plan.global_size}  # resolved: what DeepSpeed will run
-        needs_demo = check_data(cfg)
+        ds = load_ds_config(args.ds_config)
+        plan = plan_batches(cfg, ds, world_from_env())
+        check_data(cfg)
     except ConfigError as e:
         return config_error(e)
 
     import torch
 
+    from turbo_ds.engine.checkpoint import CheckpointManager
     from turbo_ds.engine.distributed import barrier, init_distributed
     from turbo_ds.engine.metrics import RunLog
     from turbo_ds.engine.trainer import Trainer
-    from turbo_ds.tasks import build_task
+    from turbo_ds.tasks import build_task, task_type
 
     dist_info = init_distributed()
     run_dir = Path(cfg.run_dir)
     if dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     log = RunLog(run_dir, dist_info.is_main)
+    checkpoints = CheckpointManager(run_dir, dist_info, cfg.train)
     if dist_info.is_main:
-        if needs_demo:
-            from turbo_ds.data.demo import generate_demo, generate_long_demo
-
-            (generate_long_demo if cfg.task == "long_video" else generate_demo)(Path(cfg.data.train).parent)
-        if cfg.task == "video_language":
-            from turbo_ds.tasks.video_language import prepare_tokenizer
-
-            prepare_tokenizer(cfg)  # trains one on the captions when text.train_tokenizer_if_missing
+        task_type(cfg.task).prepare(cfg, log.info)  # e.g. demo data, a tokenizer trained on the captions
     try:
-        cfg = resolve_keep_ratio(cfg, ds_config, dist_info, log)
+        cfg = resolve_keep_ratio(cfg, ds, dist_info, log, checkpoints)
     except ConfigError as e:
         return config_error(e, dist_info.is_main)
-    if dist_info.is_main:
-        atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
-        atomic_write_bytes(run_dir / "ds_config.json", (json.dumps(ds_config, indent=2) + "\n").encode())
+    checkpoints.record_configs(to_dict(cfg), ds.resolved(plan))
     barrier()  # demo data and run dir exist before any rank reads them
 
     log.info(f"turbo_ds: task {cfg.task} | run_dir {run_dir} | {dist_info.world} rank(s) | "
@@ -152,9 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         task = build_task(cfg, read_manifest(cfg.data.train))
     except ConfigError as e:  # checks that need the data or the tokenizer (e.g. vocab vs text model)
         return config_error(e, dist_info.is_main)
-    if getattr(task, "pretrained_report", None):
+    if task.pretrained_report:
         log.info(str(task.pretrained_report))
-    trainer = Trainer(cfg, ds_config, plan, dist_info, task, log)
+    trainer = Trainer(cfg, ds, plan, dist_info, task, checkpoints, log)
     trainer.fit()
     log.close()
     return 0

@@ -5,19 +5,24 @@ cost scales with the keep ratio too. Every sample in a batch keeps the same numb
 tokens, so batches need no padding. Token index n enumerates the grid (T', H', W') in
 time-major order: n = t * H'W' + h * W' + w.
 
-Each strategy is a pure function returning sorted keep indices (B, K) int64;
-``TokenSelector`` is the thin module that picks the ratio (train/eval/schedule) and
-dispatches on ``TurboConfig.strategy``.
+Each strategy is a pure function returning sorted keep indices (B, K) int64, entered in
+``STRATEGIES`` with its keep-count rule: the config type, ``keep_count``, the selector,
+the benchmarks and the tests all read that one table, so a new strategy is one function
+and one entry here. ``TokenSelector`` is the thin module that picks the ratio
+(train/eval/schedule) and calls the configured strategy.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
 
-from turbo_ds.config import TurboConfig
+if TYPE_CHECKING:  # the config schema reads STRATEGIES from here
+    from turbo_ds.config import TurboConfig
 
 Grid = tuple[int, int, int]  # (T', H', W') tokens along time, height, width
 PatchShape = tuple[int, int, int, int]  # (C, t, p, p): one raw tubelet, in Conv3d weight order
@@ -27,18 +32,6 @@ def num_kept(num_tokens: int, keep_ratio: float) -> int:
     """K = round(N * keep_ratio), at least one token."""
     assert 0 < keep_ratio <= 1, f"keep_ratio {keep_ratio} outside (0, 1]"
     return max(1, round(num_tokens * keep_ratio))
-
-
-def keep_count(strategy: str, grid: Grid, keep_ratio: float) -> int:
-    """Tokens kept per sample by ``strategy``.
-
-    random/motion: round(N * ratio). tube/frame_balanced keep the same count in every
-    time slice, so K = T' * max(1, round(H'W' * ratio)), a multiple of T'.
-    """
-    t, h, w = grid
-    if strategy in ("tube", "frame_balanced"):
-        return t * num_kept(h * w, keep_ratio)
-    return num_kept(t * h * w, keep_ratio)
 
 
 def random_keep_indices(batch: int, num_tokens: int, keep: int, device: torch.device | str = "cpu",
@@ -123,6 +116,40 @@ def motion_keep_indices(scores: torch.Tensor, keep: int, temperature: float, mix
     return chosen.sort(dim=1).values
 
 
+@dataclass(frozen=True)
+class Strategy:
+    """One way to choose the kept tokens."""
+
+    select: Callable[[torch.Tensor, Grid, PatchShape, int, "TurboConfig"], torch.Tensor]
+    "(raw patches (B, N, P), grid, tubelet shape, K, config) -> sorted keep indices (B, K) int64"
+    per_slice: bool = False
+    "keeps the same count in every time slice, so K is a multiple of T'"
+    doc: str = ""
+
+
+STRATEGIES: dict[str, Strategy] = {
+    "random": Strategy(lambda p, grid, shape, keep, cfg: random_keep_indices(len(p), p.shape[1], keep, p.device),
+                       doc="a uniform random subset"),
+    "tube": Strategy(lambda p, grid, shape, keep, cfg: tube_keep_indices(len(p), grid, keep, p.device),
+                     per_slice=True, doc="the same spatial positions at every time step"),
+    "frame_balanced": Strategy(lambda p, grid, shape, keep, cfg: frame_balanced_keep_indices(len(p), grid, keep,
+                                                                                             p.device),
+                               per_slice=True, doc="an equal share of every time slice"),
+    "motion": Strategy(lambda p, grid, shape, keep, cfg: motion_keep_indices(
+        motion_scores(p, grid, shape), keep, cfg.motion_temperature, cfg.motion_mix),
+        doc="favours tubelets whose pixels change most between frames"),
+}
+
+
+def keep_count(strategy: str, grid: Grid, keep_ratio: float) -> int:
+    """Tokens kept per sample by ``strategy``: round(N * ratio), at least 1; a per-slice strategy keeps
+    the same count in every time slice, K = T' * max(1, round(H'W' * ratio)), a multiple of T'."""
+    t, h, w = grid
+    if STRATEGIES[strategy].per_slice:
+        return t * num_kept(h * w, keep_ratio)
+    return num_kept(t * h * w, keep_ratio)
+
+
 def keep_ratio_at(cfg: TurboConfig, step: int, total_steps: int) -> float:
     """Training keep ratio for 0-based optimizer step ``step`` of ``total_steps``.
 
@@ -169,21 +196,12 @@ class TokenSelector(nn.Module):
         return keep_count(self.cfg.strategy, self.grid, self.keep_ratio if training else self.eval_keep_ratio)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor | None:
-        batch, num_tokens, _ = patches.shape  # raw tubelet patches (B, N, P)
+        _, num_tokens, _ = patches.shape  # raw tubelet patches (B, N, P)
         assert num_tokens == math.prod(self.grid), f"{num_tokens} patches do not fill the grid {self.grid}"
-        keep, strategy, device = self.num_kept(), self.cfg.strategy, patches.device
+        keep = self.num_kept()
         if keep == num_tokens:
             return None
-        if strategy == "random":
-            return random_keep_indices(batch, num_tokens, keep, device)
-        elif strategy == "tube":
-            return tube_keep_indices(batch, self.grid, keep, device)
-        elif strategy == "frame_balanced":
-            return frame_balanced_keep_indices(batch, self.grid, keep, device)
-        elif strategy == "motion":
-            scores = motion_scores(patches, self.grid, self.patch_shape)
-            return motion_keep_indices(scores, keep, self.cfg.motion_temperature, self.cfg.motion_mix)
-        raise AssertionError(f"unhandled turbo.strategy {strategy!r}")
+        return STRATEGIES[self.cfg.strategy].select(patches, self.grid, self.patch_shape, keep, self.cfg)
 
     def extra_repr(self) -> str:
         return (f"strategy={self.cfg.strategy}, keep_ratio={self.keep_ratio}, eval_keep_ratio={self.eval_keep_ratio}, "

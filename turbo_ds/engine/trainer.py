@@ -6,19 +6,19 @@ import math
 import signal
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from turbo_ds.config import BatchPlan, Config
+from turbo_ds.config import BatchPlan, Config, DeepSpeedConfig
 from turbo_ds.data.pipeline import EvalStream, TrainStream, make_loader
-from turbo_ds.engine.checkpoint import Checkpointer
+from turbo_ds.engine.checkpoint import CheckpointManager
 from turbo_ds.engine.distributed import DistInfo, all_reduce_sum, any_rank
 from turbo_ds.engine.gather import all_gather_objects
 from turbo_ds.engine.metrics import RunLog, peak_memory_mb, progress_bar
 from turbo_ds.models.vit import VideoViT
+from turbo_ds.tasks.base import Task
 from turbo_ds.turbo import TokenSelector, keep_ratio_at
 
 
@@ -71,14 +71,6 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def compute_dtype(ds_config: dict[str, Any]) -> torch.dtype:
-    if ds_config.get("bf16", {}).get("enabled"):
-        return torch.bfloat16
-    if ds_config.get("fp16", {}).get("enabled"):
-        return torch.float16
-    return torch.float32
-
-
 class PreemptionFlag:
     """Set by SIGUSR1 (Slurm's warning before preemption/time limit) or SIGTERM; checked between steps."""
 
@@ -102,19 +94,19 @@ class LogWindow:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, ds_config: dict[str, Any], plan: BatchPlan, dist_info: DistInfo, task: Any,
-                 log: RunLog):
+    def __init__(self, cfg: Config, ds: DeepSpeedConfig, plan: BatchPlan, dist_info: DistInfo, task: Task,
+                 checkpoints: CheckpointManager, log: RunLog):
         import deepspeed
 
         self.cfg, self.plan, self.dist, self.task, self.log = cfg, plan, dist_info, task, log
-        self.dtype = compute_dtype(ds_config)
+        self.dtype = ds.dtype
         schedule = warmup_cosine(cfg.train.warmup_steps, cfg.train.steps, cfg.train.min_lr_ratio)
-        groups = param_groups(task.model, ds_config["optimizer"]["params"]["lr"], cfg.train.layer_decay, cfg.model.depth)
-        self.engine, *_ = deepspeed.initialize(model=task.model, model_parameters=groups,
-                                               config=ds_config, lr_scheduler=lambda opt: LambdaLR(opt, schedule))
+        groups = param_groups(task.model, ds.lr, cfg.train.layer_decay, cfg.model.depth)
+        self.engine, *_ = deepspeed.initialize(model=task.model, model_parameters=groups, config=ds.resolved(plan),
+                                               lr_scheduler=lambda opt: LambdaLR(opt, schedule))
         # Every token selector (video towers, segment encoders) follows the keep-ratio schedule.
         self.selectors = [m for m in task.model.modules() if isinstance(m, TokenSelector)]
-        self.checkpoints = Checkpointer(cfg.run_dir, dist_info)
+        self.checkpoints = checkpoints
         self.preemption = PreemptionFlag()
         self.data_position: dict[str, dict[str, int]] = {}
         self.step = 0
@@ -122,12 +114,11 @@ class Trainer:
     # ------------------------------------------------------------------ state
 
     def resume(self) -> None:
-        state = self.checkpoints.load(self.engine)
+        state = self.checkpoints.restore(self.engine, self.log)
         if state is None:
             self.log.info(f"starting a new run in {self.cfg.run_dir}")
             return
         self.step, self.data_position = state["step"], state["data_position"]
-        self.log.rewind(self.step)
         self.log.info(f"resuming from checkpoint {self.checkpoints.latest} at step {self.step}")
 
     def save(self) -> None:
@@ -175,7 +166,7 @@ class Trainer:
             stop = any_rank(self.preemption.signal is not None) or self.step == cfg.train.stop_at_step
             if self.step % cfg.train.eval_every == 0 or self.step == total:
                 self.evaluate()
-            if self.step % cfg.train.ckpt_every == 0 or self.step == total or stop:
+            if self.checkpoints.due(self.step, total, stop):
                 self.save()
             if stop:
                 reason = "train.stop_at_step" if self.step == cfg.train.stop_at_step else (
@@ -184,8 +175,8 @@ class Trainer:
                               "rerun with the same run_dir to resume")
                 break
         bar.close()
-        if self.step >= total and self.dist.is_main:
-            (Path(cfg.run_dir) / "COMPLETED").write_text(f"{self.step}\n")
+        if self.step >= total:
+            self.checkpoints.finish(self.step)
 
     def _set_keep_ratio(self, ratio: float) -> None:
         self.keep_ratio = ratio
@@ -204,7 +195,7 @@ class Trainer:
             "train/tokens_total": self.task.tokens_total, "train/peak_mem_mb": peak_memory_mb(),
             "data/skipped_samples": int(skipped), "data/short_videos": int(short),
         }
-        counters = getattr(self.task, "counters", {})  # task-specific running totals, e.g. truncated captions
+        counters = self.task.counters  # task-specific running totals, e.g. truncated captions
         record.update(zip(counters, map(int, all_reduce_sum(list(counters.values())))))
         self.log.metrics(record)
         self.log.info(f"step {self.step}/{self.cfg.train.steps} | loss {record['train/loss']:.4f} | "

@@ -28,11 +28,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from turbo_ds.config import ConfigError
 from turbo_ds.models.vit import VideoClassifier, VideoViT, interpolate_pos_embed, sinusoid_table
 from turbo_ds.turbo import Grid
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointMismatch(ConfigError):
     """The checkpoint cannot initialise this model; the message names the cause and the config key."""
 
 

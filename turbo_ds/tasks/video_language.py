@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,7 @@ from turbo_ds.engine.gather import all_gather_objects, all_gather_with_grad
 from turbo_ds.models.pretrained import load_pretrained
 from turbo_ds.models.text import TextEncoder, VideoTextModel
 from turbo_ds.models.vit import VideoViT
-from turbo_ds.tasks.action_cls import dummy_clip
+from turbo_ds.tasks.base import Log, Task, dummy_clip
 from turbo_ds.tasks.retrieval import retrieval_metrics
 
 COUNTERS = ("captions", "truncated_captions", "empty_captions")
@@ -39,13 +39,18 @@ def contrastive_loss(video: torch.Tensor, text: torch.Tensor, logit_scale: torch
 # ------------------------------------------------------------------ tokenizer
 
 
-def prepare_tokenizer(cfg: Config, log: Callable[[str], None] = print) -> None:
-    """Rank 0, before ``build_task``: train the sentencepiece tokenizer on data.train's captions when
+def tokenizer_exists(path: str) -> bool:
+    """A tokenizer folder or file at ``path``, or a sentencepiece model at ``path.model``."""
+    return Path(path).exists() or Path(path + ".model").is_file()
+
+
+def prepare_tokenizer(cfg: Config, log: Log = print) -> None:
+    """Rank 0, before the task is built: train the sentencepiece tokenizer on data.train's captions when
     ``text.train_tokenizer_if_missing`` and it does not exist yet. Atomic: a run killed mid-way leaves none."""
-    text, path = cfg.text, Path(cfg.text.tokenizer)
-    if path.exists() or path.with_name(path.name + ".model").exists() or not text.train_tokenizer_if_missing:
+    text = cfg.text
+    if tokenizer_exists(text.tokenizer) or not text.train_tokenizer_if_missing:
         return
-    from data_prep.train_tokenizer import read_captions, train  # the same trainer as the command line
+    from data_prep.train_tokenizer import read_captions, train  # TODO(merge): turbo_ds.prep.tokenizer_trainer
 
     prefix = Path(text.tokenizer.removesuffix(".model"))
     tmp = prefix.with_name(f"{prefix.name}.tmp{os.getpid()}")
@@ -78,14 +83,15 @@ def check_text_model(text: TextConfig, encoder: TextEncoder, tokenizer: TextToke
 # ----------------------------------------------------------------------- task
 
 
-class VideoLanguage:
-    """The trainer's task interface (see ``ActionClassification``), plus ``counters``: cumulative
-    caption counts of this rank's training batches, for the trainer to sum over ranks and log."""
+class VideoLanguage(Task):
+    """Contrastive video-text training; ``counters`` are the caption counts of this rank's training batches."""
 
     targets = "captions"
+    plannable = False  # the planner feeds labelled clips only
 
     def __init__(self, cfg: Config, manifest: dict[str, Any]):
-        self.cfg, self.clip_frames = cfg, cfg.model.num_frames
+        super().__init__(cfg, manifest)
+        self.clip_frames = cfg.model.num_frames
         self.tokenizer = build_tokenizer(cfg.text)
         self.encoder = VideoViT(cfg.model, cfg.turbo)
         self.pretrained_report = load_pretrained(self.encoder, cfg.model.pretrained) if cfg.model.pretrained else None
@@ -94,6 +100,28 @@ class VideoLanguage:
         self.model = VideoTextModel(self.encoder, text, cfg.text.embed_dim, cfg.text.temperature)
         self.tokens_total = self.encoder.num_tokens
         self.train_counts, self.eval_counts = dict.fromkeys(COUNTERS, 0), dict.fromkeys(COUNTERS, 0)
+
+    @classmethod
+    def check_config(cls, cfg: Config) -> None:
+        """A tokenizer (or permission to train one) and, if given, a local text model folder."""
+        super().check_config(cfg)
+        x = cfg.text
+        if x.tokenizer is None:
+            raise ConfigError("text.tokenizer: required by task=video_language; give a sentencepiece .model or a "
+                              "transformers tokenizer folder")
+        if not tokenizer_exists(x.tokenizer) and not x.train_tokenizer_if_missing:
+            prefix = x.tokenizer.removesuffix(".model")
+            raise ConfigError(f"text.tokenizer={x.tokenizer}: no such file; build it with python "
+                              f"data_prep/train_tokenizer.py --out {prefix} --shards {cfg.data.train}, set "
+                              "text.train_tokenizer_if_missing=true, or give a local transformers tokenizer folder")
+        if x.pretrained is not None and not (Path(x.pretrained) / "config.json").is_file():
+            raise ConfigError(f"text.pretrained={x.pretrained}: no config.json there; give a local transformers "
+                              "model folder (model.save_pretrained(DIR))")
+
+    @classmethod
+    def prepare(cls, cfg: Config, log: Log) -> None:
+        super().prepare(cfg, log)  # the demo captions come with the demo data
+        prepare_tokenizer(cfg, log)
 
     @property
     def tokens_kept(self) -> int:

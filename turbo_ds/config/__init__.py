@@ -1,0 +1,17 @@
+"""Typed config tree: YAML recipe + ``--set key=value`` overrides, validated before any compute.
+
+    schema      the dataclasses (every field typed, with a default and a one-line doc)
+    loading     YAML + overrides -> the typed tree (unknown keys and wrong types stop here)
+    validation  cross-field rules per section, then the task's own
+    deepspeed   the one reader of the DeepSpeed JSON, and the batch plan it implies
+"""
+
+from turbo_ds.config.deepspeed import BatchPlan, DeepSpeedConfig, load_ds_config, plan_batches
+from turbo_ds.config.loading import load_config, to_dict
+from turbo_ds.config.schema import (Config, ConfigError, DataConfig, EvalConfig, LongVideoConfig, ModelConfig,
+                                    TextConfig, TrainConfig, TurboConfig)
+from turbo_ds.config.validation import validate
+
+__all__ = ["BatchPlan", "Config", "ConfigError", "DataConfig", "DeepSpeedConfig", "EvalConfig", "LongVideoConfig",
+           "ModelConfig", "TextConfig", "TrainConfig", "TurboConfig", "load_config", "load_ds_config",
+           "plan_batches", "to_dict", "validate"]

@@ -1,0 +1,136 @@
+"""The one reader of the DeepSpeed JSON.
+
+The JSON is the single source of truth for what it holds: micro-batch, accumulation,
+optimizer and its peak LR, gradient clipping, precision and ZeRO stage. Everything in
+turbo_ds that needs one of these (the batch plan, the trainer's compute dtype, the memory
+planner's bytes per parameter) reads it through ``DeepSpeedConfig``; values that the YAML
+restates are cross-checked in ``plan_batches``, never silently overridden.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from turbo_ds.config.schema import Config, ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+Precision = Literal["bf16", "fp16", "fp32"]
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """Batch sizes derived from the DeepSpeed JSON and the world size."""
+
+    micro: int
+    accumulation: int
+    world: int
+
+    @property
+    def global_size(self) -> int:
+        return self.micro * self.accumulation * self.world
+
+
+@dataclass(frozen=True)
+class DeepSpeedConfig:
+    """A checked DeepSpeed JSON; ``raw`` is what ``deepspeed.initialize`` gets (see ``resolved``)."""
+
+    raw: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        ds = self.raw
+        micro = ds.get("train_micro_batch_size_per_gpu")
+        if not isinstance(micro, int) or micro < 1:
+            raise ConfigError("ds_config train_micro_batch_size_per_gpu: must be set to a positive integer "
+                              "(it is the per-rank batch; the JSON is its single source of truth)")
+        if "scheduler" in ds:
+            raise ConfigError("ds_config scheduler: remove it; the LR schedule comes from the YAML train.* keys "
+                              "(warmup_steps, steps, min_lr_ratio)")
+        if ds.get("bf16", {}).get("enabled") and ds.get("fp16", {}).get("enabled"):
+            raise ConfigError("ds_config: bf16 and fp16 are both enabled; enable at most one")
+        if not isinstance(ds.get("optimizer", {}).get("params", {}).get("lr"), (int, float)):
+            raise ConfigError("ds_config optimizer.params.lr: missing; add e.g. \"optimizer\": {\"type\": \"AdamW\", "
+                              "\"params\": {\"lr\": 1e-3}} (the peak LR of the YAML's warmup-cosine schedule)")
+
+    @property
+    def micro(self) -> int:
+        return self.raw["train_micro_batch_size_per_gpu"]
+
+    @property
+    def accumulation(self) -> int:
+        return self.raw.get("gradient_accumulation_steps", 1)
+
+    @property
+    def optimizer(self) -> dict[str, Any]:
+        """``{"type": ..., "params": {...}}`` as in the JSON."""
+        return self.raw["optimizer"]
+
+    @property
+    def lr(self) -> float:
+        """The peak LR, which the YAML's warmup-cosine schedule scales."""
+        return float(self.optimizer["params"]["lr"])
+
+    @property
+    def precision(self) -> Precision:
+        for key in ("bf16", "fp16"):
+            if self.raw.get(key, {}).get("enabled"):
+                return key
+        return "fp32"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype DeepSpeed runs the model in (its parameters; inputs must match)."""
+        import torch
+
+        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[self.precision]
+
+    @property
+    def zero_stage(self) -> int:
+        return int(self.raw.get("zero_optimization", {}).get("stage", 0))
+
+    def state_bytes(self, num_params: int) -> dict[str, int]:
+        """Bytes of parameters, gradients and optimizer state (fp32 master + 2 Adam moments) for ``num_params``."""
+        mixed = self.precision != "fp32"
+        width = 2 if mixed else 4
+        return {"params": width * num_params, "grads": width * num_params, "optimizer": (12 if mixed else 8) * num_params}
+
+    def zero_saving_bytes(self, num_params: int, ranks: int) -> int:
+        """Per-rank bytes that the ZeRO stage removes by partitioning state over ``ranks`` ranks."""
+        state = self.state_bytes(num_params)
+        sharded = sum(state[k] for k in ("optimizer", "grads", "params")[: self.zero_stage])
+        return int(sharded * (1 - 1 / ranks))
+
+    def resolved(self, plan: BatchPlan) -> dict[str, Any]:
+        """The JSON DeepSpeed runs, with the global batch written out (it goes to the run dir too)."""
+        return {**self.raw, "train_batch_size": plan.global_size}
+
+
+def load_ds_config(path: str | Path) -> DeepSpeedConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--ds_config {path}: no such file; DeepSpeed configs live in ds_configs/")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--ds_config {path}: not valid JSON ({e})") from e
+    return DeepSpeedConfig(raw)
+
+
+def plan_batches(cfg: Config, ds: DeepSpeedConfig, world: int) -> BatchPlan:
+    """Micro-batch and accumulation from the JSON; cross-check everything that restates them."""
+    plan = BatchPlan(ds.micro, ds.accumulation, world)
+    given = ds.raw.get("train_batch_size")
+    if given is not None and given != plan.global_size:
+        raise ConfigError(
+            f"ds_config train_batch_size={given}: contradicts micro {plan.micro} x accumulation "
+            f"{plan.accumulation} x {world} ranks = {plan.global_size}; remove it or make it equal")
+    if cfg.train.global_batch_size is not None and cfg.train.global_batch_size != plan.global_size:
+        raise ConfigError(
+            f"train.global_batch_size={cfg.train.global_batch_size}: contradicts the DeepSpeed JSON (micro "
+            f"{plan.micro} x accumulation {plan.accumulation} x {world} ranks = {plan.global_size}); remove it or "
+            "change the JSON")
+    return plan

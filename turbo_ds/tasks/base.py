@@ -1,0 +1,125 @@
+"""The task interface: everything the trainer, the memory planner and ``train.py`` know of a task.
+
+A task owns its model, what the loader must deliver per sample (``targets``,
+``clip_frames``), its loss, evaluation and metrics, and its rules: config checks, what
+to prepare before training (demo data, a tokenizer) and a synthetic batch the planner can
+measure. Nothing outside ``turbo_ds/tasks/`` looks at a task's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+from turbo_ds.config import Config, ConfigError
+from turbo_ds.data.pipeline import Targets
+from turbo_ds.data.shards import MANIFEST
+
+Log = Callable[[str], None]
+
+
+class Task(ABC):
+    """One trainable task. Subclasses set the class attributes and build ``model`` in ``__init__``."""
+
+    targets: ClassVar[Targets]
+    "what the loader parses from each sample: class ids (``cls``) or captions (``txt``/json)"
+    frames_key: ClassVar[str] = "model.num_frames"
+    "the config key that holds the frames the loader delivers per sample (the planner grows it)"
+    plannable: ClassVar[bool] = True
+    "whether the memory planner (and so ``turbo.keep_ratio: auto``) can measure this task"
+
+    model: nn.Module
+    "what DeepSpeed trains: video batch (and captions) -> outputs for ``loss``"
+    clip_frames: int
+    "frames per sample the loader delivers"
+    tokens_total: int
+    "space-time tokens per sample with every token kept"
+    pretrained_report: Any = None
+    "what loading ``model.pretrained`` did (logged by train.py), or None"
+
+    def __init__(self, cfg: Config, manifest: dict[str, Any]):
+        self.cfg = cfg
+
+    # ------------------------------------------------ before the task exists
+
+    @classmethod
+    def check_config(cls, cfg: Config) -> None:
+        """The task's own config rules, and the files it will read; raise ConfigError naming the key."""
+        if cfg.turbo.keep_ratio == "auto" and not cls.plannable:
+            raise ConfigError(f"turbo.keep_ratio=auto: task={cfg.task} cannot be measured by the memory planner; "
+                              "give turbo.keep_ratio as a number")
+        pretrained = cfg.model.pretrained
+        if pretrained is not None and not Path(pretrained).exists():
+            raise ConfigError(f"model.pretrained={pretrained}: no such file or directory; give a local "
+                              "transformers VideoMAE directory or a VideoMAE .pth")
+
+    @classmethod
+    def prepare(cls, cfg: Config, log: Log) -> None:
+        """Rank 0, before any rank builds the task: create what the run reads but may not exist yet."""
+        data = cfg.data
+        if data.generate_demo and not all((Path(p) / MANIFEST).is_file() for p in (data.train, data.val)):
+            cls.generate_demo(Path(data.train).parent, log)
+
+    @classmethod
+    def generate_demo(cls, out: Path, log: Log) -> None:
+        """Write the demo dataset of this task into ``out/train`` and ``out/val``."""
+        from turbo_ds.data.demo import generate_demo  # TODO(merge): turbo_ds.prep.demo
+
+        generate_demo(out, log=log)
+
+    @classmethod
+    def frames(cls, cfg: Config) -> int:
+        """Frames per sample the loader delivers under ``cfg``."""
+        section, key = cls.frames_key.split(".")
+        return getattr(getattr(cfg, section), key)
+
+    @classmethod
+    def with_frames(cls, cfg: Config, frames: int) -> Config:
+        """``cfg`` with ``frames`` per sample (for the planner)."""
+        section, key = cls.frames_key.split(".")
+        return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **{key: frames})})
+
+    # ------------------------------------------------------------ training
+
+    @property
+    @abstractmethod
+    def tokens_kept(self) -> int:
+        """Tokens kept per sample at the current training keep ratio."""
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Running totals of this rank's training batches to sum over ranks and log (e.g. truncated captions)."""
+        return {}
+
+    @abstractmethod
+    def loss(self, model: nn.Module, batch: dict[str, Any], dtype: torch.dtype) -> torch.Tensor:
+        """The scalar training loss of one micro-batch (``model`` is the DeepSpeed engine)."""
+
+    def synthetic_batch(self, micro: int, device: torch.device | str) -> dict[str, Any]:
+        """A random batch of the training shape, for the memory planner."""
+        size = self.cfg.model.img_size
+        return {"video": torch.randn(micro, 3, self.clip_frames, size, size, device=device)}  # (B, C, F, H, W)
+
+    # ---------------------------------------------------------- evaluation
+
+    @abstractmethod
+    def eval_step(self, model: nn.Module, batch: dict[str, Any], dtype: torch.dtype) -> Any:
+        """This rank's outputs for one validation batch (kept until ``eval_metrics``)."""
+
+    @abstractmethod
+    def eval_padding(self, model: nn.Module, dtype: torch.dtype) -> None:
+        """A forward pass on a dummy sample, so a rank out of clips joins ZeRO-3's collectives."""
+
+    @abstractmethod
+    def eval_metrics(self, outputs: list[Any]) -> dict[str, Any]:
+        """Metrics over every rank's ``eval_step`` outputs (a collective: every rank calls it)."""
+
+
+def dummy_clip(model: nn.Module, frames: int, size: int, dtype: torch.dtype) -> torch.Tensor:
+    """One all-zero clip (1, C, T, H, W) on the model's device, for padding forward passes."""
+    return torch.zeros(1, 3, frames, size, size, dtype=dtype, device=next(model.parameters()).device)
