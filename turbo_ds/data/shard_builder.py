@@ -32,9 +32,10 @@ from typing import Any, Callable, Iterator
 from tqdm import tqdm
 
 from turbo_ds.data.manifest_rows import Item, read_member
-from turbo_ds.data.shards import atomic_write_bytes, atomic_write_json, shard_name, write_manifest, write_shard
+from turbo_ds.data.shards import shard_name, write_manifest, write_shard
 from turbo_ds.data.transcode import TranscodeSettings, describe_error, probe, transcode
 from turbo_ds.data.video import CorruptVideo
+from turbo_ds.fileio import atomic_write_bytes, atomic_write_json
 
 BUILD_DIR = ".build"
 SETTINGS = "settings.json"
