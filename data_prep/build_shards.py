@@ -31,10 +31,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain checkout
 
-from turbo_ds.data.manifest_rows import (TASKS, ManifestError, assign_classes, read_class_names,  # noqa: E402
+from turbo_ds.prep.manifest_rows import (TASKS, ManifestError, assign_classes, read_class_names,  # noqa: E402
                                          read_input_shard_items, read_manifest_items)
-from turbo_ds.data.shard_builder import BuildError, BuildSettings, build  # noqa: E402
-from turbo_ds.data.transcode import TranscodeSettings  # noqa: E402
+from turbo_ds.prep.shard_builder import BuildError, BuildSettings, build  # noqa: E402
+from turbo_ds.prep.transcode import TranscodeSettings  # noqa: E402
 
 ENCODING_OPTIONS = ("fps", "short_side", "max_seconds", "crf", "gop", "keep_audio")
 

@@ -22,11 +22,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain checkout
 
-from turbo_ds.data.manifest_rows import VIDEO_EXTS, read_member, tar_samples  # noqa: E402
 from turbo_ds.data.shards import MANIFEST, shard_paths  # noqa: E402
-from turbo_ds.data.transcode import probe  # noqa: E402
 from turbo_ds.data.video import CorruptVideo, decode_frames, sample_indices  # noqa: E402
 from turbo_ds.fileio import atomic_write_bytes  # noqa: E402
+from turbo_ds.prep.manifest_rows import VIDEO_EXTS, read_member, tar_samples  # noqa: E402
+from turbo_ds.prep.transcode import probe  # noqa: E402
 
 SHEET_FRAMES, CELL_HEIGHT, GAP = 8, 64, 2
 CAPTION_BINS = (0, 5, 10, 15, 20, 30, 50)  # words

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain checkout
 
-from turbo_ds.data.demo import DemoSettings, LongDemoSettings, generate_demo, generate_long_demo  # noqa: E402
+from turbo_ds.prep.demo import DemoSettings, LongDemoSettings, generate_demo, generate_long_demo  # noqa: E402
 
 
 def main(argv=None) -> None:

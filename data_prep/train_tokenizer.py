@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a 
 
 import sentencepiece as spm  # noqa: E402
 
-from turbo_ds.data.manifest_rows import ManifestError, read_input_shard_items, read_manifest_items  # noqa: E402
+from turbo_ds.prep.manifest_rows import ManifestError, read_input_shard_items, read_manifest_items  # noqa: E402
 from turbo_ds.data.tokenizer import load_tokenizer  # noqa: E402
 
 SPECIAL_IDS = {"pad_id": 0, "unk_id": 1, "bos_id": 2, "eos_id": 3}

@@ -20,9 +20,9 @@ import pytest
 import webdataset as wds
 
 from conftest import REPO
-from turbo_ds.data.manifest_rows import assign_classes, items_from_records
 from turbo_ds.data.shards import write_shard
-from turbo_ds.data.transcode import TranscodeSettings, transcode
+from turbo_ds.prep.manifest_rows import assign_classes, items_from_records
+from turbo_ds.prep.transcode import TranscodeSettings, transcode
 
 BUILD = str(REPO / "data_prep" / "build_shards.py")
 VFR_MS = [0, 50, 200, 250, 400, 450, 600, 650, 800, 850, 1000, 1050, 1400]  # last frame lasts 1/30 s

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 
 from turbo_ds.config import DataConfig, ModelConfig
-from turbo_ds.data.demo import CLASS_NAMES, DemoSettings, make_sample
 from turbo_ds.data.pipeline import EvalStream, TrainStream, make_loader
 from turbo_ds.data.shards import read_manifest
 from turbo_ds.data.video import decode_frames
+from turbo_ds.prep.demo import CLASS_NAMES, DemoSettings, make_sample
 
 MODEL = ModelConfig()
 

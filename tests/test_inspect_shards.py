@@ -13,7 +13,7 @@ import numpy as np
 
 from conftest import REPO
 from turbo_ds.data.shards import write_manifest, write_shard
-from turbo_ds.data.video import encode_mp4
+from turbo_ds.prep.transcode import encode_mp4
 
 INSPECT = str(REPO / "data_prep" / "inspect_shards.py")
 BUILD = str(REPO / "data_prep" / "build_shards.py")

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from turbo_ds.config import Config, ConfigError, DataConfig, LongVideoConfig, ModelConfig, TurboConfig, validate
-from turbo_ds.data.demo import (LONG_CLASS_NAMES, LONG_SEQUENCES, LongDemoSettings, long_demo_label, make_long_sample,
-                                render_long_clip)
 from turbo_ds.data.pipeline import ClipSpec, EvalStream, TrainStream, make_loader
 from turbo_ds.data.video import sample_indices
 from turbo_ds.models.long_video import SegmentClassifier
+from turbo_ds.prep.demo import (LONG_CLASS_NAMES, LONG_SEQUENCES, LongDemoSettings, long_demo_label, make_long_sample,
+                                render_long_clip)
 from turbo_ds.tasks import build_task
 
 CLASSES = 5

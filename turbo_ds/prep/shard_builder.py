@@ -31,11 +31,11 @@ from typing import Any, Callable, Iterator
 
 from tqdm import tqdm
 
-from turbo_ds.data.manifest_rows import Item, read_member
 from turbo_ds.data.shards import shard_name, write_manifest, write_shard
-from turbo_ds.data.transcode import TranscodeSettings, describe_error, probe, transcode
 from turbo_ds.data.video import CorruptVideo
 from turbo_ds.fileio import atomic_write_bytes, atomic_write_json
+from turbo_ds.prep.manifest_rows import Item, read_member
+from turbo_ds.prep.transcode import TranscodeSettings, describe_error, probe, transcode
 
 BUILD_DIR = ".build"
 SETTINGS = "settings.json"
