@@ -86,7 +86,7 @@ def rank_main(rank: int, port: int, cfg: Config, out: str) -> None:
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory) -> Path:
-    from data_prep.train_tokenizer import train
+    from turbo_ds.prep.tokenizer_trainer import train
 
     folder = tmp_path_factory.mktemp("tok")
     captions = [" ".join(WORDS[(i * k) % 12] for k in range(1, 6)) for i in range(200)]

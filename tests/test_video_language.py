@@ -175,7 +175,7 @@ def test_pretrained_text_model_that_does_not_fit_the_tokenizer_stops_before_trai
 
 
 def test_task_trains_and_evaluates_on_demo_captions_in_one_process(demo_tokenizer):
-    from data_prep.train_tokenizer import read_captions
+    from turbo_ds.prep.tokenizer_trainer import read_captions
 
     cfg = demo_tokenizer
     assert Path(cfg.text.tokenizer).is_file() and not list(Path(cfg.text.tokenizer).parent.glob("*.tmp*"))
