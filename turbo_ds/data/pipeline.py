@@ -14,7 +14,9 @@ Training stream of one rank/worker (infinite; epoch e is a deterministic functio
 Evaluation stream: every shard in order, sample i goes to rank i % world (then to worker
 (i // world) % workers); num_clips x num_crops views per sample, no randomness.
 Augmentation randomness is seeded per sample by (seed, epoch, key), so a sample looks
-the same whichever worker decodes it.
+the same whichever worker decodes it. Bad data (a sample that raises DataError, an
+unreadable tar file or member) is skipped and counted; any other exception is a bug
+and propagates.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import json
 import math
 import random
 import signal
+import tarfile
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -37,21 +40,39 @@ from webdataset.tariterators import tarfile_samples
 
 from turbo_ds.config import DataConfig, EvalConfig, ModelConfig
 from turbo_ds.data import transforms as T
+from turbo_ds.data.errors import DataError
 from turbo_ds.data.shards import read_manifest, shard_paths
-from turbo_ds.data.video import CorruptVideo, decode_frames, dense_indices, read_frames, sample_indices
+from turbo_ds.data.video import decode_frames, dense_indices, read_frames, sample_indices
 
 
 Targets = Literal["label", "captions"]  # what a task learns from: `cls` ids, or `txt`/json captions
 
 
+def sample_label(sample: dict) -> int:
+    """The integer class id in the ``cls`` member."""
+    if "cls" not in sample:
+        raise DataError("sample has no cls member")
+    try:
+        return int(sample["cls"])
+    except ValueError as e:
+        raise DataError(f"cls member {sample['cls'][:20]!r} is not an integer") from e
+
+
 def sample_captions(sample: dict) -> list[str]:
-    """The ``txt`` caption plus any further ones in ``json["captions"]``; none is bad input."""
-    captions = [sample["txt"].decode()] if "txt" in sample else []
-    if "json" in sample:
-        extra = json.loads(sample["json"]).get("captions")
-        captions += [c for c in extra or [] if isinstance(c, str) and c not in captions]
+    """The ``txt`` caption plus any further ones in ``json["captions"]`` (a list); none is bad input."""
+    try:
+        captions = [sample["txt"].decode()] if "txt" in sample else []
+        meta = json.loads(sample["json"]) if "json" in sample else {}
+    except ValueError as e:  # not UTF-8, not JSON
+        raise DataError(f"unreadable txt or json member: {e}") from e
+    if not isinstance(meta, dict):
+        raise DataError(f"json member is a {type(meta).__name__}, not an object")
+    extra = meta.get("captions") or []
+    if not isinstance(extra, list):
+        raise DataError(f"json captions is a {type(extra).__name__}, not a list")
+    captions += [c for c in extra if isinstance(c, str) and c not in captions]
     if not captions:
-        raise ValueError("sample has no caption")
+        raise DataError("sample has no caption")
     return captions
 
 
@@ -97,6 +118,11 @@ class ClipSpec:
         return np.concatenate([pick(k) for k in range(self.num_clips)])
 
 
+# What reading a missing, truncated or garbage tar file raises (opening it, parsing its headers,
+# decompressing, grouping its members); webdataset passes them to StreamPosition.tar_handler.
+TAR_READ_ERRORS = (OSError, EOFError, ValueError, tarfile.TarError, zlib.error)
+
+
 class StreamPosition:
     """Where a stream stands: epoch, raw samples consumed in it, bad samples skipped and short
     videos (fewer frames than the clip needs: frames repeat) so far.
@@ -114,7 +140,10 @@ class StreamPosition:
             yield sample
 
     def tar_handler(self, exn: Exception) -> bool:
-        self.skipped += 1  # a truncated or garbage tar member: skip it, keep reading
+        """webdataset's handler for reading tar files: an unreadable file or member is skipped and counted."""
+        if not isinstance(exn, TAR_READ_ERRORS):
+            raise exn
+        self.skipped += 1
         return True
 
     def state(self) -> dict[str, int]:
@@ -158,9 +187,11 @@ def decode_samples(samples: Iterator[dict], spec: ClipSpec, cache: DecodedCache,
             return spec.frame_indices(n, rng)
 
         try:
-            target = {"label": int(s["cls"])} if spec.targets == "label" else {"captions": sample_captions(s)}
+            target = {"label": sample_label(s)} if spec.targets == "label" else {"captions": sample_captions(s)}
+            if "mp4" not in s:
+                raise DataError("sample has no mp4 member")
             frames = cache.read(s["__key__"], s["mp4"], choose)
-        except (CorruptVideo, KeyError, ValueError, TypeError):
+        except DataError:  # bad data (CorruptVideo is one); anything else is a bug and propagates
             pos.skipped += 1
             continue
         pos.short += length[0] < spec.span

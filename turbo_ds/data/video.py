@@ -16,6 +16,8 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from turbo_ds.data.errors import DataError
+
 # PyAV's ``frame.to_ndarray(format=...)`` builds a new swscale context for every frame,
 # which costs more than decoding a small frame; one shared reformatter caches it. PyAV >= 17
 # scales with a thread pool by default: ask for one thread, which is faster at these sizes
@@ -26,7 +28,7 @@ DECODE_ERRORS = (av.error.FFmpegError, ValueError, IndexError, EOFError)
 _GOP_SCAN = 1000  # index entries read to find the first two keyframes (bounded cost on long videos)
 
 
-class CorruptVideo(ValueError):
+class CorruptVideo(DataError):
     """Raised for bytes that FFmpeg cannot turn into frames; the loader skips and counts them."""
 
 
