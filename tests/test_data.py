@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import REPO
 from turbo_ds.config import DataConfig, ModelConfig
 from turbo_ds.data.pipeline import ClipSpec, EvalStream, TrainStream, make_loader
 from turbo_ds.data.shards import read_manifest
@@ -21,6 +24,23 @@ MODEL = ModelConfig()
 
 def data_config(demo: Path, **kw) -> DataConfig:
     return DataConfig(train=str(demo / "train"), val=str(demo / "val"), shuffle_buffer=8, hflip_prob=0.0, **kw)
+
+
+def test_training_modules_do_not_import_prep():
+    """turbo_ds.prep is offline preparation: importing any other module of the package loads none of it."""
+    code = """
+import sys, turbo_ds
+from pathlib import Path
+TEMPORARY = {"turbo_ds.data.demo"}  # TODO(merge): remove with the re-export for train.py
+root = Path(turbo_ds.__path__[0])
+for path in sorted(root.rglob("*.py")):
+    name = ".".join(("turbo_ds", *path.relative_to(root).with_suffix("").parts)).removesuffix(".__init__")
+    if not name.startswith("turbo_ds.prep") and name not in TEMPORARY:
+        __import__(name)
+print(sorted(name for name in sys.modules if name.startswith(("turbo_ds.prep", "data_prep"))))
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_demo_is_deterministic_and_motion_labelled():
