@@ -38,10 +38,11 @@ import av  # noqa: E402
 import numpy as np  # noqa: E402
 
 from turbo_ds.config import DataConfig, ModelConfig  # noqa: E402
-from turbo_ds.data.demo import CLASS_NAMES, DemoSettings, render_clip  # noqa: E402
 from turbo_ds.data.pipeline import TrainStream, make_loader  # noqa: E402
 from turbo_ds.data.shards import MANIFEST, read_manifest, shard_name, write_manifest, write_shard  # noqa: E402
-from turbo_ds.data.video import decode_frames, encode_mp4  # noqa: E402
+from turbo_ds.data.video import decode_frames  # noqa: E402
+from turbo_ds.prep.demo import CLASS_NAMES, DemoSettings, render_clip  # noqa: E402
+from turbo_ds.prep.transcode import encode_mp4  # noqa: E402
 
 
 def make_long_clips(folder: Path, clips: int, frames: int = 64, size: int = 128, gop: int = 8,

@@ -1,17 +1,33 @@
-"""Shared fixtures: a tiny real demo dataset and a runner for the real training entry point."""
+"""Shared fixtures: a tiny real demo dataset and a runner for the real training entry point.
+
+Every test belongs to exactly one layer (``pytest -m unit|parity|e2e|slurm``, see pyproject.toml),
+set for a whole module by ``pytestmark`` or, in a module that mixes layers, on each test.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from turbo_ds.engine.distributed import free_port
+
 REPO = Path(__file__).resolve().parents[1]
+LAYERS = ("unit", "parity", "e2e", "slurm")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test is in exactly one layer, so ``-m`` selections partition the suite."""
+    for item in items:
+        layers = [m.name for m in item.iter_markers() if m.name in LAYERS]
+        if not layers:
+            raise pytest.UsageError(f"{item.nodeid}: mark it with one layer: {', '.join(LAYERS)}")
+        if len(set(layers)) > 1:
+            raise pytest.UsageError(f"{item.nodeid}: in more than one layer ({', '.join(sorted(set(layers)))})")
 
 
 @pytest.fixture(scope="session")
@@ -28,13 +44,6 @@ def tiny_overrides(demo: Path, run_dir: Path, *extra: str) -> list[str]:
             "train.steps=4", "train.warmup_steps=1", "train.log_every=2", "train.eval_every=4", "train.ckpt_every=4",
             "eval.batch_size=16", "data.shuffle_buffer=8", *extra]
     return [arg for s in sets for arg in ("--set", s)]
-
-
-def free_port() -> int:
-    """A free TCP port, so concurrent launches (tests, a user's run) do not collide on 29500."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_train(args: list[str], ranks: int | None = 2, ds_config: str = "ds_configs/zero0_bf16.json",

@@ -20,9 +20,9 @@ import pytest
 import webdataset as wds
 
 from conftest import REPO
-from turbo_ds.data.manifest_rows import assign_classes, items_from_records
 from turbo_ds.data.shards import write_shard
-from turbo_ds.data.transcode import TranscodeSettings, transcode
+from turbo_ds.prep.manifest_rows import assign_classes, items_from_records
+from turbo_ds.prep.transcode import TranscodeSettings, transcode
 
 BUILD = str(REPO / "data_prep" / "build_shards.py")
 VFR_MS = [0, 50, 200, 250, 400, 450, 600, 650, 800, 850, 1000, 1050, 1400]  # last frame lasts 1/30 s
@@ -123,6 +123,7 @@ def build_files(folder: Path) -> dict[str, bytes]:
 # ---------------------------------------------------------------- transcoding
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", ["vp9_vfr_opus.webm", "vp8_vfr_aac.mkv"])
 def test_variable_frame_rate_is_resampled_by_timestamps(videos, name):
     data, info = transcode(videos / name, TranscodeSettings(fps=20, short_side=0))
@@ -135,6 +136,7 @@ def test_variable_frame_rate_is_resampled_by_timestamps(videos, name):
     assert info["frames"] == len(expected) and info["fps"] == 20.0
 
 
+@pytest.mark.e2e
 def test_odd_sizes_become_even_and_full_range_mjpeg_keeps_its_levels(videos):
     data, info = transcode(videos / "mjpeg.avi", TranscodeSettings(short_side=0))
     assert (info["width"], info["height"], info["fps"]) == (36, 28, 10.0)
@@ -146,6 +148,7 @@ def test_odd_sizes_become_even_and_full_range_mjpeg_keeps_its_levels(videos):
 # ---------------------------------------------------------------- the three tasks
 
 
+@pytest.mark.e2e
 def test_action_cls_from_many_containers(videos, tmp_path):
     manifest = write_csv(tmp_path / "train.csv", "path,label", [f"{n},{label}" for n, (_, label, _) in VIDEOS.items()])
     out = tmp_path / "out"
@@ -168,6 +171,7 @@ def test_action_cls_from_many_containers(videos, tmp_path):
         assert s["json"]["duration"] == pytest.approx(frames / 10)
 
 
+@pytest.mark.e2e
 def test_video_language_groups_captions(videos, tmp_path):
     rows = ['h264.mp4,a grey square fades in', 'mjpeg.avi,"a clip, with a comma"', "h264.mp4,it gets brighter"]
     out = tmp_path / "csv"
@@ -186,6 +190,7 @@ def test_video_language_groups_captions(videos, tmp_path):
     assert sample["json"]["fps"] == 25  # default: the source rate (at most 30)
 
 
+@pytest.mark.e2e
 def test_long_video_range_and_segments(videos, tmp_path):
     rows = [{"path": "h264_aac.mp4", "label": "cook", "start": 0.5, "end": 1.3,
              "segments": [{"start": 0.0, "end": 0.7, "label": "pour"}, {"start": 0.7, "end": 1.5, "label": "stir"}]},
@@ -206,6 +211,7 @@ def test_long_video_range_and_segments(videos, tmp_path):
     assert full["json"]["frames"] == 10 and full["cls"] == 1  # --max-seconds 1; classes: cook, wash
 
 
+@pytest.mark.e2e
 def test_no_transcode_stores_bytes_as_is(videos, tmp_path):
     manifest = write_csv(tmp_path / "m.csv", "path,label", ["vp9_vfr_opus.webm,a", "h264.mp4,b"])
     run_build("--task", "action_cls", "--manifest", manifest, "--out", tmp_path / "out", "--video-root", videos,
@@ -219,6 +225,7 @@ def test_no_transcode_stores_bytes_as_is(videos, tmp_path):
     assert proc.returncode == 2 and "--fps" in proc.stderr
 
 
+@pytest.mark.e2e
 def test_video2dataset_style_input_shards(videos, tmp_path):
     src = tmp_path / "v2d"
     src.mkdir()
@@ -241,6 +248,7 @@ def test_video2dataset_style_input_shards(videos, tmp_path):
     assert error["row"] == 4 and "no video member" in error["reason"]
 
 
+@pytest.mark.unit
 def test_class_ids_sorted_names_integer_labels_and_a_given_list():
     def labels(rows: list[str], given: list[str] | None = None) -> tuple[list, list[str]]:
         items, names = assign_classes(items_from_records([{"path": "v.mp4", "label": r} for r in rows], "action_cls"),
@@ -256,6 +264,7 @@ def test_class_ids_sorted_names_integer_labels_and_a_given_list():
 # ---------------------------------------------------------------- bad input
 
 
+@pytest.mark.e2e
 def test_bad_rows_are_skipped_and_listed(videos, tmp_path):
     (videos / "garbage.mp4").write_bytes(b"this is not a video" * 50)
     (videos / "empty.mp4").write_bytes(b"")
@@ -283,6 +292,7 @@ def test_bad_rows_are_skipped_and_listed(videos, tmp_path):
     assert not (tmp_path / "none" / "manifest.json").exists()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("header, rows, message", [
     ("path,label", [], "no rows"),
     ("path,label", [",x", "a.mp4,"], "no usable rows"),
@@ -294,6 +304,7 @@ def test_unusable_manifest_is_a_clear_error(tmp_path, header, rows, message):
     assert proc.returncode == 2 and message in proc.stderr
 
 
+@pytest.mark.e2e
 def test_different_settings_in_the_same_out_dir(videos, tmp_path):
     manifest = write_csv(tmp_path / "m.csv", "path,label", ["h264.mp4,walk"])
     args = ["--task", "action_cls", "--manifest", manifest, "--video-root", videos, "--out", tmp_path / "out"]
@@ -315,6 +326,7 @@ def test_different_settings_in_the_same_out_dir(videos, tmp_path):
 # ---------------------------------------------------------------- kill -9 and resume
 
 
+@pytest.mark.e2e
 def test_kill_and_resume_gives_identical_shards(tmp_path):
     root = tmp_path / "videos"
     root.mkdir()

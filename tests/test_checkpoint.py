@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 from conftest import read_metrics, run_train, tiny_overrides
+
+pytestmark = pytest.mark.e2e
 
 
 def test_keep_last_checkpoints_prunes_old_ones_and_resume_still_works(tiny_demo, tmp_path):

@@ -11,6 +11,7 @@ from turbo_ds.config import Config, ConfigError, load_config, load_ds_config, pl
 from turbo_ds.tasks import TASKS
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("override, key", [
     ("turbo.keep_ratoi=0.5", "turbo.keep_ratoi"),        # unknown key (typo)
     ("model.depth=deep", "model.depth"),                  # wrong type
@@ -29,6 +30,7 @@ def test_bad_config_fails_fast_naming_the_key(tiny_demo, tmp_path, override, key
     assert "DeepSpeed" not in proc.stdout and not (tmp_path / "run").exists()  # nothing started
 
 
+@pytest.mark.e2e
 def test_ds_json_contradiction_names_the_json_key(tiny_demo, tmp_path):
     ds = tmp_path / "ds.json"
     ds.write_text(json.dumps({"train_micro_batch_size_per_gpu": 4, "train_batch_size": 7,
@@ -37,6 +39,7 @@ def test_ds_json_contradiction_names_the_json_key(tiny_demo, tmp_path):
     assert proc.returncode == 2 and "train_batch_size" in proc.stderr
 
 
+@pytest.mark.unit
 def test_overrides_are_typed(tmp_path):
     cfg = load_config("configs/demo_action_cls.yaml", ["turbo.keep_ratio=0.5", "data.crop_scale=[0.5, 1]",
                                                         "train.global_batch_size=null"])
@@ -45,6 +48,7 @@ def test_overrides_are_typed(tmp_path):
         load_config("configs/demo_action_cls.yaml", ["turbo.keep_rato=0.5"])
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("overrides, message", [
     (["turbo.schedule=linear", "turbo.keep_ratio_end=0.5"], "turbo.schedule=constant"),
     (["turbo.full_token_steps=10"], "turbo.full_token_steps=0"),
@@ -61,10 +65,12 @@ def test_auto_keep_ratio_checks(overrides, message):
 RECIPES = sorted((REPO / "configs").glob("*.yaml"))
 
 
+@pytest.mark.unit
 def test_recipes_are_found():
     assert len(RECIPES) >= 6  # resolved from this file: the test below cannot silently collect nothing
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
 def test_every_recipe_loads_and_matches_its_ds_configs(recipe):
     """Shipped recipes stay valid as the config tree changes (weights and tokenizer paths are the user's)."""
@@ -73,12 +79,14 @@ def test_every_recipe_loads_and_matches_its_ds_configs(recipe):
         plan_batches(cfg, load_ds_config(ds), world=2)
 
 
+@pytest.mark.unit
 def test_config_admits_exactly_the_tasks_of_the_table():
     import typing
 
     assert set(typing.get_args(typing.get_type_hints(Config)["task"])) == set(TASKS)
 
 
+@pytest.mark.e2e
 def test_manifest_without_class_names_is_a_config_error(tiny_demo, tmp_path):
     train = tmp_path / "train"
     train.mkdir()

@@ -3,23 +3,47 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
+from conftest import REPO
 from turbo_ds.config import DataConfig, ModelConfig
-from turbo_ds.data.demo import CLASS_NAMES, DemoSettings, make_sample
-from turbo_ds.data.pipeline import EvalStream, TrainStream, make_loader
+from turbo_ds.data.pipeline import ClipSpec, EvalStream, TrainStream, make_loader
 from turbo_ds.data.shards import read_manifest
 from turbo_ds.data.video import decode_frames
+from turbo_ds.prep.demo import CLASS_NAMES, DemoSettings, make_sample
+
+pytestmark = pytest.mark.unit
+
+pytestmark = pytest.mark.unit
 
 MODEL = ModelConfig()
 
 
 def data_config(demo: Path, **kw) -> DataConfig:
     return DataConfig(train=str(demo / "train"), val=str(demo / "val"), shuffle_buffer=8, hflip_prob=0.0, **kw)
+
+
+def test_training_modules_do_not_import_prep():
+    """turbo_ds.prep is offline preparation: importing any other module of the package loads none of it."""
+    code = """
+import sys, turbo_ds
+from pathlib import Path
+root = Path(turbo_ds.__path__[0])
+for path in sorted(root.rglob("*.py")):
+    name = ".".join(("turbo_ds", *path.relative_to(root).with_suffix("").parts)).removesuffix(".__init__")
+    if not name.startswith("turbo_ds.prep"):
+        __import__(name)
+print(sorted(name for name in sys.modules if name.startswith(("turbo_ds.prep", "data_prep"))))
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_demo_is_deterministic_and_motion_labelled():
@@ -68,20 +92,67 @@ def test_eval_stream_covers_every_clip_once(tiny_demo):
     assert sum(keys) == 32
 
 
-def test_corrupt_video_is_skipped_and_counted(tiny_demo, tmp_path):
-    folder = tmp_path / "train"
-    folder.mkdir()
-    for shard in read_manifest(tiny_demo / "train")["shards"]:
-        src, dst = tiny_demo / "train" / shard["name"], folder / shard["name"]
-        with tarfile.open(src) as tin, tarfile.open(dst, "w") as tout:
+def rewrite_shards(src: Path, dst: Path, edit) -> Path:
+    """A copy of the dataset folder ``src`` whose tar members pass through ``edit(name, bytes) -> bytes | None``
+    (None drops the member)."""
+    dst.mkdir()
+    for shard in read_manifest(src)["shards"]:
+        with tarfile.open(src / shard["name"]) as tin, tarfile.open(dst / shard["name"], "w") as tout:
             for member in tin.getmembers():
-                data = tin.extractfile(member).read()
-                if member.name.endswith("0000003.mp4"):
-                    data = b"\x00\x00\x00 ftypisom garbage" + data[200:260]  # corrupt mp4 bytes
-                member.size = len(data)
-                tout.addfile(member, io.BytesIO(data))
-    (folder / "manifest.json").write_text((tiny_demo / "train" / "manifest.json").read_text())
+                data = edit(member.name, tin.extractfile(member).read())
+                if data is not None:
+                    member.size = len(data)
+                    tout.addfile(member, io.BytesIO(data))
+    (dst / "manifest.json").write_text((src / "manifest.json").read_text())
+    return dst
+
+
+def test_corrupt_video_is_skipped_and_counted(tiny_demo, tmp_path):
+    def corrupt(name: str, data: bytes) -> bytes:
+        return b"\x00\x00\x00 ftypisom garbage" + data[200:260] if name.endswith("0000003.mp4") else data
+
+    folder = rewrite_shards(tiny_demo / "train", tmp_path / "train", corrupt)
     stream = TrainStream(DataConfig(train=str(folder), shuffle_buffer=8), MODEL, 0, 1, 7, seed=0)
     batches = iter(make_loader(stream, 0))
     positions = [next(batches)["position"] for _ in range(9)]  # 63 clips good per epoch -> 9 batches of 7
     assert positions[-1]["skipped"] == 1 and positions[-1]["epoch"] == 0
+
+
+BAD = {"0000003.mp4": b"\x00\x00\x00 ftypisom garbage", "0000005.cls": None, "0000007.cls": b"seven",
+       "0000009.mp4": None, "0000011.txt": None, "0000013.json": b"{not json"}
+
+
+@pytest.fixture(scope="module")
+def bad_samples(tiny_demo, tmp_path_factory) -> Path:
+    """The tiny demo's training shards with a corrupt mp4, a missing and an unparsable cls, no mp4, no caption
+    (txt dropped: the demo's json has no captions) and unparsable json, one sample each."""
+    def edit(name: str, data: bytes) -> bytes | None:
+        return BAD.get(name.removeprefix("train"), data)
+
+    return rewrite_shards(tiny_demo / "train", tmp_path_factory.mktemp("bad") / "train", edit)
+
+
+@pytest.mark.parametrize("targets, bad", [("label", {3, 5, 7, 9}), ("captions", {3, 9, 11, 13})])
+def test_bad_samples_are_skipped_and_counted(bad_samples, targets, bad):
+    """Every DataError (corrupt video, missing or unparsable member, no caption) skips one sample and counts it."""
+    stream = TrainStream(DataConfig(train=str(bad_samples), shuffle_buffer=8), ModelConfig(num_frames=4), 0, 1, 4,
+                         seed=0, targets=targets)
+    batches = iter(make_loader(stream, 0))
+    epoch = [next(batches) for _ in range(15)]  # 60 good clips: 15 batches of 4
+    assert epoch[-1]["position"] == {"epoch": 0, "consumed": 64, "skipped": 4, "short": 0}
+    keys = {k for b in epoch for k in b["key"]}
+    assert keys == {f"train{i:07d}" for i in range(64)} - {f"train{i:07d}" for i in bad}
+
+
+@pytest.mark.parametrize("error", [TypeError, KeyError, ValueError])
+def test_a_bug_in_our_code_propagates_instead_of_being_counted(bad_samples, monkeypatch, error):
+    """Only DataError means bad data: any other exception raised while a sample is processed is a bug and stops
+    the stream (it would otherwise show up as skipped samples)."""
+    def broken(self, num_frames, rng):
+        raise error("a bug")
+
+    monkeypatch.setattr(ClipSpec, "frame_indices", broken)  # runs inside the decoder's error handling
+    for stream in (EvalStream(DataConfig(val=str(bad_samples)), MODEL, 0, 1, 4),
+                   TrainStream(DataConfig(train=str(bad_samples), shuffle_buffer=8), MODEL, 0, 1, 4, seed=0)):
+        with pytest.raises(error, match="a bug"):
+            next(iter(make_loader(stream, 0)))

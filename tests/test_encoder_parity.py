@@ -13,6 +13,8 @@ from turbo_ds.config import ModelConfig, TurboConfig
 from turbo_ds.models.vit import DropPath, VideoClassifier, VideoViT, interpolate_pos_embed
 from turbo_ds.turbo import keep_count, tube_keep_indices
 
+pytestmark = pytest.mark.parity
+
 CFG = ModelConfig(num_frames=4, img_size=16, patch_size=4, tubelet_size=2, width=32, depth=3, heads=4, pos_embed="learned")
 
 

@@ -11,6 +11,8 @@ from turbo_ds.models.vit import VideoClassifier, VideoViT
 from turbo_ds.tasks.action_cls import ActionClassification
 from turbo_ds.tasks.mixup import mix_batch, soft_targets
 
+pytestmark = pytest.mark.unit
+
 SMALL = ModelConfig(num_frames=4, img_size=16, patch_size=8, tubelet_size=2, width=32, depth=3, heads=4)
 
 

@@ -86,7 +86,7 @@ def rank_main(rank: int, port: int, cfg: Config, out: str) -> None:
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory) -> Path:
-    from data_prep.train_tokenizer import train
+    from turbo_ds.prep.tokenizer_trainer import train
 
     folder = tmp_path_factory.mktemp("tok")
     captions = [" ".join(WORDS[(i * k) % 12] for k in range(1, 6)) for i in range(200)]
@@ -94,6 +94,7 @@ def tokenizer(tmp_path_factory) -> Path:
     return folder / "tok.model"
 
 
+@pytest.mark.parity
 def test_two_ranks_match_one_process_on_the_concatenated_batch(tokenizer, tmp_path):
     cfg = tiny_config(tokenizer)
     mp.spawn(rank_main, args=(free_port(), cfg, str(tmp_path)), nprocs=WORLD, join=True)
@@ -115,6 +116,7 @@ def test_two_ranks_match_one_process_on_the_concatenated_batch(tokenizer, tmp_pa
         assert got["objects"] == [{"rank": 0}, {"rank": 1}]
 
 
+@pytest.mark.unit
 def test_single_process_gathers_are_identity():
     x = torch.randn(3, 2, requires_grad=True)
     assert all_gather_with_grad(x) is x

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import struct
 import subprocess
@@ -13,7 +15,9 @@ import numpy as np
 
 from conftest import REPO
 from turbo_ds.data.shards import write_manifest, write_shard
-from turbo_ds.data.video import encode_mp4
+from turbo_ds.prep.transcode import encode_mp4
+
+pytestmark = pytest.mark.e2e
 
 INSPECT = str(REPO / "data_prep" / "inspect_shards.py")
 BUILD = str(REPO / "data_prep" / "build_shards.py")

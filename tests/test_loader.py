@@ -13,7 +13,10 @@ from turbo_ds.config import ConfigError, DataConfig, EvalConfig, ModelConfig, lo
 from turbo_ds.data import transforms as T
 from turbo_ds.data import video
 from turbo_ds.data.pipeline import EvalStream, StreamPosition, TrainStream, make_loader
-from turbo_ds.data.video import CorruptVideo, dense_indices, encode_mp4, read_frames, sample_indices
+from turbo_ds.data.video import CorruptVideo, dense_indices, read_frames, sample_indices
+from turbo_ds.prep.transcode import encode_mp4
+
+pytestmark = pytest.mark.unit
 
 MODEL = ModelConfig()
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from turbo_ds.config import Config, ConfigError, DataConfig, LongVideoConfig, ModelConfig, TurboConfig, validate
-from turbo_ds.data.demo import (LONG_CLASS_NAMES, LONG_SEQUENCES, LongDemoSettings, long_demo_label, make_long_sample,
-                                render_long_clip)
 from turbo_ds.data.pipeline import ClipSpec, EvalStream, TrainStream, make_loader
 from turbo_ds.data.video import sample_indices
 from turbo_ds.models.long_video import SegmentClassifier
+from turbo_ds.prep.demo import (LONG_CLASS_NAMES, LONG_SEQUENCES, LongDemoSettings, long_demo_label, make_long_sample,
+                                render_long_clip)
 from turbo_ds.tasks import build_task
 
 CLASSES = 5
@@ -30,6 +30,7 @@ def make_task(cfg: Config):
     return build_task(cfg, {"class_names": [f"c{i}" for i in range(CLASSES)]})
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("mode,pooling", [("segments", "cls"), ("segments", "mean"), ("segments", "concat"),
                                           ("joint", "cls")])
 def test_modes_give_logits_and_train_a_step(mode, pooling):
@@ -58,6 +59,7 @@ def test_modes_give_logits_and_train_a_step(mode, pooling):
     assert metrics["num_classes"] == CLASSES and "eval/top1" in metrics and metrics["eval/chunked"] is False
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("pooling", ["cls", "mean", "concat"])
 def test_segment_order_matters(pooling):
     """The temporal model sees segment positions: swapping two segments changes the output."""
@@ -69,6 +71,7 @@ def test_segment_order_matters(pooling):
         assert not torch.allclose(model(video), model(swapped), atol=1e-4)
 
 
+@pytest.mark.parity
 def test_activation_checkpointing_same_output_and_gradients():
     cfg = tiny_config()
     plain, ckpt = make_task(cfg).model, make_task(dataclasses.replace(
@@ -86,6 +89,7 @@ def test_activation_checkpointing_same_output_and_gradients():
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.unit
 def test_segments_must_divide_frames():
     cfg = tiny_config(frames=18)
     with pytest.raises(ConfigError, match=r"long_video.frames=18: must be a multiple of model.num_frames=4"):
@@ -97,6 +101,7 @@ def test_segments_must_divide_frames():
         validate(dataclasses.replace(tiny_config(), long_video=LongVideoConfig(frames=16, temporal_heads=3)))
 
 
+@pytest.mark.parity
 def test_chunked_eval_equals_unchunked():
     cfg = tiny_config(frames=20)  # 5 segments: chunks of 2 leave a last chunk of 1
     whole = make_task(cfg).model.eval()
@@ -121,6 +126,7 @@ def test_chunked_eval_equals_unchunked():
 # ----------------------------------------------------------------------------- demo data
 
 
+@pytest.mark.unit
 def test_long_demo_is_deterministic():
     s = LongDemoSettings(frames=16, size=32)
     a, b = make_long_sample("train", 5, s), make_long_sample("train", 5, s)
@@ -131,6 +137,7 @@ def test_long_demo_is_deterministic():
     assert len(a["json"]["segments"]) == 4 and a["json"]["segments"][-1]["end"] == 16 / s.fps
 
 
+@pytest.mark.unit
 def test_long_demo_labels_depend_on_order():
     # Every class holds the same four events; only their order differs.
     assert len(set(LONG_SEQUENCES)) == len(LONG_SEQUENCES) == 8
@@ -154,6 +161,7 @@ def test_long_demo_labels_depend_on_order():
     assert not np.array_equal(frames_a[9:], frames_b[9:])
 
 
+@pytest.mark.unit
 def test_long_demo_motion_follows_the_order():
     """The shape's displacement in each phase points in that phase's direction."""
     s = LongDemoSettings(frames=32, size=64, boundary_jitter=0.0)
@@ -167,6 +175,7 @@ def test_long_demo_motion_follows_the_order():
 # ----------------------------------------------------------------------------- short videos
 
 
+@pytest.mark.unit
 def test_short_videos_repeat_frames():
     """A video with fewer frames than long_video.frames repeats frames, spread evenly, in order."""
     picks = sample_indices(10, 32, None)
@@ -180,6 +189,7 @@ def test_short_videos_repeat_frames():
     assert len(spec.frame_indices(10, None)) == 32
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("frames, short", [(16, False), (24, True)])
 def test_short_videos_are_counted(tiny_demo, frames, short):
     """The 16-frame demo clips are short for a 24-frame clip: every decoded sample is counted, in both streams."""

@@ -31,6 +31,7 @@ def fake_measure(calls: list[Setting]):
     return measure
 
 
+@pytest.mark.unit
 def test_search_finds_the_largest_fitting_setting():
     calls: list[Setting] = []
     planner = Planner(tiny_config(), DS, budget_gb=0.5, measure_fn=fake_measure(calls))
@@ -44,6 +45,7 @@ def test_search_finds_the_largest_fitting_setting():
     assert pick_keep_ratio(tiny_config(frames=64), DS, 0.5, "cpu", measure_fn=fake_measure([])) == 0.375
 
 
+@pytest.mark.unit
 def test_nothing_fits_names_the_smallest_setting_and_its_need():
     planner = Planner(tiny_config(), DS, budget_gb=0.05, measure_fn=fake_measure([]))
     assert planner.max_frames(0.125, 1, unit=8, cap=64) is None
@@ -52,6 +54,7 @@ def test_nothing_fits_names_the_smallest_setting_and_its_need():
         pick_keep_ratio(tiny_config(frames=64), DS, 0.05, "cpu", measure_fn=fake_measure([]))
 
 
+@pytest.mark.e2e
 def test_measured_keep_quarter_trains_more_frames():
     """Real steps in subprocesses: at the same budget, keep 0.25 fits more frames than keep 1.0."""
     planner = Planner(tiny_config(), DS, budget_gb=0.1, steps=2)
@@ -62,6 +65,7 @@ def test_measured_keep_quarter_trains_more_frames():
     assert quarter.peak_gb <= 0.1 and quarter.step_s > 0
 
 
+@pytest.mark.e2e
 def test_cli_errors_clearly_when_nothing_fits(tmp_path, capsys):
     config, ds = tmp_path / "tiny.yaml", tmp_path / "ds.json"
     config.write_text("task: long_video\nmodel: {num_frames: 8, img_size: 32, patch_size: 4, width: 64, depth: 2, "
@@ -73,6 +77,7 @@ def test_cli_errors_clearly_when_nothing_fits(tmp_path, capsys):
            "ratio 0.125) needs" in err and "Raise the budget" in err
 
 
+@pytest.mark.e2e
 def test_train_picks_keep_ratio_auto_and_keeps_it_on_resume(tiny_demo, tmp_path):
     """turbo.keep_ratio: auto through the real entry point on 2 ranks: rank 0 measures, both ranks train at
     the chosen ratio, and the resumed run keeps it without measuring again."""
@@ -99,6 +104,7 @@ def test_train_picks_keep_ratio_auto_and_keeps_it_on_resume(tiny_demo, tmp_path)
     assert [r["train/keep_ratio"] for r in read_metrics(run_dir) if "train/loss" in r] == [chosen] * 3
 
 
+@pytest.mark.e2e
 def test_train_keep_ratio_auto_over_budget_stops_every_rank(tiny_demo, tmp_path):
     sets = tiny_overrides(tiny_demo, tmp_path / "tight", "turbo.keep_ratio=auto", "turbo.memory_budget_gb=0.001")
     proc = run_train(sets, timeout=300)

@@ -14,6 +14,8 @@ from turbo_ds.config import ModelConfig
 from turbo_ds.models.pretrained import CheckpointMismatch, load_pretrained
 from turbo_ds.models.vit import VideoClassifier, VideoViT, interpolate_pos_embed
 
+pytestmark = pytest.mark.parity
+
 HF = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256, num_frames=4,
           image_size=32, patch_size=8, tubelet_size=2, num_labels=5)
 OURS = ModelConfig(num_frames=4, img_size=32, patch_size=8, tubelet_size=2, width=64, depth=2, heads=4, norm_eps=1e-12)

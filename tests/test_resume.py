@@ -6,6 +6,8 @@ import pytest
 
 from conftest import read_metrics, run_train, tiny_overrides
 
+pytestmark = pytest.mark.e2e
+
 
 def losses(run_dir) -> dict[int, float]:
     return {r["step"]: r["train/loss"] for r in read_metrics(run_dir) if "train/loss" in r}

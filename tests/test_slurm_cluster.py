@@ -24,6 +24,8 @@ import pytest
 
 from conftest import REPO, free_port, read_metrics, tiny_overrides
 
+pytestmark = pytest.mark.slurm
+
 LOCAL_CLUSTER = REPO / "slurm" / "local_cluster.sh"
 LAUNCH = REPO / "slurm" / "launch.sh"
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}

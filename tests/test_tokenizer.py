@@ -42,6 +42,7 @@ def spm_model(tmp_path_factory) -> Path:
     return folder / "tok.model"
 
 
+@pytest.mark.unit
 def test_sentencepiece_encode_decode_round_trip(spm_model):
     tok = load_tokenizer(spm_model)
     assert tok.vocab_size == 40 and tok.pad_id == 0
@@ -57,6 +58,7 @@ def test_sentencepiece_encode_decode_round_trip(spm_model):
     assert load_tokenizer(spm_model.with_suffix("")).vocab_size == 40  # the PREFIX works too
 
 
+@pytest.mark.unit
 def test_truncation_keeps_eos_and_is_counted(spm_model):
     tok = load_tokenizer(spm_model)
     long = " ".join(CAPTIONS[:5])
@@ -66,6 +68,7 @@ def test_truncation_keeps_eos_and_is_counted(spm_model):
         tok.encode(["x"], max_length=2)
 
 
+@pytest.mark.e2e
 def test_too_small_corpus_shrinks_the_vocabulary(tmp_path):
     manifest = tmp_path / "few.jsonl"
     manifest.write_text("".join(json.dumps({"path": f"{i}.mp4", "caption": [c, c.upper()]}) + "\n"
@@ -77,6 +80,7 @@ def test_too_small_corpus_shrinks_the_vocabulary(tmp_path):
     assert tok.decode(tok.encode([CAPTIONS[3]], 40)[0][0].tolist()) == CAPTIONS[3]
 
 
+@pytest.mark.e2e
 def test_train_from_shards_reads_txt_and_caption_lists(tmp_path):
     shards = tmp_path / "shards"
     shards.mkdir()
@@ -89,6 +93,7 @@ def test_train_from_shards_reads_txt_and_caption_lists(tmp_path):
     assert load_tokenizer(tmp_path / "from_shards.model").vocab_size == 80
 
 
+@pytest.mark.unit
 def test_transformers_tokenizer_folder(tmp_path):
     from transformers import BertTokenizerFast
 
@@ -107,6 +112,7 @@ def test_transformers_tokenizer_folder(tmp_path):
     assert tok.decode(ids[0].tolist()) == "a red star spins"
 
 
+@pytest.mark.unit
 def test_missing_tokenizer_names_the_path_and_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="train_tokenizer.py") as err:
         load_tokenizer(tmp_path / "nope.model")
@@ -117,6 +123,7 @@ def test_missing_tokenizer_names_the_path_and_the_fix(tmp_path):
         load_tokenizer(not_a_model)
 
 
+@pytest.mark.e2e
 def test_manifest_without_captions_is_a_clear_error(tmp_path):
     manifest = tmp_path / "labels.csv"
     manifest.write_text("path,label\na.mp4,run\n")

@@ -8,6 +8,8 @@ import pytest
 
 from conftest import read_metrics, run_train, tiny_overrides
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.mark.parametrize("zero", [0, 1, 2, 3])
 def test_every_ds_config_trains_evaluates_and_resumes(tiny_demo, tmp_path, zero):

@@ -13,6 +13,8 @@ from turbo_ds.models.vit import VideoViT
 from turbo_ds.turbo import (STRATEGIES, TokenSelector, frame_balanced_keep_indices, keep_count, keep_ratio_at,
                             motion_keep_indices, motion_scores, num_kept, tube_keep_indices)
 
+pytestmark = pytest.mark.unit
+
 GRID = (4, 6, 5)  # (T', H', W'): 120 tokens
 N, HW = 120, 30
 PATCH_SHAPE = (3, 2, 2, 2)  # (C, t, p, p) of the random "patches" the strategies choose from

@@ -28,6 +28,7 @@ SIM = torch.tensor([[0.9, 0.1, 0.2],
 OWNER = torch.tensor([0, 0, 1, 2])
 
 
+@pytest.mark.unit
 def test_ranks_on_a_hand_made_matrix():
     # t2v: caption 1's video scores lowest of 3 -> rank 3; caption 3's video is last too.
     assert t2v_ranks(SIM, OWNER).tolist() == [1, 3, 1, 3]
@@ -39,6 +40,7 @@ def test_ranks_on_a_hand_made_matrix():
                                "v2t_r1": 2 / 3, "v2t_r5": 1.0, "v2t_r10": 1.0, "v2t_medr": 1.0, "v2t_meanr": 4 / 3})
 
 
+@pytest.mark.unit
 def test_ties_count_against_the_query():
     """Collapsed embeddings must score as badly as possible, not perfectly."""
     flat = torch.zeros(4, 3)
@@ -46,6 +48,7 @@ def test_ties_count_against_the_query():
     assert v2t_ranks(flat, OWNER).tolist() == [3, 4, 4]  # 1 + captions of the other videos
 
 
+@pytest.mark.unit
 def test_video_without_captions_is_a_target_but_no_query():
     sim = torch.tensor([[0.1, 0.9, 0.0], [0.2, 0.3, 0.1]])
     owner = torch.tensor([1, 1])  # videos 0 and 2 have no caption
@@ -53,6 +56,7 @@ def test_video_without_captions_is_a_target_but_no_query():
     assert v2t_ranks(sim, owner).tolist() == [1]
 
 
+@pytest.mark.unit
 def test_ranks_match_a_brute_force_sort():
     g = torch.Generator().manual_seed(0)
     sim = torch.randn(50, 12, generator=g)
@@ -67,6 +71,7 @@ def test_ranks_match_a_brute_force_sort():
     assert metrics["t2v_r5"] == pytest.approx(np.mean(np.array(t2v) <= 5))
 
 
+@pytest.mark.unit
 def test_contrastive_loss_is_log_n_at_chance_and_small_when_aligned():
     e = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
     assert contrastive_loss(e, e, torch.tensor(0.0)).item() == pytest.approx(math.log(8))
@@ -87,6 +92,7 @@ def saved_bert(tmp_path_factory) -> tuple[Path, BertModel]:
     return folder, model
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
 def test_pretrained_text_tower_matches_the_saved_model(saved_bert, pooling):
     folder, original = saved_bert
@@ -102,6 +108,7 @@ def test_pretrained_text_tower_matches_the_saved_model(saved_bert, pooling):
     assert encoder.width == 32 and encoder.vocab_size == 60 and encoder.bert.pooler is None
 
 
+@pytest.mark.unit
 def test_freezing_the_text_tower(saved_bert):
     folder, _ = saved_bert
     lower = TextEncoder(TextConfig(pretrained=str(folder), freeze_layers=1), vocab_size=60, pad_id=0).train()
@@ -118,6 +125,7 @@ def test_freezing_the_text_tower(saved_bert):
 # ---------------------------------------------------------------------- bad inputs
 
 
+@pytest.mark.unit
 def test_missing_tokenizer_stops_at_validation_with_the_build_command(tmp_path):
     cfg = Config(task="video_language", text=TextConfig(tokenizer=str(tmp_path / "spm.model")))
     with pytest.raises(ConfigError, match=r"text.tokenizer=.*spm.model: no such file; build it with python "
@@ -131,6 +139,7 @@ def test_missing_tokenizer_stops_at_validation_with_the_build_command(tmp_path):
                                                            train_tokenizer_if_missing=True)))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("override, message", [
     ({"width": 30, "heads": 4}, "text.width=30: must be divisible by text.heads=4"),
     ({"max_length": 2}, "text.max_length=2"),
@@ -158,6 +167,7 @@ def demo_tokenizer(tiny_demo, tmp_path_factory) -> Config:
     return cfg
 
 
+@pytest.mark.unit
 def test_pretrained_text_model_that_does_not_fit_the_tokenizer_stops_before_training(demo_tokenizer, saved_bert):
     text = TextConfig(tokenizer=demo_tokenizer.text.tokenizer, pretrained=str(saved_bert[0]), max_length=12)
     with pytest.raises(ConfigError, match=r"has \d+ tokens but text.pretrained=.* embeds 60; use the tokenizer"):
@@ -174,8 +184,9 @@ def test_pretrained_text_model_that_does_not_fit_the_tokenizer_stops_before_trai
 # ------------------------------------------------------------- task on demo shards
 
 
+@pytest.mark.unit
 def test_task_trains_and_evaluates_on_demo_captions_in_one_process(demo_tokenizer):
-    from data_prep.train_tokenizer import read_captions
+    from turbo_ds.prep.tokenizer_trainer import read_captions
 
     cfg = demo_tokenizer
     assert Path(cfg.text.tokenizer).is_file() and not list(Path(cfg.text.tokenizer).parent.glob("*.tmp*"))

@@ -1,4 +1,8 @@
-"""Atomic file writes: a reader sees the old file or the new one, never a partial one."""
+"""Atomic file writes: a reader sees either the old file or the complete new one, never a partial one.
+
+(Not ``io.py``: ``turbo_ds/train.py`` runs as a script, which puts ``turbo_ds/`` on
+``sys.path``, where an ``io`` module would shadow the standard library's.)
+"""
 
 from __future__ import annotations
 
@@ -20,4 +24,5 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """``obj`` as indented JSON with sorted keys and a final newline, written atomically."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())

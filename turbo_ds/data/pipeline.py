@@ -1,20 +1,29 @@
-"""WebDataset loaders: one ordered list of stages per split.
+"""WebDataset loaders: each split's stream is one ordered, commented list of stages.
 
-Training stream of one rank/worker (infinite; epoch e is a deterministic function of the seed):
+As in open_clip's ``get_wds_dataset``, ``TrainStream.stages`` and ``EvalStream.stages``
+list the whole pipeline in order: a source (shard paths), then stages, each a function
+from an iterator to an iterator; ``run`` chains them. Training, one epoch of one
+rank/worker (infinite: epoch e is a deterministic function of the seed)::
 
-    1. shards: shuffle(seed, e) -> split by node -> split by worker
-       (data.resampled: draw shards with replacement, seeded by (seed, e, rank, worker))
-    2. tar samples (a truncated or garbage member is skipped and counted)
-    3. shuffle buffer
-    4. choose frame indices from the container metadata (uniform segments or a dense window),
-       decode only those frames (a corrupt mp4 is skipped and counted)
-    5. choose the crop box and flip
-    6. batch: crop + flip + resize on uint8, normalise straight into the batch tensor
+    shards shuffled by (seed, e) -> split by rank -> split by worker -> tar samples -> shuffle buffer
+    (data.resampled: shards drawn with replacement by (seed, e, rank, worker) -> tar samples -> take its share
+    -> shuffle buffer) -> count -> drop first (resume) -> seed per sample -> parse targets -> decode
+    -> choose views -> batch
 
-Evaluation stream: every shard in order, sample i goes to rank i % world (then to worker
-(i // world) % workers); num_clips x num_crops views per sample, no randomness.
-Augmentation randomness is seeded per sample by (seed, epoch, key), so a sample looks
-the same whichever worker decodes it.
+Evaluation: every shard in order -> tar samples -> split by rank (sample i goes to rank
+i % world) -> split by worker ((i // world) % workers) -> count -> parse targets -> decode
+-> choose views (num_clips x num_crops, no randomness) -> batch (the last one partial).
+
+A sample is the dict of its tar members (``__key__``, ``mp4``, ``cls``, ``txt``, ``json``);
+the stages add ``rng`` (seed per sample), ``label`` or ``captions`` (parse targets), ``frames`` in place
+of ``mp4`` (decode), ``views`` and ``text`` (choose views). Augmentation randomness is
+seeded per sample by (seed, epoch, key), so a sample looks the same whichever worker
+decodes it.
+
+Bad data is skipped and counted (``StreamPosition.skipped``), never fatal: an unreadable
+tar file or member through ``StreamPosition.tar_handler``, a sample that raises
+``DataError`` (corrupt mp4, missing or unparsable member, no caption) through
+``each_or_skip``. Any other exception is a bug and propagates.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import json
 import math
 import random
 import signal
+import tarfile
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -37,21 +47,42 @@ from webdataset.tariterators import tarfile_samples
 
 from turbo_ds.config import DataConfig, EvalConfig, ModelConfig
 from turbo_ds.data import transforms as T
+from turbo_ds.data.errors import DataError
 from turbo_ds.data.shards import read_manifest, shard_paths
-from turbo_ds.data.video import CorruptVideo, decode_frames, dense_indices, read_frames, sample_indices
+from turbo_ds.data.video import decode_frames, dense_indices, read_frames, sample_indices
 
-
+Stage = Callable[[Iterator[Any]], Iterator[Any]]  # one step of a pipeline: samples in, samples out
 Targets = Literal["label", "captions"]  # what a task learns from: `cls` ids, or `txt`/json captions
 
 
+# ------------------------------------------------------------------ what a sample holds
+
+
+def sample_label(sample: dict) -> int:
+    """The integer class id in the ``cls`` member."""
+    if "cls" not in sample:
+        raise DataError("sample has no cls member")
+    try:
+        return int(sample["cls"])
+    except ValueError as e:
+        raise DataError(f"cls member {sample['cls'][:20]!r} is not an integer") from e
+
+
 def sample_captions(sample: dict) -> list[str]:
-    """The ``txt`` caption plus any further ones in ``json["captions"]``; none is bad input."""
-    captions = [sample["txt"].decode()] if "txt" in sample else []
-    if "json" in sample:
-        extra = json.loads(sample["json"]).get("captions")
-        captions += [c for c in extra or [] if isinstance(c, str) and c not in captions]
+    """The ``txt`` caption plus any further ones in ``json["captions"]`` (a list); none is bad input."""
+    try:
+        captions = [sample["txt"].decode()] if "txt" in sample else []
+        meta = json.loads(sample["json"]) if "json" in sample else {}
+    except ValueError as e:  # not UTF-8, not JSON
+        raise DataError(f"unreadable txt or json member: {e}") from e
+    if not isinstance(meta, dict):
+        raise DataError(f"json member is a {type(meta).__name__}, not an object")
+    extra = meta.get("captions") or []
+    if not isinstance(extra, list):
+        raise DataError(f"json captions is a {type(extra).__name__}, not a list")
+    captions += [c for c in extra if isinstance(c, str) and c not in captions]
     if not captions:
-        raise ValueError("sample has no caption")
+        raise DataError("sample has no caption")
     return captions
 
 
@@ -97,6 +128,11 @@ class ClipSpec:
         return np.concatenate([pick(k) for k in range(self.num_clips)])
 
 
+# What reading a missing, truncated or garbage tar file raises (opening it, parsing its headers,
+# decompressing, grouping its members); webdataset passes them to StreamPosition.tar_handler.
+TAR_READ_ERRORS = (OSError, EOFError, ValueError, tarfile.TarError, zlib.error)
+
+
 class StreamPosition:
     """Where a stream stands: epoch, raw samples consumed in it, bad samples skipped and short
     videos (fewer frames than the clip needs: frames repeat) so far.
@@ -114,7 +150,10 @@ class StreamPosition:
             yield sample
 
     def tar_handler(self, exn: Exception) -> bool:
-        self.skipped += 1  # a truncated or garbage tar member: skip it, keep reading
+        """webdataset's handler for reading tar files: an unreadable file or member is skipped and counted."""
+        if not isinstance(exn, TAR_READ_ERRORS):
+            raise exn
+        self.skipped += 1
         return True
 
     def state(self) -> dict[str, int]:
@@ -145,36 +184,147 @@ class DecodedCache:
         return video[choose(len(video))]
 
 
-def decode_samples(samples: Iterator[dict], spec: ClipSpec, cache: DecodedCache, pos: StreamPosition,
-                   seed: int) -> Iterator[dict]:
-    """Decode each sample's picked frames and choose its views; corrupt ones are counted and skipped, never
-    fatal; videos too short for the clip repeat frames (``sample_indices``, ``dense_indices``) and are counted."""
-    for s in samples:
-        rng = np.random.default_rng([seed, pos.epoch, zlib.crc32(s["__key__"].encode())]) if spec.train else None
+# ------------------------------------------------------------------ stages
+
+
+def run(pipeline: list) -> Iterator[Any]:
+    """Chain ``[source, stage, stage, ...]``: the source is iterated, each stage wraps the iterator before it."""
+    stream = iter(pipeline[0])
+    for stage in pipeline[1:]:
+        stream = stage(stream)
+    return stream
+
+
+def shuffled(items: list, key: str) -> list:
+    """A copy of ``items`` in an order that depends only on ``key``."""
+    items = list(items)
+    random.Random(key).shuffle(items)
+    return items
+
+
+def resampled(items: list, count: int, rng: random.Random) -> Iterator:
+    """``count`` draws from ``items`` with replacement."""
+    return (rng.choice(items) for _ in range(count))
+
+
+def split_by(index: int, count: int) -> Stage:
+    """Every ``count``-th item from the ``index``-th on: items[index::count]."""
+    return lambda items: itertools.islice(items, index, None, count)
+
+
+def take(count: int) -> Stage:
+    """The first ``count`` items."""
+    return lambda items: itertools.islice(items, count)
+
+
+def drop_first(count: int) -> Stage:
+    """All items but the first ``count`` (which are read, not processed)."""
+    return lambda items: itertools.islice(items, count, None)
+
+
+def tar_samples(handler: Callable[[Exception], bool]) -> Stage:
+    """Shard paths/URLs -> samples (dicts of tar members by extension); read failures go to ``handler``."""
+    return lambda urls: tarfile_samples(({"url": u} for u in urls), handler=handler)
+
+
+def shuffle(buffer: int, rng: random.Random) -> Stage:
+    """webdataset's shuffle buffer (it starts yielding once half full)."""
+    return lambda samples: _shuffle(samples, buffer, buffer // 2, rng=rng)
+
+
+def each(fn: Callable[[dict], dict]) -> Stage:
+    """``fn`` applied to every sample."""
+    return lambda samples: map(fn, samples)
+
+
+def each_or_skip(fn: Callable[[dict], dict], pos: StreamPosition) -> Stage:
+    """``fn`` applied to every sample; a sample it rejects with DataError is dropped and counted in ``pos``.
+
+    Only DataError: any other exception is a bug and propagates.
+    """
+    def stage(samples: Iterator[dict]) -> Iterator[dict]:
+        for sample in samples:
+            try:
+                out = fn(sample)
+            except DataError:
+                pos.skipped += 1
+                continue
+            yield out
+    return stage
+
+
+def seed_per_sample(seed: int, epoch: int) -> Callable[[dict], dict]:
+    """Adds ``rng``, the sample's augmentation randomness, seeded by (seed, epoch, key)."""
+    def add_rng(s: dict) -> dict:
+        return {**s, "rng": np.random.default_rng([seed, epoch, zlib.crc32(s["__key__"].encode())])}
+    return add_rng
+
+
+def parse_targets(targets: Targets) -> Callable[[dict], dict]:
+    """Adds what the task learns from: ``label`` (the ``cls`` member) or ``captions``; DataError when missing/bad."""
+    def parse(s: dict) -> dict:
+        return {**s, "label": sample_label(s)} if targets == "label" else {**s, "captions": sample_captions(s)}
+    return parse
+
+
+def decode(spec: ClipSpec, cache: DecodedCache, pos: StreamPosition) -> Callable[[dict], dict]:
+    """Replaces ``mp4`` by ``frames``, the frames ``spec`` picks (only those are decoded).
+
+    Bytes that do not decode raise CorruptVideo, a DataError. Videos too short for the clip
+    repeat frames (``sample_indices``, ``dense_indices``) and are counted in ``pos.short``.
+    """
+    def decode_one(s: dict) -> dict:
+        if "mp4" not in s:
+            raise DataError("sample has no mp4 member")
+        rng = s["rng"] if spec.train else None
         length = [0]  # the video's true frame count, as last seen by the decoder
 
         def choose(n: int) -> np.ndarray:
             length[0] = n
             return spec.frame_indices(n, rng)
 
-        try:
-            target = {"label": int(s["cls"])} if spec.targets == "label" else {"captions": sample_captions(s)}
-            frames = cache.read(s["__key__"], s["mp4"], choose)
-        except (CorruptVideo, KeyError, ValueError, TypeError):
-            pos.skipped += 1
-            continue
+        frames = cache.read(s["__key__"], s["mp4"], choose)
         pos.short += length[0] < spec.span
         h, w = frames.shape[1:3]
+        out = {k: v for k, v in s.items() if k != "mp4"}  # the frames replace the encoded video
+        return {**out, "frames": frames.reshape(spec.num_clips, spec.frames, h, w, 3)}  # (clips, T, H, W, 3) uint8
+    return decode_one
+
+
+def choose_views(spec: ClipSpec) -> Callable[[dict], dict]:
+    """Adds ``views``: (clip, crop box, flip) per view; and for captions the ``text`` trained on (None in eval).
+
+    Training: one random resized crop, flipped with ``hflip_prob``, and one caption per clip per epoch,
+    drawn from the sample's ``rng`` after its frames. Evaluation: clip-major, view v = clip * num_crops + crop.
+    """
+    def choose(s: dict) -> dict:
+        h, w = s["frames"].shape[2:4]
         if spec.train:
+            rng = s["rng"]
             box = T.random_resized_crop_box(h, w, spec.crop_scale, rng)
             views = [(0, box, bool(rng.random() < spec.hflip_prob))]
-        else:  # clip-major: view v = clip * num_crops + crop
+        else:
             boxes = T.spatial_crop_boxes(h, w, spec.num_crops)
             views = [(k, box, False) for k in range(spec.num_clips) for box in boxes]
-        if "captions" in target and spec.train:  # one caption per clip per epoch, seeded like the crop
-            target["text"] = target["captions"][int(rng.integers(len(target["captions"])))]
-        yield {"frames": frames.reshape(spec.num_clips, spec.frames, h, w, 3), "views": views, "key": s["__key__"],
-               **target}
+        if spec.targets == "captions":
+            text = s["captions"][int(s["rng"].integers(len(s["captions"])))] if spec.train else None
+            return {**s, "views": views, "text": text}
+        return {**s, "views": views}
+    return choose
+
+
+def batch(size: int, make: Callable[[list[dict]], dict], partial: bool) -> Stage:
+    """Groups of ``size`` samples made into batches by ``make``; the last, smaller group only when ``partial``."""
+    def stage(samples: Iterator[dict]) -> Iterator[dict]:
+        group = []
+        for sample in samples:
+            group.append(sample)
+            if len(group) == size:
+                yield make(group)
+                group = []
+        if group and partial:
+            yield make(group)
+    return stage
 
 
 def _empty_batch(*shape: int) -> torch.Tensor:
@@ -194,9 +344,12 @@ def collate(samples: list[dict], spec: ClipSpec, stream: str, position: StreamPo
         for slot, (k, box, flip) in zip(slots, s["views"]):
             spec.normalize(T.crop_flip_resize(clips[k], box, flip, spec.size), out=slot)
     targets = ({"label": torch.tensor([s["label"] for s in samples])} if spec.targets == "label"  # (B,)
-               else {"captions": [s["captions"] for s in samples], "text": [s.get("text") for s in samples]})
+               else {"captions": [s["captions"] for s in samples], "text": [s["text"] for s in samples]})
     return {"video": video if spec.views > 1 else video.flatten(0, 1),  # (B, V, C, T, H, W) or (B, C, T, H, W)
-            **targets, "key": [s["key"] for s in samples], "stream": stream, "position": position.state()}
+            **targets, "key": [s["__key__"] for s in samples], "stream": stream, "position": position.state()}
+
+
+# ------------------------------------------------------------------ streams
 
 
 def _worker() -> tuple[int, int]:
@@ -228,41 +381,58 @@ class TrainStream(IterableDataset):
         self.data, self.rank, self.world, self.batch_size, self.seed = data, rank, world, batch_size, seed
         self.resume = resume or {}
 
-    def epoch_samples(self, epoch: int, worker: int, workers: int, pos: StreamPosition) -> Iterator[dict]:
-        """The raw (undecoded) samples this rank/worker reads in ``epoch``, in order."""
+    def stages(self, epoch: int, worker: int, workers: int, pos: StreamPosition, cache: DecodedCache | None = None,
+               resume_at: int = 0, raw: bool = False) -> list:
+        """Epoch ``epoch`` of this rank/worker's stream: ``[source, stage, ...]`` for ``run``.
+
+        ``resume_at`` raw samples are skipped undecoded; ``raw`` stops after the shuffle buffer.
+        """
         if self.data.resampled:
             # Every stream draws its own shards with replacement, so any shard count suits any
             # world size; its epoch is its share of the manifest. A good shard yields at least
             # one sample, so that many draws suffice (fewer samples only if shards are broken).
             share = self.manifest["num_samples"] // (self.world * workers)
-            draw = random.Random(f"resample-{self.seed}-{epoch}-{self.rank}-{worker}")
-            urls = ({"url": draw.choice(self.shards)} for _ in range(share))
-            samples = itertools.islice(tarfile_samples(urls, handler=pos.tar_handler), share)
+            pipeline = [
+                resampled(self.shards, share, random.Random(f"resample-{self.seed}-{epoch}-{self.rank}-{worker}")),
+                tar_samples(pos.tar_handler),  # tar members -> samples; unreadable ones skipped and counted
+                take(share),  # this stream's share of an epoch
+            ]
         else:
-            shards = list(self.shards)
-            random.Random(f"{self.seed}-{epoch}").shuffle(shards)  # same order on every rank
-            mine = shards[self.rank :: self.world][worker::workers]  # split by node, then by worker
-            samples = tarfile_samples(({"url": u} for u in mine), handler=pos.tar_handler)
-        rng = random.Random(f"{self.seed}-{epoch}-{self.rank}-{worker}")
-        return _shuffle(samples, self.data.shuffle_buffer, self.data.shuffle_buffer // 2, rng=rng)
+            pipeline = [
+                shuffled(self.shards, f"{self.seed}-{epoch}"),  # every shard, in the same order on every rank
+                split_by(self.rank, self.world),  # split by node: shards[rank::world]
+                split_by(worker, workers),  # then by loader worker
+                tar_samples(pos.tar_handler),  # tar members -> samples; unreadable ones skipped and counted
+            ]
+        order = random.Random(f"{self.seed}-{epoch}-{self.rank}-{worker}")
+        pipeline.append(shuffle(self.data.shuffle_buffer, order))  # shuffle buffer, seeded per stream and epoch
+        if raw:
+            return pipeline
+        spec, cache = self.spec, cache or DecodedCache(0, self.data.decode_threads)
+        return pipeline + [
+            pos.count,  # raw samples consumed this epoch: what a checkpoint records
+            drop_first(resume_at),  # resume mid-epoch: drop what was already trained on, without decoding
+            each(seed_per_sample(self.seed, epoch)),  # per-sample rng from (seed, epoch, key)
+            each_or_skip(parse_targets(spec.targets), pos),  # label or captions; bad ones skipped and counted
+            each_or_skip(decode(spec, cache, pos), pos),  # only the picked frames; a corrupt mp4 is skipped, counted
+            each(choose_views(spec)),  # random resized crop box, flip, one caption
+            # crop + flip + resize on uint8, normalise into one batch tensor; a partial last batch is dropped
+            batch(self.batch_size, lambda group: collate(group, spec, f"rank{self.rank}/worker{worker}", pos),
+                  partial=False),
+        ]
+
+    def epoch_samples(self, epoch: int, worker: int, workers: int, pos: StreamPosition) -> Iterator[dict]:
+        """The raw (undecoded) samples this rank/worker reads in ``epoch``, in order."""
+        return run(self.stages(epoch, worker, workers, pos, raw=True))
 
     def __iter__(self) -> Iterator[dict]:
         worker, workers = _worker()
-        stream = f"rank{self.rank}/worker{worker}"
-        pos = StreamPosition(**self.resume.get(stream, {}))
+        pos = StreamPosition(**self.resume.get(f"rank{self.rank}/worker{worker}", {}))
         cache = DecodedCache(self.data.decoded_cache_clips, self.data.decode_threads)
-        skip, pos.consumed = pos.consumed, 0  # counted again while skipping
+        resume_at, pos.consumed = pos.consumed, 0  # counted again while skipping
         while True:
-            raw = pos.count(self.epoch_samples(pos.epoch, worker, workers, pos))
-            raw = itertools.islice(raw, skip, None)  # resume mid-epoch: drop what was already trained on
-            batch = []
-            for sample in decode_samples(raw, self.spec, cache, pos, self.seed):
-                batch.append(sample)
-                if len(batch) == self.batch_size:
-                    yield collate(batch, self.spec, stream, pos)
-                    batch = []
-            # A partial batch at the end of an epoch is dropped, like drop_last.
-            pos.epoch, pos.consumed, skip = pos.epoch + 1, 0, 0
+            yield from run(self.stages(pos.epoch, worker, workers, pos, cache, resume_at))
+            pos.epoch, pos.consumed, resume_at = pos.epoch + 1, 0, 0
 
 
 class EvalStream(IterableDataset):
@@ -290,17 +460,28 @@ class EvalStream(IterableDataset):
             return sum(math.ceil(len(range(w, local, self.workers)) / self.batch_size) for w in range(self.workers))
         return max(batches(r) for r in range(self.world))
 
+    def stages(self, worker: int, workers: int, pos: StreamPosition) -> list:
+        """This rank/worker's share of the validation set: ``[source, stage, ...]`` for ``run``."""
+        spec = self.spec
+        return [
+            self.shards,  # every shard, in manifest order
+            tar_samples(pos.tar_handler),  # tar members -> samples; unreadable ones skipped and counted
+            split_by(self.rank, self.world),  # sample i -> rank i % world
+            split_by(worker, workers),  # then -> worker (i // world) % workers
+            pos.count,
+            each_or_skip(parse_targets(spec.targets), pos),  # label or captions; bad ones skipped and counted
+            each_or_skip(decode(spec, DecodedCache(0, self.data.decode_threads), pos), pos),  # corrupt: skipped
+            each(choose_views(spec)),  # num_clips x num_crops fixed views
+            batch(self.batch_size, lambda group: collate(group, spec, f"eval{self.rank}/worker{worker}", pos),
+                  partial=True),
+        ]
+
     def __iter__(self) -> Iterator[dict]:
         worker, workers = _worker()
         if workers != self.workers:
             raise ValueError(f"EvalStream(num_workers={self.workers}) is read by {workers} loader workers; "
                              "pass the same count to both")
-        pos = StreamPosition()
-        samples = tarfile_samples(({"url": u} for u in self.shards), handler=pos.tar_handler)
-        mine = itertools.islice(itertools.islice(samples, self.rank, None, self.world), worker, None, workers)
-        decoded = decode_samples(pos.count(mine), self.spec, DecodedCache(0, self.data.decode_threads), pos, seed=0)
-        while chunk := list(itertools.islice(decoded, self.batch_size)):
-            yield collate(chunk, self.spec, f"eval{self.rank}/worker{worker}", pos)
+        yield from run(self.stages(worker, workers, StreamPosition()))
 
 
 def _ignore_stop_signals(worker_id: int) -> None:

@@ -19,23 +19,10 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+from turbo_ds.fileio import atomic_write_bytes, atomic_write_json
+
 MANIFEST = "manifest.json"
 FORMAT = "turbo_ds.shards/1"
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the new one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def encode_sample(sample: dict[str, Any]) -> dict[str, bytes]:

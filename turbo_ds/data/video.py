@@ -1,4 +1,4 @@
-"""Video bytes <-> uint8 frame arrays with PyAV (FFmpeg), and temporal sampling.
+"""Video bytes -> uint8 frame arrays with PyAV (FFmpeg), and temporal sampling.
 
 Decoding is the loader's main cost, so ``read_frames`` does only the work the sampled
 clip needs: frame indices are chosen from the container's metadata before any decoding,
@@ -16,6 +16,8 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from turbo_ds.data.errors import DataError
+
 # PyAV's ``frame.to_ndarray(format=...)`` builds a new swscale context for every frame,
 # which costs more than decoding a small frame; one shared reformatter caches it. PyAV >= 17
 # scales with a thread pool by default: ask for one thread, which is faster at these sizes
@@ -26,36 +28,8 @@ DECODE_ERRORS = (av.error.FFmpegError, ValueError, IndexError, EOFError)
 _GOP_SCAN = 1000  # index entries read to find the first two keyframes (bounded cost on long videos)
 
 
-class CorruptVideo(ValueError):
+class CorruptVideo(DataError):
     """Raised for bytes that FFmpeg cannot turn into frames; the loader skips and counts them."""
-
-
-def x264_options(crf: int) -> dict[str, str]:
-    """libx264 options for byte-reproducible output: identical frames give identical bytes on any run and CPU.
-
-    x264's output depends on its thread count, and its AVX-512 code paths gave run-to-run
-    different bytes for identical frames (x264 core 164); one thread and cpu-independent fix
-    both. Parallelism comes from worker processes instead of encoder threads.
-    """
-    return {"crf": str(crf), "threads": "1", "x264-params": "cpu-independent=1"}
-
-
-def encode_mp4(frames: np.ndarray, fps: float = 8.0, crf: int = 23, gop: int | None = None) -> bytes:
-    """Encode ``frames`` (T, H, W, 3) uint8 RGB as H.264 in an mp4 container."""
-    t, h, w, _ = frames.shape
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=int(round(fps)))
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = x264_options(crf)
-        if gop:
-            stream.codec_context.gop_size = gop
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():  # flush the encoder's delayed frames
-            container.mux(packet)
-    return buf.getvalue()
 
 
 def _rgb(frame: av.VideoFrame) -> np.ndarray:

@@ -33,14 +33,15 @@ def init_distributed() -> DistInfo:
 
     if "RANK" not in os.environ:  # plain `python turbo_ds/train.py`: a one-process group, no launcher needed
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
+                          MASTER_PORT=os.environ.get("MASTER_PORT", str(free_port())))
     deepspeed.init_distributed()
     dist.barrier()  # every rank is past DeepSpeed's init, which maps every rank's shm buffer
     _unlink_shm_buffer(dist.get_rank())
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port, so concurrent launches (tests, a user's run) do not collide on 29500."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

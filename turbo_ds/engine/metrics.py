@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from turbo_ds.data.shards import atomic_write_bytes
+from turbo_ds.fileio import atomic_write_bytes
 from turbo_ds.memory import peak_rss_bytes
 
 

@@ -68,7 +68,7 @@ class Task(ABC):
     @classmethod
     def generate_demo(cls, out: Path, log: Log) -> None:
         """Write the demo dataset of this task into ``out/train`` and ``out/val``."""
-        from turbo_ds.data.demo import generate_demo  # TODO(merge): turbo_ds.prep.demo
+        from turbo_ds.prep.demo import generate_demo
 
         generate_demo(out, log=log)
 

@@ -65,7 +65,7 @@ class LongVideoClassification(Task):
 
     @classmethod
     def generate_demo(cls, out: Path, log: Log) -> None:
-        from turbo_ds.data.demo import generate_long_demo  # TODO(merge): turbo_ds.prep.demo
+        from turbo_ds.prep.demo import generate_long_demo
 
         generate_long_demo(out, log=log)
 

@@ -50,7 +50,7 @@ def prepare_tokenizer(cfg: Config, log: Log = print) -> None:
     text = cfg.text
     if tokenizer_exists(text.tokenizer) or not text.train_tokenizer_if_missing:
         return
-    from data_prep.train_tokenizer import read_captions, train  # TODO(merge): turbo_ds.prep.tokenizer_trainer
+    from turbo_ds.prep.tokenizer_trainer import read_captions, train  # the same trainer as the command line
 
     prefix = Path(text.tokenizer.removesuffix(".model"))
     tmp = prefix.with_name(f"{prefix.name}.tmp{os.getpid()}")

@@ -25,8 +25,22 @@ from typing import Any, Iterable
 
 from turbo_ds.data.shards import MANIFEST
 
-TASKS = ("action_cls", "video_language", "long_video")
-REQUIRED = {"action_cls": ("path", "label"), "video_language": ("path", "caption"), "long_video": ("path", "label")}
+
+
+@dataclass(frozen=True)
+class RowSchema:
+    """What a manifest row of one ``--task`` holds."""
+
+    required: tuple[str, ...]
+    captions: bool = False
+    "rows carry captions (rows sharing a path are one video) instead of a class label"
+    ranges: bool = False
+    "rows may cut a start/end range and carry segment annotations"
+
+
+ROWS = {"action_cls": RowSchema(("path", "label")), "video_language": RowSchema(("path", "caption"), captions=True),
+        "long_video": RowSchema(("path", "label"), ranges=True)}
+TASKS = tuple(ROWS)
 VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov", "m4v", "mpg", "mpeg", "ogv", "flv", "ts", "3gp", "wmv")
 MAX_META_BYTES = 1 << 20  # txt/cls/json members larger than this are not metadata
 
@@ -79,13 +93,13 @@ def _json_record(line: str) -> dict | str:
 def check_columns(path: str | Path, records: list[dict | str], task: str) -> None:
     """Fail early when a required column is absent from every record (usually a wrong --task or header)."""
     present = set().union(*(r.keys() for r in records if isinstance(r, dict)))
-    if task == "video_language" and "captions" in present:
+    if ROWS[task].captions and "captions" in present:
         present.add("caption")
-    missing = [c for c in REQUIRED[task] if c not in present]
+    missing = [c for c in ROWS[task].required if c not in present]
     if missing:
         raise ManifestError(f"manifest {path} has no {', '.join(repr(c) for c in missing)} column "
                             f"(columns: {', '.join(sorted(present)) or 'none'}); --task {task} needs "
-                            f"{','.join(REQUIRED[task])}")
+                            f"{','.join(ROWS[task].required)}")
 
 
 def _text(rec: dict, key: str) -> str | None:
@@ -121,7 +135,7 @@ def _captions(rec: dict) -> list[str]:
 
 def _item_fields(rec: dict, task: str) -> dict:
     """Task fields of one record; raises ValueError naming what is wrong."""
-    if task == "video_language":
+    if ROWS[task].captions:
         captions = _captions(rec)
         if not captions:
             raise ValueError("missing field 'caption'")
@@ -130,7 +144,7 @@ def _item_fields(rec: dict, task: str) -> dict:
     if label is None:
         raise ValueError("missing field 'label'")
     fields: dict[str, Any] = {"label": label}
-    if task == "long_video":
+    if ROWS[task].ranges:
         fields.update(start=_seconds(rec, "start"), end=_seconds(rec, "end"), segments=_segments(rec.get("segments")))
         if fields["start"] is not None and fields["end"] is not None and fields["end"] <= fields["start"]:
             raise ValueError(f"end={fields['end']} is not after start={fields['start']}")
@@ -152,7 +166,7 @@ def items_from_records(records: list[dict | str], task: str) -> list[Item]:
         except (ValueError, TypeError) as e:
             items.append(Item(len(items), row, path or "", error=str(e)))
             continue
-        if task == "video_language" and path in by_path:
+        if ROWS[task].captions and path in by_path:
             first = items[by_path[path]]
             items[by_path[path]] = replace(first, captions=first.captions + fields["captions"])
             continue

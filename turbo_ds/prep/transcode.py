@@ -5,6 +5,8 @@ Frames are resampled by presentation time, so variable-frame-rate sources come o
 constant rate: output frame k (time ``start + k / fps``) is the latest source frame whose
 timestamp is <= that time. Exact ``Fraction`` arithmetic keeps a 1:1 mapping when the
 source already runs at the target rate.
+
+``encode_mp4`` writes rendered frames (the demo data, test videos) with the same encoder settings.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from fractions import Fraction
 from typing import Iterator, TypeAlias
 
 import av
+import numpy as np
 
-from turbo_ds.data.video import DECODE_ERRORS, CorruptVideo, x264_options
+from turbo_ds.data.video import DECODE_ERRORS, CorruptVideo
 
 MAX_DEFAULT_FPS = 30  # "keep the source rate" never goes above this
 MAX_PLAUSIBLE_FPS = 240
@@ -40,6 +43,34 @@ class TranscodeSettings:
     crf: int = 23
     gop: int | None = None  # frames between keyframes; None: one per second
     keep_audio: bool = False  # re-encode the first audio track as AAC; else audio is dropped
+
+
+def x264_options(crf: int) -> dict[str, str]:
+    """libx264 options for byte-reproducible output: identical frames give identical bytes on any run and CPU.
+
+    x264's output depends on its thread count, and its AVX-512 code paths gave run-to-run
+    different bytes for identical frames (x264 core 164); one thread and cpu-independent fix
+    both. Parallelism comes from worker processes instead of encoder threads.
+    """
+    return {"crf": str(crf), "threads": "1", "x264-params": "cpu-independent=1"}
+
+
+def encode_mp4(frames: np.ndarray, fps: float = 8.0, crf: int = 23, gop: int | None = None) -> bytes:
+    """Encode ``frames`` (T, H, W, 3) uint8 RGB as H.264 in an mp4 container."""
+    t, h, w, _ = frames.shape
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=int(round(fps)))
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = x264_options(crf)
+        if gop:
+            stream.codec_context.gop_size = gop
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():  # flush the encoder's delayed frames
+            container.mux(packet)
+    return buf.getvalue()
 
 
 def _open(src: Source) -> av.container.InputContainer:

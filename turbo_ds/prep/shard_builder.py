@@ -31,10 +31,11 @@ from typing import Any, Callable, Iterator
 
 from tqdm import tqdm
 
-from turbo_ds.data.manifest_rows import Item, read_member
-from turbo_ds.data.shards import atomic_write_bytes, atomic_write_json, shard_name, write_manifest, write_shard
-from turbo_ds.data.transcode import TranscodeSettings, describe_error, probe, transcode
+from turbo_ds.data.shards import shard_name, write_manifest, write_shard
 from turbo_ds.data.video import CorruptVideo
+from turbo_ds.fileio import atomic_write_bytes, atomic_write_json
+from turbo_ds.prep.manifest_rows import ROWS, Item, read_member
+from turbo_ds.prep.transcode import TranscodeSettings, describe_error, probe, transcode
 
 BUILD_DIR = ".build"
 SETTINGS = "settings.json"
@@ -150,7 +151,7 @@ def make_sample(item: Item, job: ShardJob) -> dict[str, Any]:
     meta = {**info, "source": item.source, "row": item.row, **item.extra,
             **_task_fields(item, info, cut=job.transcode is not None)}
     sample = {"__key__": f"{item.index:09d}", "mp4": data, "json": meta}
-    if item.label is not None and job.task != "video_language":
+    if item.label is not None and not ROWS[job.task].captions:
         sample["cls"] = job.class_ids[item.label]
     if item.captions:
         sample["txt"] = item.captions[0]

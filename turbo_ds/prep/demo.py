@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from turbo_ds.data.shards import shard_name, write_manifest, write_shard
-from turbo_ds.data.video import encode_mp4
+from turbo_ds.prep.transcode import encode_mp4
 
 DIRECTIONS = {"up": (0.0, -1.0), "down": (0.0, 1.0), "left": (-1.0, 0.0), "right": (1.0, 0.0)}
 DIRECTION_WORDS = {"up": "up", "down": "down", "left": "to the left", "right": "to the right"}
@@ -146,7 +146,7 @@ def _generate(out: str | Path, num_train: int, num_val: int, settings, shard_siz
         list(pool.map(_write_demo_shard, jobs))
     for split, (folder, shards) in manifests.items():  # manifests last: they mark the folder complete
         write_manifest(folder, task=task, shards=shards, class_names=class_names,
-                       build={"tool": "turbo_ds.data.demo", "settings": asdict(settings), "shard_size": shard_size,
+                       build={"tool": "turbo_ds.prep.demo", "settings": asdict(settings), "shard_size": shard_size,
                               **build})
 
 

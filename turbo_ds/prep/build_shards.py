@@ -1,0 +1,137 @@
+"""Build WebDataset shards (turbo_ds schema) from real videos.
+
+    python data_prep/build_shards.py --task action_cls --manifest train.csv --video-root videos/ --out data/k400/train
+    python data_prep/build_shards.py --task video_language --input-shards 'webvid/*.tar' --out data/webvid/train
+
+Input: a manifest (CSV with a header, or JSONL) plus the folder its relative paths start
+from, or existing WebDataset/video2dataset shards (video member + txt/cls/json):
+  action_cls      path,label                           (labels -> ids in sorted order;
+                                                        integer labels are the ids)
+  video_language  path,caption                         (repeat a path for more captions;
+                                                        JSONL may give "caption": [...])
+  long_video      path,label[,start,end][,segments]    (seconds; segments: JSON list of
+                                                        {"start","end","label"})
+
+Each video is re-encoded to H.264 mp4 (resampled by timestamps to --fps, downscaled to
+--short-side, cut to --max-seconds, a keyframe every --gop frames; audio dropped unless
+--keep-audio), or stored as it is with --no-transcode. Shard k holds manifest items
+[k*S, (k+1)*S), so the output is byte-identical for any --workers. A killed run resumes
+when started again with the same command. Unusable rows (missing file, undecodable
+video, missing field) are skipped and listed in OUT/errors.jsonl; the run ends with
+"N written, M skipped" and exits 1 only when nothing was written.
+"""
+
+import argparse
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+
+from turbo_ds.prep.manifest_rows import (ROWS, TASKS, ManifestError, assign_classes, read_class_names,
+                                         read_input_shard_items, read_manifest_items)
+from turbo_ds.prep.shard_builder import BuildError, BuildSettings, build
+from turbo_ds.prep.transcode import TranscodeSettings
+
+ENCODING_OPTIONS = ("fps", "short_side", "max_seconds", "crf", "gop", "keep_audio")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", required=True, choices=TASKS)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--manifest", type=Path, help="CSV (with a header) or JSONL (.jsonl) listing the videos")
+    src.add_argument("--input-shards", metavar="DIR_OR_GLOB",
+                     help="existing shards to re-shard/re-encode: a folder of .tar files or a quoted glob")
+    p.add_argument("--video-root", type=Path,
+                   help="folder the manifest paths are relative to (default: the manifest's folder)")
+    p.add_argument("--out", required=True, type=Path, help="output dataset folder (created; rerun to resume)")
+    p.add_argument("--class-names", type=Path,
+                   help="fixed class list: a text file (one name a line) or another dataset folder/manifest.json, "
+                        "so that e.g. train and val share label ids (default: the sorted labels of this manifest)")
+    p.add_argument("--shard-size", type=int, default=256,
+                   help="videos per shard (default 256); a worker holds about two shards' bytes in memory")
+    p.add_argument("--prefix", default="shard", help="shard file prefix: PREFIX-000000.tar (default 'shard')")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="parallel processes, one shard each at a time (default: CPU count); never changes the output")
+    enc = p.add_argument_group("encoding (default: re-encode to H.264 yuv420p mp4)")
+    enc.add_argument("--fps", type=float, help="output frame rate (default: the source rate, at most 30)")
+    enc.add_argument("--short-side", type=int,
+                     help="downscale so the shorter side is this many pixels, keeping the aspect ratio and even "
+                          "sizes; never upscales; 0 keeps the size (default 256)")
+    enc.add_argument("--max-seconds", type=float, help="keep at most this many seconds of each video (default: all)")
+    enc.add_argument("--crf", type=int, help="x264 constant rate factor, lower is better quality (default 23)")
+    enc.add_argument("--gop", type=int, help="frames between keyframes (default: one second's worth)")
+    enc.add_argument("--keep-audio", action="store_true", default=None,
+                     help="re-encode the first audio track as AAC (default: audio is dropped)")
+    enc.add_argument("--no-transcode", action="store_true",
+                     help="store each video's bytes as they are (any container, in the 'mp4' member; "
+                          "json records fps/size/frames probed from it); long_video ranges are recorded, not cut")
+    return p
+
+
+def _transcode_settings(a: argparse.Namespace, p: argparse.ArgumentParser) -> TranscodeSettings | None:
+    given = {k: getattr(a, k) for k in ENCODING_OPTIONS if getattr(a, k) is not None}
+    if a.no_transcode:
+        if given:
+            options = ", ".join("--" + k.replace("_", "-") for k in given)
+            p.error(f"--no-transcode stores videos unchanged; drop {options}")
+        return None
+    checks = {"fps": lambda v: v > 0, "short_side": lambda v: v >= 0, "max_seconds": lambda v: v > 0,
+              "crf": lambda v: 0 <= v <= 51, "gop": lambda v: v >= 1}
+    for key, ok in checks.items():
+        if key in given and not ok(given[key]):
+            p.error(f"--{key.replace('_', '-')} {given[key]} is out of range")
+    return TranscodeSettings(**given)
+
+
+def _inputs(a: argparse.Namespace):
+    """(items, input identity for the saved settings, video root)."""
+    if a.manifest is not None:
+        items = read_manifest_items(a.manifest, a.task)
+        root = (a.video_root or a.manifest.parent).resolve()
+        if not root.is_dir():
+            raise ManifestError(f"--video-root {root} is not a folder")
+        identity = (("manifest", str(a.manifest.resolve())), ("manifest_sha256", _sha256(a.manifest)))
+        return items, identity, str(root)
+    items, tars = read_input_shard_items(a.input_shards, a.task)
+    signature = hashlib.sha256("".join(f"{t.resolve()}:{t.stat().st_size}\n" for t in tars).encode()).hexdigest()
+    return items, (("input_shards", a.input_shards), ("input_shards_sha256", signature)), None
+
+
+def main(argv=None) -> int:
+    p = _parser()
+    a = p.parse_args(argv)
+    if a.shard_size < 1 or a.workers < 1:
+        p.error("--shard-size and --workers must be at least 1")
+    transcode = _transcode_settings(a, p)
+    start = time.time()
+    try:
+        items, identity, root = _inputs(a)
+        given = read_class_names(a.class_names) if a.class_names else None
+        items, class_names = (items, None) if ROWS[a.task].captions else assign_classes(items, given)
+        settings = BuildSettings(task=a.task, inputs=identity, video_root=root, shard_size=a.shard_size,
+                                 prefix=a.prefix, transcode=transcode,
+                                 class_names=tuple(given) if given is not None else None)
+        result = build(items, settings, class_names, a.out, workers=a.workers)
+    except (ManifestError, BuildError) as e:
+        print(f"build_shards: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{result.written} written, {result.skipped} skipped ({a.out}, {time.time() - start:.1f} s"
+          f"{'; see ' + str(a.out / 'errors.jsonl') if result.skipped else ''})")
+    if not result.written:
+        print(f"build_shards: nothing was written; the reasons are in {a.out / 'errors.jsonl'}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
