@@ -10,7 +10,7 @@ from torch import nn
 from turbo_ds.config import Config
 from turbo_ds.models.pretrained import load_pretrained
 from turbo_ds.models.vit import VideoClassifier, VideoViT
-from turbo_ds.tasks.base import Task, dummy_clip
+from turbo_ds.tasks.base import Task
 from turbo_ds.tasks.classification import Classification
 
 
@@ -39,10 +39,6 @@ class ActionClassification(Task):
 
     def eval_step(self, model: nn.Module, batch: dict[str, Any], dtype: torch.dtype) -> list[float]:
         return self.objective.eval_step(model, batch, dtype)
-
-    @torch.no_grad()
-    def eval_padding(self, model: nn.Module, dtype: torch.dtype) -> None:
-        model(dummy_clip(model, self.clip_frames, self.cfg.model.img_size, dtype))
 
     def eval_metrics(self, outputs: list[list[float]]) -> dict[str, Any]:
         return self.objective.eval_metrics(outputs)

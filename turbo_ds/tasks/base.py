@@ -111,9 +111,10 @@ class Task(ABC):
     def eval_step(self, model: nn.Module, batch: dict[str, Any], dtype: torch.dtype) -> Any:
         """This rank's outputs for one validation batch (kept until ``eval_metrics``)."""
 
-    @abstractmethod
+    @torch.no_grad()
     def eval_padding(self, model: nn.Module, dtype: torch.dtype) -> None:
         """A forward pass on a dummy sample, so a rank out of clips joins ZeRO-3's collectives."""
+        model(dummy_clip(model, self.clip_frames, self.cfg.model.img_size, dtype))
 
     @abstractmethod
     def eval_metrics(self, outputs: list[Any]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from torch import nn
 from turbo_ds.config import Config, ConfigError
 from turbo_ds.models.long_video import SegmentClassifier, build_long_video_model
 from turbo_ds.models.pretrained import load_pretrained
-from turbo_ds.tasks.base import Log, Task, dummy_clip
+from turbo_ds.tasks.base import Log, Task
 from turbo_ds.tasks.classification import Classification
 
 
@@ -81,10 +81,6 @@ class LongVideoClassification(Task):
 
     def eval_step(self, model: nn.Module, batch: dict[str, Any], dtype: torch.dtype) -> list[float]:
         return self.objective.eval_step(model, batch, dtype)
-
-    @torch.no_grad()
-    def eval_padding(self, model: nn.Module, dtype: torch.dtype) -> None:
-        model(dummy_clip(model, self.clip_frames, self.cfg.model.img_size, dtype))
 
     def eval_metrics(self, outputs: list[list[float]]) -> dict[str, Any]:
         return {**self.objective.eval_metrics(outputs), "eval/chunked": self.eval_chunked,
