@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from turbo_ds.engine.checkpoint import CheckpointManager
-    from turbo_ds.engine.distributed import barrier, init_distributed
+    from turbo_ds.engine.distributed import barrier, init_distributed, shutdown
     from turbo_ds.engine.metrics import RunLog
     from turbo_ds.engine.trainer import Trainer
     from turbo_ds.tasks import build_task, task_type
@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer = Trainer(cfg, ds, plan, dist_info, task, checkpoints, log)
     trainer.fit()
     log.close()
+    shutdown()
     return 0
 
 

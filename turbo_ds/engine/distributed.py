@@ -59,6 +59,14 @@ def _unlink_shm_buffer(rank: int) -> None:
     Path("/dev/shm", name).unlink(missing_ok=True)  # absent on GPU runs (NCCL) and without the shm op
 
 
+def shutdown() -> None:
+    """Leave the process group on every rank before exit, so its threads stop while the interpreter is
+    alive (left to interpreter teardown, ZeRO-3 runs sometimes ended in std::terminate, exit 250)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
