@@ -81,12 +81,9 @@ def resolve_keep_ratio(cfg: Config, ds: DeepSpeedConfig, dist_info: DistInfo, lo
             outcome = started["turbo"]["keep_ratio"]
             log.info(f"turbo.keep_ratio auto: {outcome:g}, as chosen when this run started ({checkpoints.latest})")
         else:
-            import torch
-
             from turbo_ds.plan import AUTO_KEEP_RATIOS, pick_keep_ratio
 
-            budget = cfg.turbo.memory_budget_gb
-            device = f"cuda:{dist_info.local_rank}" if torch.cuda.is_available() else "cpu"
+            budget, device = cfg.turbo.memory_budget_gb, str(dist_info.device)
             log.info(f"turbo.keep_ratio auto: measuring keep ratios {', '.join(map(str, AUTO_KEEP_RATIOS))} "
                      f"against {budget:g} GB per rank on {device} (a few real training steps each)")
             try:

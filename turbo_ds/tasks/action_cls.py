@@ -37,8 +37,8 @@ class ActionClassification(Task):
     def synthetic_batch(self, micro: int, device: torch.device | str) -> dict[str, Any]:
         return {**super().synthetic_batch(micro, device), "label": self.objective.synthetic_labels(micro, device)}
 
-    def eval_step(self, model: nn.Module, batch: dict[str, Any], dtype: torch.dtype) -> list[float]:
+    def eval_step(self, model: nn.Module, batch: dict[str, Any], dtype: torch.dtype) -> torch.Tensor:
         return self.objective.eval_step(model, batch, dtype)
 
-    def eval_metrics(self, outputs: list[list[float]]) -> dict[str, Any]:
+    def eval_metrics(self, outputs: list[torch.Tensor]) -> dict[str, Any]:
         return self.objective.eval_metrics(outputs)

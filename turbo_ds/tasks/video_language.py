@@ -159,7 +159,7 @@ class VideoLanguage(Task):
         v, t, _ = model(video=video.flatten(0, 1) if video.ndim == 6 else video,  # (b*V, C, T, H, W)
                         input_ids=ids.to(video.device), attention_mask=mask.to(video.device))
         v = F.normalize(v.view(b, -1, v.shape[-1]).mean(dim=1), dim=-1)  # (b, V, E) -> (b, E)
-        return {"video": v.cpu(), "text": t[: len(captions)].cpu(), "owner": owner}
+        return {"video": v, "text": t[: len(captions)], "owner": owner}  # embeddings stay on the device
 
     def encode_placeholder(self) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask, _ = self.tokenizer.encode([""], self.cfg.text.max_length)  # (1, L) each, not counted
@@ -174,7 +174,8 @@ class VideoLanguage(Task):
 
     def eval_metrics(self, outputs: list[dict[str, Any]]) -> dict[str, Any]:
         """Gather every rank's embeddings, then text->video and video->text retrieval over the whole set."""
-        videos, texts, owner = stack_batches([o for part in all_gather_objects(outputs) for o in part])
+        local = [{k: v.cpu() for k, v in o.items()} for o in outputs]  # gathered as objects: from host memory
+        videos, texts, owner = stack_batches([o for part in all_gather_objects(local) for o in part])
         metrics = retrieval_metrics(texts @ videos.T, owner)  # (Q, V) cosine similarities
         counts = all_reduce_sum([self.eval_counts[k] for k in COUNTERS])
         self.eval_counts = dict.fromkeys(COUNTERS, 0)
