@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -71,6 +72,14 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def use_deterministic_kernels() -> None:
+    """Deterministic CUDA kernels (e.g. the scatter-add behind the gradient of the kept-token gather, cuBLAS
+    reductions), so a resumed GPU run repeats the per-step losses bit for bit, as CPU runs do."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: before the first matmul
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
 class PreemptionFlag:
     """Set by SIGUSR1 (Slurm's warning before preemption/time limit) or SIGTERM; checked between steps."""
 
@@ -99,6 +108,8 @@ class Trainer:
         import deepspeed
 
         self.cfg, self.plan, self.dist, self.task, self.log = cfg, plan, dist_info, task, log
+        if cfg.train.deterministic:
+            use_deterministic_kernels()
         self.dtype = ds.dtype
         schedule = warmup_cosine(cfg.train.warmup_steps, cfg.train.steps, cfg.train.min_lr_ratio)
         groups = param_groups(task.model, ds.lr, cfg.train.layer_decay, cfg.model.depth)
