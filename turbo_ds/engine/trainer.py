@@ -102,7 +102,7 @@ class Trainer:
         self.dtype = ds.dtype
         schedule = warmup_cosine(cfg.train.warmup_steps, cfg.train.steps, cfg.train.min_lr_ratio)
         groups = param_groups(task.model, ds.lr, cfg.train.layer_decay, cfg.model.depth)
-        self.engine, *_ = deepspeed.initialize(model=task.model, model_parameters=groups, config=ds.resolved(plan),
+        self.engine, *_ = deepspeed.initialize(model=task.model, model_parameters=groups, config=ds.engine_config(plan),
                                                lr_scheduler=lambda opt: LambdaLR(opt, schedule))
         # Every token selector (video towers, segment encoders) follows the keep-ratio schedule.
         self.selectors = [m for m in task.model.modules() if isinstance(m, TokenSelector)]
