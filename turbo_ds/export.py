@@ -155,6 +155,7 @@ def is_export(folder: Path) -> bool:
 def load_export(folder: str | Path, device: str | torch.device = "cpu") -> Task:
     """An export folder -> its task, with the model's float32 weights loaded, in eval mode, on ``device``."""
     from safetensors.torch import load_file
+    from transformers.utils import logging as hf_logging
 
     from turbo_ds.models.to_transformers import from_videomae
 
@@ -166,7 +167,12 @@ def load_export(folder: str | Path, device: str | torch.device = "cpu") -> Task:
     tree = copy.deepcopy(meta["config"])
     for key, name in meta["assets"].items():
         _set(tree, key, str(folder / name))
-    task = build_task(config_from_dict(tree), {"class_names": meta["class_names"]})
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its report on text_encoder/ (no pooler, unused) is noise: weights come next
+    try:
+        task = build_task(config_from_dict(tree), {"class_names": meta["class_names"]})
+    finally:
+        hf_logging.set_verbosity(verbosity)
     weights = load_file(str(folder / WEIGHTS))
     task.model.load_state_dict(from_videomae(weights) if meta["layout"] == "transformers" else weights)
     task.model.eval().to(device)
