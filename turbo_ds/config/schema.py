@@ -106,6 +106,8 @@ class DataConfig:
     "per-channel mean used to normalise pixels in [0, 1]"
     std: list[float] = field(default_factory=lambda: [0.225, 0.225, 0.225])
     "per-channel standard deviation used to normalise pixels"
+    repeat_batch: bool = False
+    "benchmark only: train on the loader's first batch over and over from memory (the step's speed without the loader)"
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import itertools
 import math
 import os
 import signal
@@ -157,6 +158,9 @@ class Trainer:
         stream = TrainStream(cfg.data, cfg.model, self.dist.rank, self.dist.world, self.plan.micro, cfg.train.seed,
                              resume=self.data_position, frames=self.task.clip_frames, targets=self.task.targets)
         batches = iter(make_loader(stream, cfg.data.num_workers))
+        if cfg.data.repeat_batch:  # a benchmark of everything but the loader: its first batch, over and over
+            batches = itertools.repeat(next(batches))  # (the loader and its workers end here)
+            self.log.info("data.repeat_batch: training on the first batch repeated from memory (a benchmark)")
         self.log.info(f"training steps {self.step + 1}..{total}: {self.plan.micro} clips x {self.plan.accumulation} "
                       f"accumulation x {self.plan.world} ranks = {self.plan.global_size} clips/step, "
                       f"{self.task.tokens_kept}/{self.task.tokens_total} tokens kept, dtype {self.dtype}")
