@@ -138,11 +138,11 @@ def test_transforms_crop_flip_resize_normalise():
     assert torch.equal(same, clip[:, :, 16:64])  # no resize when the crop already has the size
     assert torch.equal(T.crop_flip_resize(clip, (0, 16, 48, 48), True, 48), clip[:, :, 16:64].flip(2))
     assert T.crop_flip_resize(clip, (0, 0, 48, 80), False, 32).shape == (4, 32, 32, 3)
-    out = torch.empty(3, 4, 48, 48)
-    T.Normalizer([0.4, 0.5, 0.6], [0.2, 0.25, 0.3])(same, out)
-    ref = (same.permute(3, 0, 1, 2).float() / 255 - torch.tensor([0.4, 0.5, 0.6])[:, None, None, None]) \
+    batch = same.permute(3, 0, 1, 2)[None]  # (1, C, T, H, W) uint8, as the loader delivers it
+    out = T.Normalizer([0.4, 0.5, 0.6], [0.2, 0.25, 0.3])(batch)
+    ref = (batch.float() / 255 - torch.tensor([0.4, 0.5, 0.6])[:, None, None, None]) \
         / torch.tensor([0.2, 0.25, 0.3])[:, None, None, None]
-    assert torch.allclose(out, ref, atol=1e-5)
+    assert out.dtype == torch.float32 and torch.allclose(out, ref, atol=1e-5)
 
 
 # ------------------------------------------------------------------ streams

@@ -15,7 +15,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from turbo_ds.config import BatchPlan, Config, DeepSpeedConfig
-from turbo_ds.data.pipeline import EvalStream, TrainStream, make_loader
+from turbo_ds.data.pipeline import EvalStream, TrainStream, make_loader, to_device
 from turbo_ds.engine.checkpoint import CheckpointManager
 from turbo_ds.engine.distributed import DistInfo, all_reduce_sum, any_rank
 from turbo_ds.engine.gather import all_gather_objects
@@ -68,11 +68,6 @@ def param_groups(model: torch.nn.Module, base_lr: float, layer_decay: float = 1.
             group["weight_decay"] = 0.0
         group["params"].append(p)
     return list(groups.values())
-
-
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """The batch with its tensors (video, labels) on the engine's device; the loader builds them on the CPU."""
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def use_deterministic_kernels() -> None:
@@ -128,6 +123,7 @@ class Trainer:
         self.step = 0
         self.wall_before = 0.0  # training wall-clock seconds of the invocations this run resumed from
         self.started, self.first_step = time.perf_counter(), 0
+        self.pin_memory = self.engine.device.type == "cuda"  # page-locked batches: asynchronous copies to the GPU
 
     # ------------------------------------------------------------------ state
 
@@ -157,7 +153,7 @@ class Trainer:
             return
         stream = TrainStream(cfg.data, cfg.model, self.dist.rank, self.dist.world, self.plan.micro, cfg.train.seed,
                              resume=self.data_position, frames=self.task.clip_frames, targets=self.task.targets)
-        batches = iter(make_loader(stream, cfg.data.num_workers))
+        batches = iter(make_loader(stream, cfg.data.num_workers, pin_memory=self.pin_memory))
         if cfg.data.repeat_batch:  # a benchmark of everything but the loader: its first batch, over and over
             batches = itertools.repeat(next(batches))  # (the loader and its workers end here)
             self.log.info("data.repeat_batch: training on the first batch repeated from memory (a benchmark)")
@@ -175,7 +171,8 @@ class Trainer:
             torch.manual_seed(cfg.train.seed * 1_000_003 + self.step * 1009 + self.dist.rank)
             for _ in range(self.plan.accumulation):
                 batch = next(batches)
-                loss = self.task.loss(self.engine, to_device(batch, self.engine.device), self.dtype)
+                loss = self.task.loss(self.engine, to_device(batch, self.engine.device, stream.spec.normalize),
+                                      self.dtype)
                 self.engine.backward(loss)
                 self.engine.step()
                 self.data_position[batch["stream"]] = batch["position"]
@@ -249,13 +246,15 @@ class Trainer:
         stream = EvalStream(self.cfg.data, self.cfg.model, self.dist.rank, self.dist.world, self.cfg.eval.batch_size,
                             self.cfg.eval, frames=self.task.clip_frames, targets=self.task.targets)
         self.engine.eval()
-        start, outputs, position, batches = time.perf_counter(), [], {}, iter(make_loader(stream, 0))
+        start, outputs, position = time.perf_counter(), [], {}
+        batches = iter(make_loader(stream, 0, pin_memory=self.pin_memory))
         for _ in range(stream.num_batches):
             batch = next(batches, None)
             if batch is None:  # this rank is out of clips: run the same collectives, record nothing
                 self.task.eval_padding(self.engine, self.dtype)
                 continue
-            outputs.append(self.task.eval_step(self.engine, to_device(batch, self.engine.device), self.dtype))
+            outputs.append(self.task.eval_step(self.engine, to_device(batch, self.engine.device, stream.spec.normalize),
+                                               self.dtype))
             position = batch["position"]
         metrics = self.task.eval_metrics(outputs)  # reduces over ranks
         self.engine.train()
