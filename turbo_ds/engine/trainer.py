@@ -94,12 +94,17 @@ class PreemptionFlag:
 class LogWindow:
     """What this rank trained since the last log line."""
 
-    loss_sum: float = 0.0
+    loss_sum: torch.Tensor | float = 0.0
+    "sum of the micro-batch losses, kept on the device (float64): read once per log line, no host sync per step"
     micro_steps: int = 0
     steps: int = 0
     flops: float = 0.0
     "model FLOPs of the window's steps over all ranks (kept tokens only)"
     start: float = field(default_factory=time.perf_counter)
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.loss_sum = self.loss_sum + loss.detach().double()
+        self.micro_steps += 1
 
 
 class Trainer:
@@ -124,6 +129,7 @@ class Trainer:
         self.wall_before = 0.0  # training wall-clock seconds of the invocations this run resumed from
         self.started, self.first_step = time.perf_counter(), 0
         self.pin_memory = self.engine.device.type == "cuda"  # page-locked batches: asynchronous copies to the GPU
+        self._flops: dict[float, float] = {}  # forward FLOPs per keep ratio (counting walks every parameter)
 
     # ------------------------------------------------------------------ state
 
@@ -176,10 +182,9 @@ class Trainer:
                 self.engine.backward(loss)
                 self.engine.step()
                 self.data_position[batch["stream"]] = batch["position"]
-                window.loss_sum += loss.item()
-                window.micro_steps += 1
+                window.add(loss)
             window.steps += 1
-            window.flops += TRAIN_FACTOR * self.task.forward_flops() * self.plan.global_size
+            window.flops += TRAIN_FACTOR * self._forward_flops() * self.plan.global_size
             bar.update(1)
             if self.step % cfg.train.log_every == 0 or self.step == total:
                 self._log_train(window)
@@ -214,9 +219,15 @@ class Trainer:
         for selector in self.selectors:
             selector.set_keep_ratio(ratio)
 
+    def _forward_flops(self) -> float:
+        """One training clip's forward FLOPs at the current keep ratio."""
+        if self.keep_ratio not in self._flops:
+            self._flops[self.keep_ratio] = self.task.forward_flops()
+        return self._flops[self.keep_ratio]
+
     def _log_train(self, window: LogWindow) -> None:
         elapsed = time.perf_counter() - window.start
-        loss, skipped, short = all_reduce_sum([window.loss_sum / max(window.micro_steps, 1),
+        loss, skipped, short = all_reduce_sum([float(window.loss_sum) / max(window.micro_steps, 1),  # one host sync
                                                sum(p["skipped"] for p in self.data_position.values()),
                                                sum(p.get("short", 0) for p in self.data_position.values())])
         record = {
