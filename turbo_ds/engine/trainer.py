@@ -254,11 +254,12 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
         """Every validation clip once across ranks; short ranks run padding batches so collectives match."""
+        workers = self.cfg.data.num_workers  # decoding in worker processes, as in training
         stream = EvalStream(self.cfg.data, self.cfg.model, self.dist.rank, self.dist.world, self.cfg.eval.batch_size,
-                            self.cfg.eval, frames=self.task.clip_frames, targets=self.task.targets)
+                            self.cfg.eval, num_workers=workers, frames=self.task.clip_frames, targets=self.task.targets)
         self.engine.eval()
-        start, outputs, position = time.perf_counter(), [], {}
-        batches = iter(make_loader(stream, 0, pin_memory=self.pin_memory))
+        start, outputs, positions = time.perf_counter(), [], {}
+        batches = iter(make_loader(stream, workers, pin_memory=self.pin_memory))
         for _ in range(stream.num_batches):
             batch = next(batches, None)
             if batch is None:  # this rank is out of clips: run the same collectives, record nothing
@@ -266,10 +267,11 @@ class Trainer:
                 continue
             outputs.append(self.task.eval_step(self.engine, to_device(batch, self.engine.device, stream.spec.normalize),
                                                self.dtype))
-            position = batch["position"]
+            positions[batch["stream"]] = batch["position"]  # each worker counts its own part
         metrics = self.task.eval_metrics(outputs)  # reduces over ranks
         self.engine.train()
-        skipped, short = all_reduce_sum([position.get("skipped", 0), position.get("short", 0)])
+        skipped, short = all_reduce_sum([sum(p["skipped"] for p in positions.values()),
+                                         sum(p["short"] for p in positions.values())])
         record = {"step": self.step, **metrics, "eval/skipped_samples": int(skipped), "eval/short_videos": int(short),
                   "eval/keep_ratio": self.cfg.turbo.eval_keep_ratio, "eval/seconds": time.perf_counter() - start,
                   "wall_s": self.wall_s()}
