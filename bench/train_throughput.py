@@ -5,6 +5,7 @@
     python bench/train_throughput.py --device cuda --json out.json     # on a GPU
     python bench/train_throughput.py --quick --json out.json           # tiny settings: checks the plumbing
     python bench/train_throughput.py --dims vits16 --compile --json out.json
+    python bench/train_throughput.py --count-syncs --json syncs.json    # host syncs per step, by call site
 
 For each model size (``demo``: configs/demo_action_cls.yaml's model, 16 x 64^2, 512 tokens;
 ``vits16``: ViT-S/16 at 16 x 224^2, 1568 tokens) and keep ratio, the same task, batch and dtype:
@@ -21,6 +22,10 @@ the first (warm-up) one; each (size, keep ratio, data) is one fresh train.py run
 efficiency = trainer / bare; the Turbo speed-up is keep 0.25 over keep 1.0 in each of the three ways.
 Shards: demo clips rendered once into --data (64 px, 16 frames for demo; 256 px, 32 frames for vits16,
 the short side build_shards.py gives) unless --shards-demo / --shards-vits16 name a dataset folder.
+
+--count-syncs counts instead what makes the host wait for the device in each optimizer step, by call
+site (works on a CPU: reads of tensor values, DeepSpeed's synchronize calls). On a GPU some of them read
+CPU tensors and do not wait (torch AdamW's step counters).
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from anywhere without installing
+
+from turbo_ds.engine.distributed import free_port  # noqa: E402
 
 RECIPE = "configs/demo_action_cls.yaml"
 # model.* overrides of each model size (the demo recipe's model is "demo")
@@ -71,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, help="where generated shards are kept (default: next to --json)")
     p.add_argument("--quick", action="store_true", help="tiny settings (demo dims at 32 px, batch 4, a few steps, keep "
                                                         "0.25): checks the plumbing in seconds, figures mean nothing")
+    p.add_argument("--count-syncs", action="store_true",
+                   help="only count what makes the host wait for the device per step (value reads of tensors, "
+                        "DeepSpeed's synchronize calls) by call site, in a short demo-dims run; works on a CPU")
     p.add_argument("--child", help=argparse.SUPPRESS)  # internal: the bare step of one model size, in this process
     a = p.parse_args(argv)
     cuda = a.device == "cuda"
@@ -183,8 +193,6 @@ def run_bare(dims: str, argv: list[str]) -> dict[float, dict[str, float]]:
 
 def run_trainer(dims: str, keep: float, repeat: bool, a: argparse.Namespace, ds_json: Path) -> float:
     """Clips/s of one turbo_ds/train.py run (one rank) from its log windows after the first."""
-    from turbo_ds.engine.distributed import free_port
-
     train, val = shards(a, dims)
     steps = a.window * (1 + a.windows)
     run_dir = Path(tempfile.mkdtemp(prefix=f"throughput_{dims}_", dir=a.data))
@@ -210,6 +218,78 @@ def run_trainer(dims: str, keep: float, repeat: bool, a: argparse.Namespace, ds_
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+# ------------------------------------------------------------------ host syncs
+
+READS = {"item", "tolist", "__float__", "__int__", "__bool__", "__index__", "numpy"}  # tensor values to the host
+
+
+def count_host_syncs(a: argparse.Namespace, steps: int) -> dict[str, int]:
+    """What makes the host wait for the device, counted on any machine during a ``steps``-step train.py run
+    (this process, one rank, demo dims, a repeated batch): reads of tensor values (``item``, ``tolist``,
+    ``float(t)``...: each waits for the device when the tensor lives there) and DeepSpeed's
+    ``accelerator.synchronize()`` calls, by call site."""
+    import traceback
+
+    from deepspeed.accelerator import get_accelerator
+    from torch.overrides import TorchFunctionMode
+
+    from turbo_ds import train
+
+    counts: dict[str, int] = {}
+
+    def record(what: str) -> None:
+        frame = next(f for f in reversed(traceback.extract_stack()[:-2]) if "/torch/" not in f.filename)
+        site = f"{what} at {Path(frame.filename).parent.name}/{Path(frame.filename).name}:{frame.lineno}"
+        counts[site] = counts.get(site, 0) + 1
+
+    class HostReads(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if getattr(func, "__name__", "") in READS:
+                record(f"Tensor.{func.__name__}")
+            return func(*args, **(kwargs or {}))
+
+    accelerator = get_accelerator()
+    synchronize = accelerator.synchronize
+
+    def counted_synchronize(*args, **kwargs):
+        record("accelerator.synchronize")
+        return synchronize(*args, **kwargs)
+
+    train_dir, val_dir = shards(a, "demo")
+    run_dir = Path(tempfile.mkdtemp(prefix="host_syncs_", dir=a.data))
+    sets = {**model_sets("demo", a.quick), "run_dir": run_dir, "turbo.keep_ratio": 0.25, "data.train": train_dir,
+            "data.val": val_dir, "data.generate_demo": False, "data.repeat_batch": True, "data.shuffle_buffer": 16,
+            "train.steps": steps, "train.warmup_steps": 1, "train.log_every": steps, "train.eval_every": 10 * steps,
+            "train.ckpt_every": 10 * steps, "eval.batch_size": 16}
+    argv = ["--ds_config", str(REPO / a.ds_config), "--config", str(REPO / RECIPE),
+            *[x for k, v in sets.items() for x in ("--set", f"{k}={v}")]]
+    accelerator.synchronize = counted_synchronize
+    try:
+        with HostReads():
+            assert train.main(argv) == 0
+    finally:
+        accelerator.synchronize = synchronize
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return counts
+
+
+def host_syncs_per_step(argv: list[str], device: str, steps: int = 6) -> dict[str, object]:
+    """Per optimizer step, by call site: the counts of a 2 x ``steps`` run minus those of a ``steps`` run, over
+    ``steps`` (start-up, the one log line, the evaluation and the checkpoint at the end cancel out)."""
+    runs = []
+    for n in (steps, 2 * steps):  # fresh processes: train.py's process group and DeepSpeed stay out of this one
+        env = {**os.environ, "MASTER_PORT": str(free_port()),
+               **({"DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else {})}
+        proc = subprocess.run([sys.executable, __file__, *argv, "--child", f"syncs:{n}"], text=True,
+                              capture_output=True, env=env)
+        if proc.returncode != 0:
+            sys.exit(f"counting host syncs failed:\n{proc.stderr[-3000:]}")
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    per_step = {site: (runs[1].get(site, 0) - runs[0].get(site, 0)) / steps for site in {*runs[0], *runs[1]}}
+    per_step = dict(sorted(((k, v) for k, v in per_step.items() if v), key=lambda kv: -kv[1]))
+    return {"per_step": per_step, "per_step_total": sum(per_step.values()), "runs": runs, "steps": [steps, 2 * steps]}
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -217,9 +297,19 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     a = parse_args(argv)
     if a.child:
-        print(json.dumps(bare(a.child, a)))
+        what, _, steps = a.child.partition(":")
+        print(json.dumps(count_host_syncs(a, int(steps)) if what == "syncs" else bare(a.child, a)))
         return
     a.data.mkdir(parents=True, exist_ok=True)
+    if a.count_syncs:
+        syncs = host_syncs_per_step(argv, a.device)
+        print(f"host syncs per optimizer step (demo dims, keep 0.25, a repeated batch, {a.ds_config}): "
+              f"{syncs['per_step_total']:g}")
+        for site, n in syncs["per_step"].items():
+            print(f"  {n:g}  {site}")
+        a.json.write_text(json.dumps({"host_syncs": syncs}, indent=1) + "\n")
+        print(f"wrote {a.json}")
+        return
     ds = json.loads((REPO / a.ds_config).read_text())
     print(f"{a.device} | {a.ds_config} | windows of {a.window} steps, {a.windows} measured | real-shard runs with "
           f"{a.workers} loader worker(s){' | model.compile' if a.compile else ''}{' | quick' if a.quick else ''}",
