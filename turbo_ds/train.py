@@ -138,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
 
     log.info(f"turbo_ds: task {cfg.task} | run_dir {run_dir} | {dist_info.world} rank(s) | "
              f"keep_ratio {cfg.turbo.keep_ratio} (eval {cfg.turbo.eval_keep_ratio})")
+    if cfg.model.compile:  # bounded by torch's recompile limit (then eager); each recompilation's reason on stderr
+        torch._logging.set_logs(recompiles=True)
+        log.info("model.compile: the encoder blocks compile at their first steps (cached on disk for later runs)")
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     try:
         task = build_task(cfg, read_manifest(cfg.data.train))

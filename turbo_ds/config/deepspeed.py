@@ -166,4 +166,8 @@ def plan_batches(cfg: Config, ds: DeepSpeedConfig, world: int) -> BatchPlan:
             f"train.global_batch_size={cfg.train.global_batch_size}: contradicts the DeepSpeed JSON (micro "
             f"{plan.micro} x accumulation {plan.accumulation} x {world} ranks = {plan.global_size}); remove it or "
             "change the JSON")
+    if cfg.model.compile and ds.zero_stage == 3:
+        raise ConfigError("model.compile=true: not with ZeRO stage 3 (ds_config zero_optimization.stage), whose "
+                          "hooks gather the blocks' partitioned weights where torch.compile cannot trace them; use "
+                          "ZeRO 0-2 or model.compile=false")
     return plan

@@ -46,6 +46,8 @@ class ModelConfig:
     "stochastic depth rate of the last block, increasing linearly from 0 over depth"
     activation_checkpointing: bool = False
     "recompute each block in the backward pass instead of storing its activations"
+    compile: bool = False
+    "torch.compile the encoder blocks: faster steps after a one-time compilation (cached on disk); needs a C++ compiler"
     pretrained: str | None = None
     "local weights to start from: a transformers VideoMAE directory or an original VideoMAE .pth"
 
