@@ -179,14 +179,12 @@ engine.save_checkpoint(sys.argv[1], tag="step_00000002")
 cfg = type("Cfg", (), {"train": TrainConfig(layer_decay=0.75), "model": ModelConfig(depth=2)})
 weights, note = CheckpointManager.fp32_weights(CheckpointManager.reader(sys.argv[1] + "/..").find(2),
                                                optimizer_groups(model, cfg))
-masters = {}
-for flat, group in zip(engine.optimizer.fp32_groups_flat, engine.optimizer.fp16_groups):
-    offset = 0
-    for p in group:
-        masters[p] = flat[offset:offset + p.numel()].view(p.shape)
-        offset += p.numel()
+# torch_adam (our JSONs): DeepSpeed's unfused optimizer keeps one fp32 master tensor per parameter
+masters = {p: m for fp32, group in zip(engine.optimizer.fp32_groups, engine.optimizer.fp16_groups)
+           for m, p in zip(fp32, group)}
 names = {p: n for n, p in model.named_parameters()}
-assert len(engine.optimizer.fp32_groups_flat) == 8, "layer decay: 4 layers x (decay, no decay)"
+assert len(engine.optimizer.fp32_groups) == 8, "layer decay: 4 layers x (decay, no decay)"
+assert len(masters) == len(names)
 assert all(torch.equal(weights[names[p]], m) for p, m in masters.items()), "fp32 masters"
 assert any(not torch.equal(m.bfloat16().float(), m) for m in masters.values()), "masters are finer than bf16"
 print("OK", note)

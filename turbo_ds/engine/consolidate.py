@@ -4,8 +4,9 @@ engines or ranks (``CheckpointManager.fp32_weights`` calls it; nothing else read
 * ZeRO 1-3: the ranks' optimizer partitions hold the fp32 master weights; DeepSpeed's
   ``zero_to_fp32`` joins them for any world size (ZeRO-3's model files hold no weights at all).
 * ZeRO 0: ``mp_rank_00_model_states.pt`` holds the module in the training precision and, with bf16/fp16,
-  the mixed-precision optimizer's fp32 master copy as one flat tensor per parameter group
-  (``fp32_groups_flat``, parameters back to back in group order); ``groups`` gives that order.
+  the mixed-precision optimizer's fp32 master copy per parameter group: one flat tensor (fused Adam's
+  ``fp32_groups_flat``, parameters back to back) or a list of tensors (``torch_adam``'s unfused optimizer,
+  ``fp32_groups``), both in group order; ``groups`` gives that order.
 
 bf16 weights are the masters rounded, so where the module's weights are in the file, every master is
 checked to round to them exactly: a group layout that does not match this code stops the export.
@@ -54,6 +55,8 @@ def _zero0(module: dict[str, torch.Tensor], optimizer: dict, groups: list[list[s
     """The module's tensors, with every trained parameter replaced by its fp32 master when the file has them."""
     state = {k: v.float() for k, v in module.items()}
     flats = optimizer.get("fp32_groups_flat")
+    if flats is None and optimizer.get("fp32_groups") is not None:  # unfused: one tensor per parameter
+        flats = [torch.cat([t.reshape(-1) for t in group]) for group in optimizer["fp32_groups"]]
     if flats is None:
         dtype = next(iter(module.values())).dtype
         return state, ("the module's weights (fp32 training: they are the master copy)" if dtype == torch.float32
