@@ -39,6 +39,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain checkout
 
@@ -71,24 +72,23 @@ def make_long_clips(folder: Path, clips: int, frames: int = 64, size: int = 128,
     return folder
 
 
-def real_looking_video(rng: np.random.Generator, frames: int, width: int = 480, height: int = 360) -> np.ndarray:
-    """(T, H, W, 3) uint8: a camera panning over a textured scene (detail at several scales) with a moving
+def real_looking_frames(rng: np.random.Generator, frames: int, width: int = 480,
+                        height: int = 360) -> Iterator[np.ndarray]:
+    """(H, W, 3) uint8 frames: a camera panning over a textured scene (detail at several scales) with a moving
     object and sensor noise, so the codec spends bits and motion vectors as on real footage."""
-    scene_h, scene_w = height + frames, width + 2 * frames
-    scene = np.zeros((scene_h, scene_w, 3), np.float32)
+    scene = np.zeros((2 * height, 2 * width, 3), np.float32)  # panned over with wrap-around: any length
     for cell, weight in ((64, 60.0), (16, 40.0), (4, 25.0)):  # coarse shapes, mid detail, fine texture
-        grid = rng.uniform(-1, 1, (scene_h // cell + 2, scene_w // cell + 2, 3)).astype(np.float32)
-        scene += weight * np.repeat(np.repeat(grid, cell, 0), cell, 1)[:scene_h, :scene_w]
+        grid = rng.uniform(-1, 1, (2 * height // cell + 1, 2 * width // cell + 1, 3)).astype(np.float32)
+        scene += weight * np.repeat(np.repeat(grid, cell, 0), cell, 1)[:2 * height, :2 * width]
     scene += 128
-    video = np.empty((frames, height, width, 3), np.uint8)
     ys, xs = np.mgrid[:height, :width]
     for t in range(frames):
-        frame = scene[t // 2 : t // 2 + height, 2 * t : 2 * t + width].copy()  # pan right and down
+        rows, cols = np.arange(t // 2, t // 2 + height) % (2 * height), np.arange(2 * t, 2 * t + width) % (2 * width)
+        frame = scene[np.ix_(rows, cols)]  # pan right and down
         cy, cx = height / 2 + height / 4 * np.sin(t / 15), width / 2 + width / 3 * np.cos(t / 20)
         frame[(ys - cy) ** 2 + (xs - cx) ** 2 < (height / 8) ** 2] = (220, 60, 40)  # a moving object
         frame += rng.normal(0, 3, frame.shape).astype(np.float32)  # sensor noise
-        video[t] = np.clip(frame, 0, 255).astype(np.uint8)
-    return video
+        yield np.clip(frame, 0, 255).astype(np.uint8)
 
 
 def make_real_clips(folder: Path, clips: int, seconds: float, fps: int = 30, shard_size: int = 8) -> Path:
@@ -98,7 +98,8 @@ def make_real_clips(folder: Path, clips: int, seconds: float, fps: int = 30, sha
     for k, start in enumerate(range(0, clips, shard_size)):
         samples = []
         for i in range(start, min(start + shard_size, clips)):
-            source = encode_mp4(real_looking_video(np.random.default_rng([9, i]), round(seconds * fps)), fps, crf=18)
+            frames = np.stack(list(real_looking_frames(np.random.default_rng([9, i]), round(seconds * fps))))
+            source = encode_mp4(frames, fps, crf=18)  # (T, H, W, 3) -> a camera original
             data, info = transcode(source, settings)
             samples.append({"__key__": f"real{i:07d}", "mp4": data, "json": info, "cls": i % len(CLASS_NAMES)})
             print(f"  clip {i + 1}/{clips}: {info['frames']} frames of {info['width']}x{info['height']}, "
