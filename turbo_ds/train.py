@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,6 +53,15 @@ def check_data(cfg: Config) -> None:
             read_manifest(folder)
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(f"data: {e}") from e
+
+
+def check_compiler(cfg: Config) -> None:
+    """model.compile builds kernels with the C++ compiler torch's inductor uses ($CXX, else g++): without one the
+    first step would fail deep inside torch."""
+    compiler = os.environ.get("CXX", "g++")
+    if cfg.model.compile and not shutil.which(compiler):
+        raise ConfigError(f"model.compile=true: torch.compile needs a C++ compiler and {compiler} ($CXX, else g++) "
+                          "is not on PATH; install one (e.g. apt-get install g++) or set model.compile=false")
 
 
 def config_error(e: ConfigError, show: bool = True) -> int:
@@ -105,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         ds = load_ds_config(args.ds_config)
         plan = plan_batches(cfg, ds, world_from_env())
         check_data(cfg)
+        check_compiler(cfg)
     except ConfigError as e:
         return config_error(e)
 
