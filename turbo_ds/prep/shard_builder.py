@@ -204,8 +204,8 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _run_jobs(jobs: list[ShardJob], workers: int, bar: tqdm) -> None:
-    """Items go to the workers in order, at most 2 per worker in flight, so the parent holds the samples of only
-    the few shards those items belong to; each shard is written as soon as its last item is in."""
+    """Items go to the workers in order, at most 2 per worker in flight, so this process holds the samples of
+    only the shards with an item in flight; each shard is written as soon as its last item is in."""
     items = [(k, i, item) for k, job in enumerate(jobs) for i, item in enumerate(job.items)]
     if workers <= 1 or len(items) <= 1:  # in-process: no start-up cost, easy to debug
         for job in jobs:
