@@ -52,6 +52,9 @@ class DeepSpeedConfig:
                               "(warmup_steps, steps, min_lr_ratio)")
         if ds.get("bf16", {}).get("enabled") and ds.get("fp16", {}).get("enabled"):
             raise ConfigError("ds_config: bf16 and fp16 are both enabled; enable at most one")
+        if "load_universal" in ds.get("checkpoint", {}):
+            raise ConfigError("ds_config checkpoint.load_universal: remove it; turbo_ds converts a checkpoint to a "
+                              "universal one and loads it that way by itself when the world size changes")
         if not isinstance(ds.get("optimizer", {}).get("params", {}).get("lr"), (int, float)):
             raise ConfigError("ds_config optimizer.params.lr: missing; add e.g. \"optimizer\": {\"type\": \"AdamW\", "
                               "\"params\": {\"lr\": 1e-3}} (the peak LR of the YAML's warmup-cosine schedule)")
@@ -104,9 +107,16 @@ class DeepSpeedConfig:
         sharded = sum(state[k] for k in ("optimizer", "grads", "params")[: self.zero_stage])
         return int(sharded * (1 - 1 / ranks))
 
-    def resolved(self, plan: BatchPlan) -> dict[str, Any]:
-        """The JSON DeepSpeed runs, with the global batch written out (it goes to the run dir too)."""
-        return {**self.raw, "train_batch_size": plan.global_size}
+    def resolved(self, plan: BatchPlan, load_universal: bool = False) -> dict[str, Any]:
+        """The JSON DeepSpeed runs, with the global batch written out (it goes to the run dir too).
+
+        ``load_universal``: the engine is to load a universal checkpoint (an elastic resume, decided
+        by the checkpoint manager); never in the run dir's copy.
+        """
+        out = {**self.raw, "train_batch_size": plan.global_size}
+        if load_universal:
+            out["checkpoint"] = {**out.get("checkpoint", {}), "load_universal": True}
+        return out
 
 
 def load_ds_config(path: str | Path) -> DeepSpeedConfig:
