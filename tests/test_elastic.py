@@ -186,9 +186,10 @@ def micro_ds_config(tmp_path: Path, stage: int) -> str:
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
-def test_elastic_resume_2_4_2_ranks_sees_every_clip_once(tiny_demo, tmp_path, stage):
+def test_elastic_resume_2_4_2_ranks_sees_every_clip_once(tiny_demo, tmp_path, stage, monkeypatch):
     """One epoch of 64 clips, 4 per rank and step: steps 1-2 on 2 ranks (16 clips), 3-4 on 4 ranks
     (32), 5-6 on 2 ranks again (the last 16): both changes fall in the middle of epoch 0."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # up to 4 ranks on 2 cores: one thread each (a third less CPU)
     run_dir, ds = tmp_path / "run", micro_ds_config(tmp_path, stage)
     sets = ["train.steps=100", "train.eval_every=1000", "train.ckpt_every=1000", "train.log_every=1",
             "train.log_samples=true"]
