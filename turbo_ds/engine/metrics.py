@@ -1,16 +1,20 @@
-"""Run logging: human lines on stdout (+ train.log) and one JSON object per event in metrics.jsonl."""
+"""Run logging: human lines on stdout (+ train.log) and one JSON object per event in metrics.jsonl,
+which is the source of truth; the DeepSpeed JSON's monitors (TensorBoard, W&B, CSV) get a copy."""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from turbo_ds.fileio import atomic_write_bytes
 from turbo_ds.memory import peak_rss_bytes
+
+if TYPE_CHECKING:
+    from turbo_ds.engine.monitors import Monitors
 
 
 def peak_memory_mb() -> float:
@@ -28,24 +32,41 @@ class RunLog:
         self.metrics_path = Path(run_dir) / "metrics.jsonl"
         self.samples_path = Path(run_dir) / "samples.jsonl"
         self.text = open(Path(run_dir) / "train.log", "a") if enabled else None
+        self.monitors: Monitors | None = None
+
+    def attach(self, monitors: Monitors) -> None:
+        """From now on every metrics record also goes to ``monitors`` (main rank)."""
+        self.monitors = monitors if self.enabled else None
 
     def info(self, message: str) -> None:
         if self.enabled:
-            print(message, flush=True)
+            from tqdm import tqdm
+
+            tqdm.write(message, file=sys.stdout)  # above the progress bar, when there is one
+            sys.stdout.flush()
             self.text.write(message + "\n")
             self.text.flush()
 
-    def metrics(self, record: dict[str, Any], path: Path | None = None) -> None:
+    def _append(self, path: Path, record: dict[str, Any]) -> None:
+        with open(path, "a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def metrics(self, record: dict[str, Any]) -> None:
         if self.enabled:
-            with open(path or self.metrics_path, "a") as f:
-                f.write(json.dumps(record, sort_keys=True) + "\n")
+            self._append(self.metrics_path, record)
+            if self.monitors is not None:
+                self.monitors.write(record)
 
     def samples(self, step: int, keys: list[list[str]]) -> None:
-        """The keys of the clips each rank trained on at ``step`` (``train.log_samples``)."""
-        self.metrics({"step": step, "keys": keys}, self.samples_path)
+        """The keys of the clips each rank trained on at ``step`` (``train.log_samples``); not a metric, so
+        no monitor sees them."""
+        if self.enabled:
+            self._append(self.samples_path, {"step": step, "keys": keys})
 
     def rewind(self, step: int) -> None:
         """Drop records past ``step`` (written after the checkpoint we resume from): no duplicated steps."""
+        if self.monitors is not None:
+            self.monitors.rewind(step)
         for path in (self.metrics_path, self.samples_path):
             if not (self.enabled and path.is_file()):
                 continue
@@ -55,6 +76,8 @@ class RunLog:
                 atomic_write_bytes(path, "".join(kept).encode())
 
     def close(self) -> None:
+        if self.monitors is not None:
+            self.monitors.close()
         if self.text:
             self.text.close()
 
