@@ -205,11 +205,18 @@ def test_elastic_resume_2_4_2_ranks_sees_every_clip_once(tiny_demo, tmp_path, st
     records = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert [(r["step"], len(r["keys"])) for r in records] == [(1, 2), (2, 2), (3, 4), (4, 4), (5, 2), (6, 2)]
     every = {f"train{i:07d}" for i in range(64)}
-    counts = key_counts([k for r in records for rank in r["keys"] for k in rank], every)
+    trained = {r["step"]: [k for rank in r["keys"] for k in rank] for r in records}
+    counts = key_counts([k for keys in trained.values() for k in keys], every)
     ckpts = run_dir / "checkpoints"
     state = json.loads((ckpts / "step_00000006" / "trainer_state.json").read_text())
     size = len(json.dumps([state["data_position"], state["data_layout"]]))
-    print(f"ZeRO-{stage}: 2 -> 4 -> 2 ranks, epoch 0: {counts}; data position {size} bytes")
+
+    def around(first: int, last: int) -> str:  # the steps on both sides of one change
+        seen = Counter(k for step in range(first, last + 1) for k in trained[step])
+        return f"{sum(c == 1 for c in seen.values())} seen once, {sum(c > 1 for c in seen.values())} repeated"
+
+    print(f"ZeRO-{stage} key counts over epoch 0 (64 clips): {counts}; 2 -> 4 ranks (steps 1-4): {around(1, 4)}; "
+          f"4 -> 2 ranks (steps 3-6): {around(3, 6)}; data position {size} bytes")
     assert counts == exact(every)
     assert state["world_size"] == 2 and state["data_layout"]["ranks"] == 2
     losses = [r["train/loss"] for r in read_metrics(run_dir) if "train/loss" in r]
