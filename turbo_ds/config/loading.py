@@ -94,6 +94,11 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     return cfg
 
 
+def from_dict(tree: dict[str, Any]) -> Config:
+    """The typed tree of a resolved config saved with a run (``to_dict`` output), types checked, files not."""
+    return _build(Config, tree)
+
+
 def to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 import time
@@ -18,7 +19,7 @@ from turbo_ds.engine.distributed import DistInfo, all_reduce_sum, any_rank
 from turbo_ds.engine.gather import all_gather_objects
 from turbo_ds.engine.metrics import RunLog, peak_memory_mb, progress_bar
 from turbo_ds.models.vit import VideoViT
-from turbo_ds.tasks.base import Task
+from turbo_ds.tasks.base import Evaluation, Task
 from turbo_ds.turbo import TokenSelector, keep_ratio_at
 
 
@@ -42,7 +43,7 @@ def video_layer_ids(model: torch.nn.Module, depth: int) -> dict[int, int]:
         if isinstance(module, VideoViT):
             for name, p in module.named_parameters():
                 block = int(name.split(".")[1]) + 1 if name.startswith("blocks.") else None
-                ids[id(p)] = block if block is not None else 0 if name.startswith(("patch_embed", "pos_embed")) else depth + 1
+                ids[id(p)] = block if block is not None else 0 if name.startswith(module.embedding_names) else depth + 1
     return ids
 
 
@@ -69,6 +70,30 @@ def param_groups(model: torch.nn.Module, base_lr: float, layer_decay: float = 1.
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """The batch with its tensors (video, labels) on the engine's device; the loader builds them on the CPU."""
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+@torch.no_grad()
+def run_evaluation(evaluation: Evaluation, model: torch.nn.Module, cfg: Config, dist_info: DistInfo,
+                   dtype: torch.dtype) -> dict[str, Any]:
+    """One evaluation's metrics over every clip of its data, each rank a share (``model``: an engine or a module
+    in eval mode); ranks out of clips run padding batches so collectives match."""
+    data = dataclasses.replace(cfg.data, val=evaluation.eval_data)
+    stream = EvalStream(data, cfg.model, dist_info.rank, dist_info.world, cfg.eval.batch_size, cfg.eval,
+                        frames=evaluation.clip_frames, targets=evaluation.targets)
+    device = next(model.parameters()).device
+    evaluation.eval_begin(model, dtype)
+    outputs, position, batches = [], {}, iter(make_loader(stream, 0))
+    for _ in range(stream.num_batches):
+        batch = next(batches, None)
+        if batch is None:  # this rank is out of clips: run the same collectives, record nothing
+            evaluation.eval_padding(model, dtype)
+            continue
+        outputs.append(evaluation.eval_step(model, to_device(batch, device), dtype))
+        position = batch["position"]
+    metrics = evaluation.eval_metrics(outputs)  # reduces over ranks
+    skipped, short = all_reduce_sum([position.get("skipped", 0), position.get("short", 0)])
+    prefix = evaluation.eval_prefix
+    return {**metrics, f"{prefix}skipped_samples": int(skipped), f"{prefix}short_videos": int(short)}
 
 
 class PreemptionFlag:
@@ -110,6 +135,7 @@ class Trainer:
         self.preemption = PreemptionFlag()
         self.data_position: dict[str, dict[str, int]] = {}
         self.step = 0
+        self.keep_ratio: float | None = None
 
     # ------------------------------------------------------------------ state
 
@@ -147,7 +173,11 @@ class Trainer:
         self.engine.train()
         while self.step < total:
             self.step += 1
-            self._set_keep_ratio(keep_ratio_at(cfg.turbo, self.step - 1, total))
+            ratio = keep_ratio_at(cfg.turbo, self.step - 1, total)
+            if ratio != self.keep_ratio and self.step > total - cfg.turbo.full_token_steps:
+                self.log.info(f"turbo: unmasked tuning from step {self.step} to {total} (turbo.full_token_steps="
+                              f"{cfg.turbo.full_token_steps}): every token kept, {self.task.tokens_total} per clip")
+            self._set_keep_ratio(ratio)
             # Randomness (token choice) depends on (seed, step, rank) only, so a resumed run repeats it.
             torch.manual_seed(cfg.train.seed * 1_000_003 + self.step * 1009 + self.dist.rank)
             for _ in range(self.plan.accumulation):
@@ -208,25 +238,16 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
-        """Every validation clip once across ranks; short ranks run padding batches so collectives match."""
-        stream = EvalStream(self.cfg.data, self.cfg.model, self.dist.rank, self.dist.world, self.cfg.eval.batch_size,
-                            self.cfg.eval, frames=self.task.clip_frames, targets=self.task.targets)
+        """The task's validation set and its extra evaluations (e.g. zero-shot), every clip once across ranks."""
+        start, record = time.perf_counter(), {"step": self.step}
         self.engine.eval()
-        start, outputs, position, batches = time.perf_counter(), [], {}, iter(make_loader(stream, 0))
-        for _ in range(stream.num_batches):
-            batch = next(batches, None)
-            if batch is None:  # this rank is out of clips: run the same collectives, record nothing
-                self.task.eval_padding(self.engine, self.dtype)
-                continue
-            outputs.append(self.task.eval_step(self.engine, to_device(batch, self.engine.device), self.dtype))
-            position = batch["position"]
-        metrics = self.task.eval_metrics(outputs)  # reduces over ranks
+        for evaluation in (self.task, *self.task.extra_evaluations()):
+            record.update(run_evaluation(evaluation, self.engine, self.cfg, self.dist, self.dtype))
         self.engine.train()
-        skipped, short = all_reduce_sum([position.get("skipped", 0), position.get("short", 0)])
-        record = {"step": self.step, **metrics, "eval/skipped_samples": int(skipped), "eval/short_videos": int(short),
-                  "eval/keep_ratio": self.cfg.turbo.eval_keep_ratio, "eval/seconds": time.perf_counter() - start}
+        record.update({"eval/keep_ratio": self.cfg.turbo.eval_keep_ratio, "eval/seconds": time.perf_counter() - start})
         self.log.metrics(record)
         shown = " | ".join(f"{k.removeprefix('eval/')} {v:.4f}" if isinstance(v, float) else f"{k.removeprefix('eval/')} {v}"
                            for k, v in record.items() if k != "step")
         self.log.info(f"eval @ step {self.step} | {shown}")
         return record
+

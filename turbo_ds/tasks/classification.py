@@ -17,6 +17,19 @@ from turbo_ds.engine.distributed import all_reduce_sum
 from turbo_ds.tasks.mixup import mix_batch, soft_targets
 
 
+def topk_hits(scores: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    """(top-1 hits, top-5 hits, clips) of class scores (B, classes) against labels (B,)."""
+    top5 = scores.topk(min(5, scores.shape[1]), dim=1).indices  # (B, 5)
+    hits = top5 == labels[:, None]  # (B, 5)
+    return [hits[:, 0].sum().item(), hits.any(dim=1).sum().item(), len(scores)]
+
+
+def accuracy(outputs: list[list[float]]) -> tuple[float, float, int]:
+    """Top-1, top-5 and clips over every rank's ``topk_hits`` (a collective)."""
+    correct1, correct5, count = all_reduce_sum([sum(col) for col in zip(*outputs)] if outputs else [0.0] * 3)
+    return correct1 / max(count, 1), correct5 / max(count, 1), int(count)
+
+
 def class_names(cfg: Config, manifest: dict[str, Any]) -> list[str]:
     if not manifest.get("class_names"):
         raise ConfigError(f"data.train={cfg.data.train}: its manifest has no class_names; rebuild the shards with "
@@ -50,14 +63,12 @@ class Classification:
         views = video.shape[1] if video.ndim == 6 else 1  # (B, V, C, T, H, W) for multi-view testing
         probs = model(video.flatten(0, 1).to(dtype) if views > 1 else video.to(dtype)).float().softmax(-1)
         scores = probs.unflatten(0, (-1, views)).mean(1)  # (B, classes)
-        top5 = scores.topk(min(5, scores.shape[1]), dim=1).indices  # (B, 5)
-        hits = top5 == batch["label"][:, None]  # (B, 5)
-        return [hits[:, 0].sum().item(), hits.any(dim=1).sum().item(), len(scores)]
+        return topk_hits(scores, batch["label"])
 
     def eval_metrics(self, outputs: list[list[float]]) -> dict[str, Any]:
-        correct1, correct5, count = all_reduce_sum([sum(col) for col in zip(*outputs)] if outputs else [0.0] * 3)
-        return {"eval/top1": correct1 / max(count, 1), "eval/top5": correct5 / max(count, 1),
-                "eval/num_clips": int(count), "num_classes": self.num_classes, "eval/chance": 1 / self.num_classes}
+        top1, top5, count = accuracy(outputs)
+        return {"eval/top1": top1, "eval/top5": top5, "eval/num_clips": count, "num_classes": self.num_classes,
+                "eval/chance": 1 / self.num_classes}
 
     def synthetic_labels(self, micro: int, device: torch.device | str) -> torch.Tensor:
         return torch.randint(0, self.num_classes, (micro,), device=device)  # (B,)
