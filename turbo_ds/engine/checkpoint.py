@@ -15,12 +15,15 @@ crash mid-save leaves the previous one in charge.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from turbo_ds.config import TrainConfig
@@ -59,6 +62,26 @@ class CheckpointManager:
             return json.loads(state.read_text())["config"]
         saved = self.run_dir / "config.yaml"  # checkpoints written before trainer_state.json existed
         return yaml.safe_load(saved.read_text()) if saved.is_file() else None
+
+    def fp32_state_dict(self) -> dict[str, torch.Tensor]:
+        """The latest checkpoint's model weights in one process, without an engine: float32 master weights
+        merged from every rank's ZeRO 1-3 partitions (DeepSpeed's zero_to_fp32), or, for ZeRO-0, the module
+        weights DeepSpeed saved whole (in the training precision)."""
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint, get_model_state_file
+
+        latest = self.latest
+        if latest is None:
+            raise FileNotFoundError(f"{self.run_dir}: no complete checkpoint (checkpoints/latest); train first")
+        if any(latest.glob("*zero_pp_rank_*_optim_states.pt")):  # ZeRO 1-3 partitions (or a bf16 ZeRO-0 optimizer's)
+            try:
+                with contextlib.redirect_stdout(sys.stderr):  # zero_to_fp32 reports its progress on stdout
+                    return get_fp32_state_dict_from_zero_checkpoint(str(self.dir), tag=latest.name)
+            except ValueError as e:  # the bf16 optimizer of ZeRO-0 records no ZeRO stage
+                if "is not a zero checkpoint" not in str(e):
+                    raise
+        # DeepSpeed's own model-state file holds more than tensors (its config, client state): not weights_only.
+        states = torch.load(get_model_state_file(str(latest), 0), map_location="cpu", weights_only=False)
+        return {k: v.float() if v.is_floating_point() else v for k, v in states["module"].items()}
 
     def record_configs(self, config: dict[str, Any], ds_config: dict[str, Any]) -> None:
         """Remember the run's resolved configs for every checkpoint; rank 0 writes them into the run dir."""
