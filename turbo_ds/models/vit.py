@@ -83,15 +83,15 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """``bias``: an additive attention bias broadcast to (B, heads, N, N), or None."""
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``attn_bias``: an additive attention bias broadcast to (B, heads, N, N), or None."""
         b, n, d = x.shape
         # One projection per row block of the fused weight: each of q, k, v comes out (B, N, D)-contiguous,
         # which CPU attention runs ~5% faster on than on strided views of a single (B, N, 3D) output.
         biases = self.qkv.bias.chunk(3) if self.qkv.bias is not None else (None,) * 3
         q, k, v = (F.linear(x, w, bias).view(b, n, self.heads, d // self.heads).transpose(1, 2)  # (B, H, N, Dh)
                    for w, bias in zip(self.qkv.weight.chunk(3), biases))
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, H, N, Dh), scaled by Dh ** -0.5
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)  # (B, H, N, Dh), scaled by Dh ** -0.5
         return self.proj(x.transpose(1, 2).reshape(b, n, d))  # (B, N, D)
 
 
@@ -132,18 +132,18 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), act(), nn.Linear(hidden, dim))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), bias))
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), attn_bias))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, checkpointing: bool,
-               bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``blocks`` in order (``bias``: their attention bias). With ``checkpointing`` in training (grad on),
+               attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``blocks`` in order (``attn_bias``: their attention bias). With ``checkpointing`` in training (grad on),
     each block is recomputed in backward: ~1/3 more compute for not storing its activations."""
     recompute = checkpointing and blocks.training and torch.is_grad_enabled()
     for block in blocks:
-        x = checkpoint(block, x, bias, use_reentrant=False) if recompute else block(x, bias)
+        x = checkpoint(block, x, attn_bias, use_reentrant=False) if recompute else block(x, attn_bias)
     return x
 
 
