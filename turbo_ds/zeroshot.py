@@ -1,6 +1,6 @@
 """Zero-shot action recognition with a trained video-text model.
 
-    python -m turbo_ds.zeroshot --model RUN_DIR --data data/k400/val [--templates 'a video of {}.' ...]
+    python -m turbo_ds.zeroshot --model RUN_DIR_OR_EXPORT --data data/k400/val [--templates 'a video of {}.' ...]
 
 Each class of VAL_SHARDS (its manifest's class_texts, else its class_names with _ as spaces)
 fills every prompt template; the text tower embeds the prompts, each class's embeddings
@@ -23,43 +23,28 @@ from pathlib import Path
 
 import torch
 
-from turbo_ds.config import Config, ConfigError, TrainConfig, from_dict
-from turbo_ds.data.tokenizer import TextTokenizer
-from turbo_ds.engine.checkpoint import CheckpointManager
+from turbo_ds.config import ConfigError
+from turbo_ds.engine.checkpoint import NoCheckpoint
 from turbo_ds.engine.distributed import DistInfo
 from turbo_ds.engine.trainer import run_evaluation
-from turbo_ds.models.text import VideoTextModel
-from turbo_ds.tasks import task_type
-from turbo_ds.tasks.video_language import VideoLanguage, build_model, build_tokenizer
+from turbo_ds.export import ExportError, load_model
+from turbo_ds.tasks.video_language import VideoLanguage
 from turbo_ds.tasks.zero_shot import ZeroShot
 
 ONE_PROCESS = DistInfo(rank=0, world=1, local_rank=0)
 
 
-def load_model(path: str | Path) -> tuple[VideoTextModel, TextTokenizer, Config, str]:
-    """A trained video-text model in float32 (eval mode, on the CPU), its tokenizer, its config and a description.
-
-    The one reader of trained-model folders here: a run dir (the latest checkpoint's weights, through the
-    run's CheckpointManager).
-    """
-    checkpoints = CheckpointManager(path, ONE_PROCESS, TrainConfig())
-    config = checkpoints.started_config() if Path(path).is_dir() else None
-    if config is None:
-        raise ConfigError(f"--model {path}: no run dir with a complete checkpoint (checkpoints/latest); give the "
-                          "run_dir of a video_language training run")
-    cfg = from_dict(config)
-    if not issubclass(task_type(cfg.task), VideoLanguage):
-        raise ConfigError(f"--model {path}: a task={cfg.task} run has no text tower; zero-shot needs a "
-                          "video_language run")
-    tokenizer = build_tokenizer(cfg.text)
-    model, _ = build_model(cfg, tokenizer, weights=False)  # architecture only: the checkpoint's weights follow
-    state = checkpoints.fp32_state_dict()
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    params = {name for name, _ in model.named_parameters()}
-    if [k for k in missing if k in params] or unexpected:
-        raise ConfigError(f"--model {path}: checkpoint {checkpoints.latest} does not fit its own config "
-                          f"(missing {[k for k in missing if k in params][:5]}, unexpected {unexpected[:5]})")
-    return model.eval(), tokenizer, cfg, str(checkpoints.latest)
+def load_video_language(path: str | Path, device: str) -> VideoLanguage:
+    """A trained video-language task (its model in float32, eval mode, on ``device``) from a run dir or an export
+    folder, through ``turbo_ds.export.load_model`` (the one reader of both)."""
+    try:
+        task = load_model(path, device=device)
+    except (ExportError, NoCheckpoint) as e:
+        raise ConfigError(str(e)) from e
+    if not isinstance(task, VideoLanguage):
+        raise ConfigError(f"--model {path}: a task={task.cfg.task} model has no text tower; zero-shot needs a "
+                          "video_language run or export")
+    return task
 
 
 def read_templates(items: list[str]) -> list[str]:
@@ -79,7 +64,8 @@ def read_templates(items: list[str]) -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m turbo_ds.zeroshot", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="run dir of a video_language training run (its latest checkpoint)")
+    p.add_argument("--model", required=True, help="run dir of a video_language training run (its latest checkpoint) or its export "
+                        "(python -m turbo_ds.export)")
     p.add_argument("--data", required=True, help="action dataset folder: shards + manifest.json with class_names")
     p.add_argument("--templates", nargs="+", metavar="TEMPLATE_OR_FILE",
                    help="prompt templates with {} (or files of them); default: the run's eval.zero_shot_templates, "
@@ -96,17 +82,18 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         templates = read_templates(args.templates) if args.templates else None
-        model, tokenizer, cfg, source = load_model(args.model)
+        task = load_video_language(args.model, args.device)
+        cfg = task.cfg
         templates = templates or cfg.eval.zero_shot_templates
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, batch_size=args.batch_size))
-        shots = ZeroShot(args.data, templates, tokenizer, cfg.text.max_length, cfg.model.num_frames, cfg.model.img_size,
-                         prefix="")
+        shots = ZeroShot(args.data, templates, task.tokenizer, cfg.text.max_length, task.clip_frames,
+                         cfg.model.img_size, prefix="")
     except (ConfigError, FileNotFoundError) as e:
         print(f"zeroshot: error: {e}", file=sys.stderr)
         return 2
-    print(f"zeroshot: {source} on {args.data}: {len(shots.texts)} classes x {len(shots.templates)} templates, "
+    print(f"zeroshot: {args.model} on {args.data}: {len(shots.texts)} classes x {len(shots.templates)} templates, "
           f"e.g. {shots.prompts[0]!r}", flush=True)
-    metrics = run_evaluation(shots, model.to(args.device), cfg, ONE_PROCESS, torch.float32)
+    metrics = run_evaluation(shots, task.model, cfg, ONE_PROCESS, torch.float32)
     if args.json:
         args.json.write_text(json.dumps({**metrics, "model": str(args.model), "data": args.data,
                                          "templates": shots.templates}, indent=2) + "\n")

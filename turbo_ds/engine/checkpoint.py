@@ -15,18 +15,16 @@ crash mid-save leaves the previous one in charge.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from turbo_ds.config import TrainConfig
+from turbo_ds.engine.consolidate import fp32_state_dict
 from turbo_ds.engine.distributed import DistInfo, barrier
 from turbo_ds.engine.metrics import RunLog
 from turbo_ds.fileio import atomic_write_bytes, atomic_write_json
@@ -34,6 +32,10 @@ from turbo_ds.fileio import atomic_write_bytes, atomic_write_json
 TRAINER_STATE = "trainer_state.json"
 PARTIAL = ".partial"
 _STEP_DIR = re.compile(r"step_(\d{8})")
+
+
+class NoCheckpoint(FileNotFoundError):
+    """The run dir has no complete checkpoint (at the step asked for); the message lists what there is."""
 
 
 class CheckpointManager:
@@ -45,7 +47,40 @@ class CheckpointManager:
         self.dist, self.train = dist_info, train
         self.configs: dict[str, Any] = {}
 
+    @classmethod
+    def reader(cls, run_dir: str | Path) -> CheckpointManager:
+        """A manager that only reads checkpoints, in one process (export, predict)."""
+        return cls(run_dir, DistInfo(0, 1, 0), TrainConfig())
+
     # ------------------------------------------------------------ layout
+
+    def complete(self) -> dict[int, Path]:
+        """Every complete checkpoint by step, oldest first (an unfinished save is still ``step_X.partial``)."""
+        folders = sorted(self.dir.iterdir()) if self.dir.is_dir() else []
+        return {int(p.name[len("step_"):]): p for p in folders if p.is_dir() and _STEP_DIR.fullmatch(p.name)}
+
+    def find(self, step: int | None = None) -> Path:
+        """The complete checkpoint at ``step`` (default: the latest); NoCheckpoint names the ones there are."""
+        complete = self.complete()
+        if not complete:
+            raise NoCheckpoint(f"{self.run_dir}: no complete checkpoint in {self.dir} (a run saves one every "
+                               "train.ckpt_every steps and at its end; an interrupted save leaves only step_X.partial)")
+        if step is None:
+            return self.latest or complete[max(complete)]
+        if step not in complete:
+            raise NoCheckpoint(f"{self.run_dir}: no checkpoint at step {step}; complete checkpoints are at steps "
+                               f"{', '.join(map(str, complete))}")
+        return complete[step]
+
+    @staticmethod
+    def trainer_state(checkpoint: Path) -> dict[str, Any]:
+        """What the trainer saved with ``checkpoint``: step, data positions, the resolved configs."""
+        return json.loads((checkpoint / TRAINER_STATE).read_text())
+
+    @staticmethod
+    def fp32_weights(checkpoint: Path, groups: list[list[str]]) -> tuple[dict[str, Any], str]:
+        """The model's full float32 state from ``checkpoint``, any ZeRO stage and world size (``consolidate``)."""
+        return fp32_state_dict(checkpoint, groups)
 
     @property
     def latest(self) -> Path | None:
@@ -62,26 +97,6 @@ class CheckpointManager:
             return json.loads(state.read_text())["config"]
         saved = self.run_dir / "config.yaml"  # checkpoints written before trainer_state.json existed
         return yaml.safe_load(saved.read_text()) if saved.is_file() else None
-
-    def fp32_state_dict(self) -> dict[str, torch.Tensor]:
-        """The latest checkpoint's model weights in one process, without an engine: float32 master weights
-        merged from every rank's ZeRO 1-3 partitions (DeepSpeed's zero_to_fp32), or, for ZeRO-0, the module
-        weights DeepSpeed saved whole (in the training precision)."""
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint, get_model_state_file
-
-        latest = self.latest
-        if latest is None:
-            raise FileNotFoundError(f"{self.run_dir}: no complete checkpoint (checkpoints/latest); train first")
-        if any(latest.glob("*zero_pp_rank_*_optim_states.pt")):  # ZeRO 1-3 partitions (or a bf16 ZeRO-0 optimizer's)
-            try:
-                with contextlib.redirect_stdout(sys.stderr):  # zero_to_fp32 reports its progress on stdout
-                    return get_fp32_state_dict_from_zero_checkpoint(str(self.dir), tag=latest.name)
-            except ValueError as e:  # the bf16 optimizer of ZeRO-0 records no ZeRO stage
-                if "is not a zero checkpoint" not in str(e):
-                    raise
-        # DeepSpeed's own model-state file holds more than tensors (its config, client state): not weights_only.
-        states = torch.load(get_model_state_file(str(latest), 0), map_location="cpu", weights_only=False)
-        return {k: v.float() if v.is_floating_point() else v for k, v in states["module"].items()}
 
     def record_configs(self, config: dict[str, Any], ds_config: dict[str, Any]) -> None:
         """Remember the run's resolved configs for every checkpoint; rank 0 writes them into the run dir."""
