@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import CLIPModel, CLIPTokenizer, CLIPTokenizerFast, CLIPVisionModel
+from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer, CLIPTokenizerFast, CLIPVisionModel
 
 from conftest import read_metrics, run_train, tiny_overrides
 from turbo_ds.config import Config, ConfigError, EvalConfig, ModelConfig, TextConfig, TurboConfig, validate
@@ -210,13 +210,11 @@ def test_class_texts_and_templates(tiny_demo, tmp_path):
 
 
 @pytest.mark.e2e
-def test_clip_recipe_trains_tunes_unmasked_and_zero_shot_reads_the_run_dir(tiny_demo, tmp_path):
+def test_clip_recipe_trains_tunes_unmasked_and_zero_shot_reads_the_run_dir_and_its_export(tiny_demo, tmp_path, capsys):
     """The demo recipe on 2 ranks (fp32 ZeRO-2, so that the engine and the tool compute the same numbers):
     the CLIP folder is written on first use, the unmasked tune is logged, every eval reports retrieval, DSL
-    and zero-shot; then python -m turbo_ds.zeroshot rebuilds the model from the run dir's checkpoint."""
-    import subprocess
-    import sys
-
+    and zero-shot; then python -m turbo_ds.zeroshot rebuilds the model from the run dir's checkpoint, and its
+    export (turbo_ds.export) classifies the same."""
     from conftest import REPO
 
     ds = json.loads((REPO / "ds_configs" / "zero2_bf16.json").read_text())
@@ -238,13 +236,23 @@ def test_clip_recipe_trains_tunes_unmasked_and_zero_shot_reads_the_run_dir(tiny_
     assert "eval/t2v_dsl_r1" in final and final["eval/zero_shot_num_classes"] == 8
     assert "| num_videos 32 | num_captions 32 |" in proc.stdout
 
-    out = subprocess.run([sys.executable, "-m", "turbo_ds.zeroshot", "--model", str(run_dir), "--data",
-                          f"{tiny_demo}/val", "--json", str(tmp_path / "zs.json")], cwd=REPO, capture_output=True,
-                         text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    last = out.stdout.strip().splitlines()[-1]
+    from turbo_ds import zeroshot  # its main in this process: the same code as the command, without a start-up
+
+    assert zeroshot.main(["--model", str(run_dir), "--data", f"{tiny_demo}/val", "--json",
+                          str(tmp_path / "zs.json")]) == 0
+    out = capsys.readouterr()
+    last = out.out.strip().splitlines()[-1]
     assert last.startswith("top1 ") and "| num_classes 8 |" in last and "| num_clips 32 |" in last
     zs = json.loads((tmp_path / "zs.json").read_text())
     assert zs["top1"] == pytest.approx(final["eval/zero_shot_top1"]) and zs["top5"] == pytest.approx(
         final["eval/zero_shot_top5"])
     assert zs["templates"][0] == "a small red circle moves {}"  # the run's eval.zero_shot_templates
+
+    # The export of a CLIP-architecture run (CLIP tokenizer files, CLIPTextModel text_encoder/) classifies the same.
+    from turbo_ds.export import from_run, write_export
+
+    write_export(from_run(run_dir), tmp_path / "export")
+    assert CLIPTextModel.from_pretrained(tmp_path / "export" / "text_encoder").config.num_hidden_layers == 2
+    assert zeroshot.main(["--model", str(tmp_path / "export"), "--data", f"{tiny_demo}/val", "--json",
+                          str(tmp_path / "zs_export.json")]) == 0
+    assert json.loads((tmp_path / "zs_export.json").read_text())["top1"] == pytest.approx(zs["top1"])

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from turbo_ds.config import Config, ConfigError, TextConfig
-from turbo_ds.data.tokenizer import TextTokenizer, load_tokenizer
+from turbo_ds.data.tokenizer import HFTokenizer, TextTokenizer, load_tokenizer
 from turbo_ds.engine.distributed import all_reduce_sum
 from turbo_ds.engine.gather import all_gather_objects, all_gather_with_grad
 from turbo_ds.models.clip import load_clip_heads
@@ -159,11 +159,12 @@ class VideoLanguage(Task):
         prepare_tokenizer(cfg, log)
 
     def export_assets(self, out: Path) -> dict[str, str]:
-        """The tokenizer (file or folder, as trained with) and the text tower as a transformers folder
-        (``text_encoder/``: config + weights, loads with ``AutoModel``), which also rebuilds its architecture."""
-        source = Path(self.cfg.text.tokenizer)
-        if source.is_dir():
-            shutil.copytree(source, out / "tokenizer")
+        """The tokenizer (a sentencepiece file or a transformers tokenizer folder, as trained with) and the text
+        tower as a transformers folder (``text_encoder/``: config + weights, loads with ``AutoModel``, or
+        ``CLIPTextModel`` for a CLIP tower), which also rebuilds its architecture."""
+        source = Path(tokenizer_path(self.cfg.text))
+        if isinstance(self.tokenizer, HFTokenizer):  # the tokenizer's own files: its folder may hold a whole CLIP
+            self.tokenizer.tok.save_pretrained(out / "tokenizer")
             tokenizer = "tokenizer"
         else:
             shutil.copyfile(source if source.is_file() else source.with_name(source.name + ".model"),
