@@ -284,4 +284,3 @@ class Trainer:
                            for k, v in record.items() if k not in ("step", "wall_s"))
         self.log.info(f"eval @ step {self.step} | {shown}")
         return record
-
