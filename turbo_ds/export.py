@@ -78,6 +78,7 @@ def from_run(run_dir: str | Path, step: int | None = None) -> Consolidated:
     state = checkpoints.trainer_state(checkpoint)
     tree = copy.deepcopy(state["config"])
     tree["model"]["pretrained"] = None  # the checkpoint holds every weight
+    tree["eval"]["zero_shot_data"] = None  # an evaluation during training: rebuilding the model needs none of it
     try:
         cfg = config_from_dict(tree)
         manifest = read_manifest(cfg.data.train)  # class names (and what building the task reads)

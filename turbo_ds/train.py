@@ -43,7 +43,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_data(cfg: Config) -> None:
     """The dataset folders are complete, or missing but generated at start-up (the demo)."""
-    for key, folder in (("data.train", cfg.data.train), ("data.val", cfg.data.val)):
+    for key, folder in (("data.train", cfg.data.train), ("data.val", cfg.data.val),
+                        ("eval.zero_shot_data", cfg.eval.zero_shot_data)):
+        if folder is None:
+            continue
         if not (Path(folder) / MANIFEST).is_file():
             if cfg.data.generate_demo:
                 continue

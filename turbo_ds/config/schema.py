@@ -20,6 +20,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
+    arch: Literal["videomae", "clip"] = "videomae"
+    "encoder layout: videomae (mean pool, GELU) or clip (class token, ln_pre, QuickGELU; starts from a CLIP folder)"
     num_frames: int = 16
     "frames per clip fed to the encoder"
     img_size: int = 64
@@ -37,11 +39,11 @@ class ModelConfig:
     mlp_ratio: float = 4.0
     "MLP hidden width as a multiple of the embedding width"
     pos_embed: Literal["sincos", "learned"] = "sincos"
-    "space-time position embedding: fixed sinusoids (as VideoMAE) or learned"
+    "videomae: space-time position embedding, fixed sinusoids (as VideoMAE) or learned (clip: always learned)"
     qkv_bias: bool = True
     "bias on the fused q/k/v projection (VideoMAE's q/v biases load into it, with a zero k bias)"
     norm_eps: float = 1e-6
-    "LayerNorm epsilon (original VideoMAE 1e-6; transformers' VideoMAE configs 1e-12)"
+    "LayerNorm epsilon (original VideoMAE 1e-6; transformers' VideoMAE configs 1e-12; CLIP 1e-5)"
     drop_path: float = 0.0
     "stochastic depth rate of the last block, increasing linearly from 0 over depth"
     activation_checkpointing: bool = False
@@ -49,7 +51,9 @@ class ModelConfig:
     compile: bool = False
     "torch.compile the encoder blocks: faster steps after a one-time compilation (cached on disk); needs a C++ compiler"
     pretrained: str | None = None
-    "local weights to start from: a transformers VideoMAE directory or an original VideoMAE .pth"
+    "local weights to start from: a transformers VideoMAE or (model.arch=clip) CLIP folder, or an original VideoMAE .pth"
+    generate_demo_clip: bool = False
+    "demo: when model.pretrained is missing, write a random-init CLIP folder there (data_prep/make_demo_clip.py)"
 
 
 @dataclass
@@ -156,12 +160,18 @@ class EvalConfig:
     "temporal clips per video, evenly spaced (views = num_clips x num_crops; scores averaged over views)"
     num_crops: int = 1
     "spatial crops per clip: 1 = centre, 3 = start/centre/end of the long side"
+    dsl: bool = False
+    "video_language: also report retrieval after dual-softmax re-scoring (eval/t2v_dsl_r1, ...; uses the whole test set)"
+    zero_shot_data: str | None = None
+    "video_language: an action dataset folder (shards + manifest with class_names) classified zero-shot at each eval"
+    zero_shot_templates: list[str] | None = None
+    "zero-shot prompts, each with {} for the class text, averaged per class (None = CLIP's 28 Kinetics templates)"
 
 
 @dataclass
 class TextConfig:
     tokenizer: str | None = None
-    "sentencepiece .model (data_prep/train_tokenizer.py) or a local transformers tokenizer folder (video_language)"
+    "sentencepiece .model (data_prep/train_tokenizer.py) or a local transformers tokenizer folder; None = text.pretrained's"
     train_tokenizer_if_missing: bool = False
     "at start-up, train a sentencepiece tokenizer on data.train's captions into text.tokenizer if it is missing"
     tokenizer_vocab_size: int = 8000
@@ -171,7 +181,7 @@ class TextConfig:
     max_length: int = 32
     "tokens per caption incl. bos/eos ([CLS]/[SEP]); shorter captions are padded, longer ones truncated and counted"
     pretrained: str | None = None
-    "local transformers text-model folder (save_pretrained output, e.g. BERT); None = a new BERT from width/depth/heads"
+    "local transformers text-model folder (save_pretrained: BERT, CLIPModel, CLIPTextModel); None = a new BERT"
     width: int = 256
     "hidden size of a new BERT text encoder (ignored with text.pretrained)"
     depth: int = 4
@@ -180,16 +190,16 @@ class TextConfig:
     "attention heads of a new BERT text encoder (ignored with text.pretrained)"
     dropout: float = 0.1
     "dropout on the text encoder's hidden states and attention (overrides a pretrained model's)"
-    pooling: Literal["cls", "mean"] = "cls"
-    "caption feature: output at the first token (bos / [CLS]) or the mean over non-pad tokens"
+    pooling: Literal["cls", "mean", "eos"] = "cls"
+    "caption feature: output at the first token (bos / [CLS]), the mean over non-pad tokens, or the last one (CLIP: eos)"
     freeze: bool = False
     "freeze the whole text encoder (its projection head and the temperature still train)"
     freeze_layers: int = 0
     "freeze the text embeddings and the lowest N text encoder layers (0 = train all)"
     embed_dim: int = 256
-    "shared video-text embedding size: the output of both projection heads"
+    "shared video-text embedding size: the output of both projection heads (a CLIP folder's projection_dim)"
     temperature: float = 0.07
-    "initial softmax temperature of the contrastive loss; learned, with 1/temperature clamped to at most 100"
+    "initial softmax temperature of the contrastive loss (a CLIPModel folder's logit_scale replaces it); learned, 1/T <= 100"
 
 
 @dataclass

@@ -30,6 +30,9 @@ def check_model(m: ModelConfig) -> None:
         raise ConfigError(f"model.num_frames={m.num_frames}: must be a multiple of model.tubelet_size={m.tubelet_size}")
     if m.width % m.heads:
         raise ConfigError(f"model.width={m.width}: must be divisible by model.heads={m.heads}")
+    if m.generate_demo_clip and m.arch != "clip":
+        raise ConfigError(f"model.generate_demo_clip: writes a CLIP folder into model.pretrained for model.arch=clip "
+                          f"(is {m.arch}); set model.arch=clip or drop model.generate_demo_clip")
 
 
 def check_turbo(t: TurboConfig, train_steps: int) -> None:
@@ -89,6 +92,11 @@ def check_eval(e: EvalConfig) -> None:
     _at_least(1, {"eval.batch_size": e.batch_size, "eval.num_clips": e.num_clips})
     if e.num_crops not in (1, 3):
         raise ConfigError(f"eval.num_crops={e.num_crops}: must be 1 (centre) or 3 (start/centre/end)")
+    if e.zero_shot_templates is not None:
+        bad = [t for t in e.zero_shot_templates if t.count("{}") != 1]
+        if bad or not e.zero_shot_templates:
+            raise ConfigError(f"eval.zero_shot_templates={bad or []}: every template needs exactly one {{}} for the "
+                              "class text, e.g. 'a video of {}.'; null uses CLIP's Kinetics templates")
 
 
 def check_text(x: TextConfig) -> None:

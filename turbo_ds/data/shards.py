@@ -6,6 +6,9 @@ A dataset folder (one per split) holds ``<prefix>-000000.tar, ...`` and a manife
      "shards": [{"name": "train-000000.tar", "num_samples": 128}, ...],
      "class_names": [...], "build": {"tool": "...", "settings": {...}}}
 
+Optional: ``class_texts``, how each class reads in a sentence (zero-shot prompts; default: the
+class name with ``_`` as a space).
+
 Every file appears under its final name only when complete (written to a temp name,
 then renamed), so a reader never sees a partial shard or manifest.
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import itertools
 import math
@@ -22,7 +23,7 @@ from turbo_ds.engine.gather import all_gather_objects
 from turbo_ds.engine.metrics import RunLog, peak_memory_mb, progress_bar
 from turbo_ds.models.flops import TRAIN_FACTOR
 from turbo_ds.models.vit import VideoViT
-from turbo_ds.tasks.base import Task
+from turbo_ds.tasks.base import Evaluation, Task
 from turbo_ds.turbo import TokenSelector, keep_ratio_at
 
 
@@ -46,7 +47,7 @@ def video_layer_ids(model: torch.nn.Module, depth: int) -> dict[int, int]:
         if isinstance(module, VideoViT):
             for name, p in module.named_parameters():
                 block = int(name.split(".")[1]) + 1 if name.startswith("blocks.") else None
-                ids[id(p)] = block if block is not None else 0 if name.startswith(("patch_embed", "pos_embed")) else depth + 1
+                ids[id(p)] = block if block is not None else 0 if name.startswith(module.embedding_names) else depth + 1
     return ids
 
 
@@ -68,6 +69,33 @@ def param_groups(model: torch.nn.Module, base_lr: float, layer_decay: float = 1.
             group["weight_decay"] = 0.0
         group["params"].append(p)
     return list(groups.values())
+
+
+@torch.no_grad()
+def run_evaluation(evaluation: Evaluation, model: torch.nn.Module, cfg: Config, dist_info: DistInfo,
+                   dtype: torch.dtype, pin_memory: bool = False) -> dict[str, Any]:
+    """One evaluation's metrics over every clip of its data, each rank a share (``model``: an engine or a module
+    in eval mode); ranks out of clips run padding batches so collectives match."""
+    data = dataclasses.replace(cfg.data, val=evaluation.eval_data)
+    workers = cfg.data.num_workers  # decoding in worker processes, as in training
+    stream = EvalStream(data, cfg.model, dist_info.rank, dist_info.world, cfg.eval.batch_size, cfg.eval,
+                        num_workers=workers, frames=evaluation.clip_frames, targets=evaluation.targets)
+    device = next(model.parameters()).device
+    evaluation.eval_begin(model, dtype)
+    outputs, positions = [], {}
+    batches = iter(make_loader(stream, workers, pin_memory=pin_memory))
+    for _ in range(stream.num_batches):
+        batch = next(batches, None)
+        if batch is None:  # this rank is out of clips: run the same collectives, record nothing
+            evaluation.eval_padding(model, dtype)
+            continue
+        outputs.append(evaluation.eval_step(model, to_device(batch, device, stream.spec.normalize), dtype))
+        positions[batch["stream"]] = batch["position"]  # each worker counts its own part
+    metrics = evaluation.eval_metrics(outputs)  # reduces over ranks
+    skipped, short = all_reduce_sum([sum(p["skipped"] for p in positions.values()),
+                                     sum(p["short"] for p in positions.values())])
+    prefix = evaluation.eval_prefix
+    return {**metrics, f"{prefix}skipped_samples": int(skipped), f"{prefix}short_videos": int(short)}
 
 
 def use_deterministic_kernels() -> None:
@@ -133,6 +161,7 @@ class Trainer:
         self.data_layout: dict[str, Any] | None = None  # the layout that wrote the positions resumed from
         self.stream: TrainStream | None = None
         self.step = 0
+        self.keep_ratio: float | None = None
         self.wall_before = 0.0  # training wall-clock seconds of the invocations this run resumed from
         self.started, self.first_step = time.perf_counter(), 0
         self.pin_memory = self.engine.device.type == "cuda"  # page-locked batches: asynchronous copies to the GPU
@@ -187,7 +216,11 @@ class Trainer:
         self.engine.train()
         while self.step < total:
             self.step += 1
-            self._set_keep_ratio(keep_ratio_at(cfg.turbo, self.step - 1, total))
+            ratio = keep_ratio_at(cfg.turbo, self.step - 1, total)
+            if ratio != self.keep_ratio and self.step > total - cfg.turbo.full_token_steps:
+                self.log.info(f"turbo: unmasked tuning from step {self.step} to {total} (turbo.full_token_steps="
+                              f"{cfg.turbo.full_token_steps}): every token kept, {self.task.tokens_total} per clip")
+            self._set_keep_ratio(ratio)
             # Randomness (token choice) depends on (seed, step, rank) only, so a resumed run repeats it.
             torch.manual_seed(cfg.train.seed * 1_000_003 + self.step * 1009 + self.dist.rank)
             keys = []
@@ -272,28 +305,15 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
-        """Every validation clip once across ranks; short ranks run padding batches so collectives match."""
-        workers = self.cfg.data.num_workers  # decoding in worker processes, as in training
-        stream = EvalStream(self.cfg.data, self.cfg.model, self.dist.rank, self.dist.world, self.cfg.eval.batch_size,
-                            self.cfg.eval, num_workers=workers, frames=self.task.clip_frames, targets=self.task.targets)
+        """The task's validation set and its extra evaluations (e.g. zero-shot), every clip once across ranks."""
+        start, record = time.perf_counter(), {"step": self.step}
         self.engine.eval()
-        start, outputs, positions = time.perf_counter(), [], {}
-        batches = iter(make_loader(stream, workers, pin_memory=self.pin_memory))
-        for _ in range(stream.num_batches):
-            batch = next(batches, None)
-            if batch is None:  # this rank is out of clips: run the same collectives, record nothing
-                self.task.eval_padding(self.engine, self.dtype)
-                continue
-            outputs.append(self.task.eval_step(self.engine, to_device(batch, self.engine.device, stream.spec.normalize),
-                                               self.dtype))
-            positions[batch["stream"]] = batch["position"]  # each worker counts its own part
-        metrics = self.task.eval_metrics(outputs)  # reduces over ranks
+        for evaluation in (self.task, *self.task.extra_evaluations()):
+            record.update(run_evaluation(evaluation, self.engine, self.cfg, self.dist, self.dtype,
+                                         self.pin_memory))
         self.engine.train()
-        skipped, short = all_reduce_sum([sum(p["skipped"] for p in positions.values()),
-                                         sum(p["short"] for p in positions.values())])
-        record = {"step": self.step, **metrics, "eval/skipped_samples": int(skipped), "eval/short_videos": int(short),
-                  "eval/keep_ratio": self.cfg.turbo.eval_keep_ratio, "eval/seconds": time.perf_counter() - start,
-                  "wall_s": self.wall_s()}
+        record.update({"eval/keep_ratio": self.cfg.turbo.eval_keep_ratio, "eval/seconds": time.perf_counter() - start,
+                       "wall_s": self.wall_s()})
         self.log.metrics(record)
         shown = " | ".join(f"{k.removeprefix('eval/')} {v:.4f}" if isinstance(v, float) else f"{k.removeprefix('eval/')} {v}"
                            for k, v in record.items() if k not in ("step", "wall_s"))

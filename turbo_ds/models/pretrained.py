@@ -1,4 +1,5 @@
 """Load VideoMAE weights from local files into ``VideoViT`` / ``VideoClassifier``. Nothing is downloaded.
+(``load_pretrained`` hands CLIP folders and ``model.arch: clip`` to ``turbo_ds.models.clip``.)
 
 Two layouts are read:
 
@@ -96,23 +97,30 @@ def _load_tensors(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def folder_config(path: Path, key: str = "model.pretrained") -> dict[str, Any]:
+    """A transformers folder's config.json."""
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise CheckpointMismatch(f"{key}={path}: a directory needs config.json (transformers save_pretrained output)")
+    return json.loads(config_file.read_text())
+
+
+def folder_tensors(path: Path, key: str = "model.pretrained") -> dict[str, torch.Tensor]:
+    """Every tensor of a transformers folder: (sharded) safetensors or pytorch_model.bin."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return {k: v for shard in shards for k, v in _load_tensors(path / shard).items()}
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (path / name).is_file():
+            return dict(_load_tensors(path / name))
+    raise CheckpointMismatch(f"{key}={path}: no model.safetensors or pytorch_model.bin in it")
+
+
 def _read(path: Path) -> _Checkpoint:
     if path.is_dir():
-        config_file = path / "config.json"
-        if not config_file.is_file():
-            raise CheckpointMismatch(f"model.pretrained={path}: a directory needs config.json (transformers "
-                                     "save_pretrained output)")
-        config = json.loads(config_file.read_text())
-        index = path / "model.safetensors.index.json"
-        if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            state = {k: v for shard in shards for k, v in _load_tensors(path / shard).items()}
-        elif (path / "model.safetensors").is_file():
-            state = _load_tensors(path / "model.safetensors")
-        elif (path / "pytorch_model.bin").is_file():
-            state = _load_tensors(path / "pytorch_model.bin")
-        else:
-            raise CheckpointMismatch(f"model.pretrained={path}: no model.safetensors or pytorch_model.bin in it")
+        config = folder_config(path)
+        state = folder_tensors(path)
         if config.get("model_type", "videomae") != "videomae":
             raise CheckpointMismatch(f"model.pretrained={path}: model_type {config['model_type']!r}, expected videomae")
         image = config.get("image_size", 224)
@@ -271,10 +279,14 @@ def load_pretrained(model: VideoViT | VideoClassifier, path: str | Path, grid: G
     ``grid`` (T', H', W') overrides the checkpoint grid of a learned position table when
     the file does not record it. Returns the report to log; raises ``CheckpointMismatch``.
     """
+    from turbo_ds.models.clip import clip_config, load_clip_vision  # which imports this module
+
     path = Path(path)
     if not path.exists():
         raise CheckpointMismatch(f"model.pretrained={path}: no such file or directory")
     encoder = model.encoder if isinstance(model, VideoClassifier) else model
+    if encoder.arch == "clip" or clip_config(path) is not None:
+        return load_clip_vision(model, path)
     ckpt = _read(path)
     state = _to_videomae_names(ckpt, path)
     report = LoadReport(str(path), ckpt.source)
@@ -291,7 +303,6 @@ def load_pretrained(model: VideoViT | VideoClassifier, path: str | Path, grid: G
         report.notes.append("checkpoint's final token norm not used: this encoder norms the mean-pooled features "
                             "(VideoMAE fine-tuning's fc_norm), which start at init")
 
-    target = model.state_dict()
     head = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
     state = {f"encoder.{k}" if encoder is not model else k: v for k, v in state.items() if not k.startswith("head.")}
     if head and encoder is model:
@@ -304,6 +315,12 @@ def load_pretrained(model: VideoViT | VideoClassifier, path: str | Path, grid: G
         else:
             report.notes.append(f"head skipped: checkpoint has {head['weight'].shape[0]} classes, model {ours} "
                                 "(kept at init)")
+    return load_matching(model, state, report)
+
+
+def load_matching(model: nn.Module, state: dict[str, torch.Tensor], report: LoadReport) -> LoadReport:
+    """Load the tensors of ``state`` (our names) that ``model`` has, after checking their shapes; fill ``report``."""
+    target = model.state_dict()
     for key, value in state.items():
         if key in target and value.shape != target[key].shape:
             raise CheckpointMismatch(f"checkpoint {key} has shape {tuple(value.shape)}, model "

@@ -1,12 +1,16 @@
-"""Text encoder (a transformers BERT-style model) and the video-text dual encoder. Pure PyTorch.
+"""Text encoder (a transformers BERT-style or CLIP text model) and the video-text dual encoder. Pure PyTorch.
 
 The text tower is either a new BERT built from ``text.width/depth/heads`` with the
-tokenizer's vocabulary, or a local ``save_pretrained`` folder (never downloaded).
+tokenizer's vocabulary, or a local ``save_pretrained`` folder (never downloaded): any
+encoder ``AutoModel`` loads, or the text tower of a ``CLIPModel`` / ``CLIPTextModel`` folder
+(causal, so its caption feature is the eos token's output: ``text.pooling: eos``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +20,8 @@ from turbo_ds.config import TextConfig
 
 MAX_LOGIT_SCALE = 100.0  # CLIP's cap on 1/temperature: keeps the softmax from saturating
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
-LAYER_PATHS = ("encoder.layer", "transformer.layer", "layers")  # BERT/RoBERTa/ELECTRA, DistilBERT, others
+LAYER_PATHS = ("encoder.layer", "transformer.layer", "encoder.layers", "layers")  # BERT..., DistilBERT, CLIP, others
+CLIP_TEXT_TYPES = ("clip", "clip_text_model")
 
 
 def new_bert(cfg: TextConfig, vocab_size: int, pad_id: int) -> nn.Module:
@@ -29,15 +34,40 @@ def new_bert(cfg: TextConfig, vocab_size: int, pad_id: int) -> nn.Module:
     return BertModel(config, add_pooling_layer=False)
 
 
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """No transformers progress bars or load reports (a CLIPModel folder's vision tensors would each be
+    reported as unexpected by its text tower); the caller reports what it loaded."""
+    from transformers.utils import logging
+
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+
+
 def load_text_model(folder: str, dropout: float) -> nn.Module:
-    """A local transformers encoder in float32 (DeepSpeed casts it), with ``dropout`` everywhere it has one."""
-    from transformers import AutoConfig, AutoModel
+    """A local transformers encoder in float32 (DeepSpeed casts it), with ``dropout`` everywhere it has one.
+
+    A CLIPModel folder gives its text tower only (CLIPTextModel): the vision tensors are left unread.
+    """
+    from transformers import AutoConfig, AutoModel, CLIPTextConfig, CLIPTextModel
 
     config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    clip = config.model_type in CLIP_TEXT_TYPES
+    if clip:
+        config = CLIPTextConfig.from_pretrained(folder, local_files_only=True)  # a CLIPModel's text_config
     for key in DROPOUT_KEYS:
         if hasattr(config, key):
             setattr(config, key, dropout)
-    model = AutoModel.from_pretrained(folder, config=config, local_files_only=True, dtype=torch.float32)
+    with quiet_transformers():
+        model = (CLIPTextModel if clip else AutoModel).from_pretrained(folder, config=config, local_files_only=True,
+                                                                       dtype=torch.float32)
     if getattr(model, "pooler", None) is not None:
         model.pooler = None  # unused (we pool ourselves); dropped so every trainable tensor gets a gradient
     return model
@@ -53,6 +83,7 @@ class TextEncoder(nn.Module):
         else:
             self.bert = new_bert(cfg, vocab_size, pad_id)
         config = self.bert.config
+        self.causal = config.model_type in CLIP_TEXT_TYPES  # each token sees only earlier ones
         self.width, self.vocab_size = config.hidden_size, config.vocab_size
         self.max_positions: int = config.max_position_embeddings
         self.pooling, self.freeze, self.freeze_layers = cfg.pooling, cfg.freeze, cfg.freeze_layers
@@ -89,6 +120,8 @@ class TextEncoder(nn.Module):
             h = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, D)
         if self.pooling == "cls":
             return h[:, 0]  # (B, D)
+        if self.pooling == "eos":  # the last real token: CLIP's eos (BERT's [SEP])
+            return h[torch.arange(len(h), device=h.device), attention_mask.sum(dim=1) - 1]  # (B, D)
         mask = attention_mask[..., None].to(h.dtype)  # (B, L, 1)
         return (h * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)  # (B, D)
 

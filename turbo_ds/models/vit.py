@@ -1,11 +1,21 @@
 """Video ViT encoder with Turbo token dropout. Pure PyTorch: no distributed or logging code.
 
-Layout follows VideoMAE's fine-tuning model (pre-norm blocks, exact GELU, mean pooling
-followed by a LayerNorm, which plays the role of VideoMAE's ``fc_norm``), so its weights
-load without conversion loss (see ``turbo_ds.models.pretrained``).
+Two layouts (``model.arch``), so that either family's weights load without conversion loss:
+
+* ``videomae`` (``turbo_ds.models.pretrained``): pre-norm blocks, exact GELU, a fixed or learned
+  space-time position table, mean pooling followed by a LayerNorm (VideoMAE's ``fc_norm``).
+* ``clip`` (``turbo_ds.models.clip``): CLIP's image encoder made a video encoder. A class token
+  (never dropped: Turbo selects among the patch tokens only), CLIP's spatial position table
+  plus a temporal one that starts at zero, a LayerNorm before the blocks (``ln_pre``), QuickGELU,
+  and the class token's output normed (``ln_post``) as the feature. Attention keys of the class
+  token get a bias log(K / H'W') for K patch tokens: the class token then weighs against K
+  tokens as CLIP's did against the H'W' patches of one image (log T' with every token kept), so
+  a clip of T identical frames gives exactly CLIP's image embedding of that frame.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -48,11 +58,12 @@ class TubeletEmbed(nn.Module):
     With every token kept this is as fast as the Conv3d on CPU (measured), so there is one path.
     """
 
-    def __init__(self, cfg: ModelConfig, in_chans: int = 3):
+    def __init__(self, cfg: ModelConfig, in_chans: int = 3, bias: bool = True):
         super().__init__()
         self.t, self.p = cfg.tubelet_size, cfg.patch_size
         self.patch_shape: PatchShape = (in_chans, self.t, self.p, self.p)
-        self.proj = nn.Conv3d(in_chans, cfg.width, kernel_size=(self.t, self.p, self.p), stride=(self.t, self.p, self.p))
+        self.proj = nn.Conv3d(in_chans, cfg.width, kernel_size=(self.t, self.p, self.p), stride=(self.t, self.p, self.p),
+                              bias=bias)
 
     def patchify(self, video: torch.Tensor) -> torch.Tensor:
         b, c, f, h, w = video.shape  # (B, C, F, H, W)
@@ -72,15 +83,23 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``attn_bias``: an additive attention bias broadcast to (B, heads, N, N), or None."""
         b, n, d = x.shape
         # One projection per row block of the fused weight: each of q, k, v comes out (B, N, D)-contiguous,
         # which CPU attention runs ~5% faster on than on strided views of a single (B, N, 3D) output.
         biases = self.qkv.bias.chunk(3) if self.qkv.bias is not None else (None,) * 3
         q, k, v = (F.linear(x, w, bias).view(b, n, self.heads, d // self.heads).transpose(1, 2)  # (B, H, N, Dh)
                    for w, bias in zip(self.qkv.weight.chunk(3), biases))
-        x = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, Dh), scaled by Dh ** -0.5
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)  # (B, H, N, Dh), scaled by Dh ** -0.5
         return self.proj(x.transpose(1, 2).reshape(b, n, d))  # (B, N, D)
+
+
+class QuickGELU(nn.Module):
+    """CLIP's activation, x * sigmoid(1.702 x): CLIP's weights were trained with it, not exact GELU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
 
 
 class DropPath(nn.Module):
@@ -105,16 +124,16 @@ class Block(nn.Module):
     """Pre-norm transformer block."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float, qkv_bias: bool = True, norm_eps: float = 1e-6,
-                 drop_path: float = 0.0):
+                 drop_path: float = 0.0, act: type[nn.Module] = nn.GELU):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(dim, eps=norm_eps), nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, heads, qkv_bias)
         hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), act(), nn.Linear(hidden, dim))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), attn_bias))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -127,57 +146,92 @@ def compile_blocks(blocks: nn.ModuleList) -> None:
         block.compile()
 
 
-def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, checkpointing: bool) -> torch.Tensor:
-    """``blocks`` in order. With ``checkpointing`` in training (grad on), each block is recomputed in
-    backward: ~1/3 more compute for not storing its activations."""
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, checkpointing: bool,
+               attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``blocks`` in order (``attn_bias``: their attention bias). With ``checkpointing`` in training (grad on),
+    each block is recomputed in backward: ~1/3 more compute for not storing its activations."""
     recompute = checkpointing and blocks.training and torch.is_grad_enabled()
     for block in blocks:
-        x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
+        x = checkpoint(block, x, attn_bias, use_reentrant=False) if recompute else block(x, attn_bias)
     return x
 
 
 class VideoViT(nn.Module):
-    """Tubelet embedding + space-time position embedding + blocks; returns mean-pooled features.
+    """Tubelet embedding + space-time positions + blocks -> one feature per clip (B, width).
 
-    ``turbo`` is the token-dropout config; a plain float is shorthand for random selection
-    with that training keep ratio and ``eval_keep_ratio`` (ignored when a config is given).
+    ``cfg.arch`` picks the layout (module docstring). ``turbo`` is the token-dropout config; a
+    plain float is shorthand for random selection with that training keep ratio and
+    ``eval_keep_ratio`` (ignored when a config is given).
     """
+
+    embedding_names = ("patch_embed", "pos_embed", "temporal_pos_embed", "cls_token", "norm_pre")
+    "parameters before the first block (layer 0 of layer-wise LR decay)"
 
     def __init__(self, cfg: ModelConfig, turbo: TurboConfig | float = 1.0, eval_keep_ratio: float = 1.0):
         super().__init__()
         if not isinstance(turbo, TurboConfig):
             turbo = TurboConfig(keep_ratio=float(turbo), eval_keep_ratio=eval_keep_ratio)
-        self.patch_embed = TubeletEmbed(cfg)
+        self.arch = cfg.arch
+        clip = cfg.arch == "clip"
+        self.patch_embed = TubeletEmbed(cfg, bias=not clip)  # CLIP's patch projection has no bias
         self.grid: Grid = (cfg.num_frames // cfg.tubelet_size, cfg.img_size // cfg.patch_size,
                            cfg.img_size // cfg.patch_size)
-        num_tokens = self.grid[0] * self.grid[1] * self.grid[2]
-        if cfg.pos_embed == "learned":
+        t, h, w = self.grid
+        num_tokens = t * h * w
+        self.register_parameter("cls_token", None)
+        if clip:  # CLIP's initialisation (transformers' CLIPVisionEmbeddings); the temporal table starts neutral
+            self.cls_token = nn.Parameter(torch.randn(cfg.width) * cfg.width**-0.5)
+            self.pos_embed = nn.Parameter(torch.randn(1, 1 + h * w, cfg.width) * 0.02)  # row 0: the class token
+            self.temporal_pos_embed = nn.Parameter(torch.zeros(1, t, cfg.width))
+        elif cfg.pos_embed == "learned":
             self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, cfg.width))
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         else:  # fixed: positions are informative from the first step
             self.register_buffer("pos_embed", sinusoid_table(num_tokens, cfg.width), persistent=False)
+        self.norm_pre = nn.LayerNorm(cfg.width, eps=cfg.norm_eps) if clip else nn.Identity()
         self.turbo = TokenSelector(turbo, self.grid, self.patch_embed.patch_shape)
         rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # 0 -> drop_path over depth
-        self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.norm_eps, rate)
+        act = QuickGELU if clip else nn.GELU
+        self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.norm_eps, rate, act)
                                     for rate in rates)
         if cfg.compile:
             compile_blocks(self.blocks)
-        self.norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)  # after pooling: VideoMAE's fc_norm
+        self.norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)  # VideoMAE's fc_norm after pooling; CLIP's ln_post
         self.num_tokens, self.width = num_tokens, cfg.width
         self.activation_checkpointing = cfg.activation_checkpointing
 
+    def position_table(self) -> torch.Tensor:
+        """Positions of the N patch tokens in token order, (1, N, D)."""
+        if self.cls_token is None:
+            return self.pos_embed
+        spatial = self.pos_embed[:, None, 1:]  # (1, 1, H'W', D): CLIP's table without the class row
+        return (self.temporal_pos_embed[:, :, None] + spatial).flatten(1, 2)  # (1, T', H'W', D) -> (1, N, D)
+
+    def class_key_bias(self, kept: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """(1, 1, 1, 1 + K) attention bias: log(K / H'W') on the class token's key, 0 elsewhere (module doc)."""
+        bias = torch.zeros(1, 1, 1, 1 + kept, dtype=dtype, device=device)
+        bias[..., 0] = math.log(kept / (self.grid[1] * self.grid[2]))
+        return bias
+
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         patches = self.patch_embed.patchify(video)  # (B, N, P)
+        b = patches.shape[0]
         assert patches.shape[1] == self.num_tokens, f"clip gives {patches.shape[1]} tokens, model expects {self.num_tokens}"
         keep = self.turbo(patches)
         # DeepSpeed bf16/fp16 casts parameters only: a fixed table stays fp32 and would promote x to fp32.
-        pos = self.pos_embed.to(patches.dtype).expand(patches.shape[0], -1, -1)  # (B, N, D)
+        pos = self.position_table().to(patches.dtype).expand(b, -1, -1)  # (B, N, D)
         if keep is not None:  # gather raw patches and their positions before any compute
             patches = patches.gather(1, keep[..., None].expand(-1, -1, patches.shape[-1]))  # (B, K, P)
             pos = pos.gather(1, keep[..., None].expand(-1, -1, self.width))  # (B, K, D)
         x = self.patch_embed.embed(patches) + pos  # (B, K, D)
-        x = run_blocks(self.blocks, x, self.activation_checkpointing)
-        return self.norm(x.mean(dim=1))  # (B, D)
+        if self.cls_token is None:
+            x = run_blocks(self.blocks, x, self.activation_checkpointing)
+            return self.norm(x.mean(dim=1))  # (B, D)
+        cls = (self.cls_token + self.pos_embed[0, 0]).to(x.dtype).expand(b, 1, -1)  # (B, 1, D)
+        bias = self.class_key_bias(x.shape[1], x.dtype, x.device)
+        x = self.norm_pre(torch.cat([cls, x], dim=1))  # (B, 1 + K, D): the class token is always kept
+        x = run_blocks(self.blocks, x, self.activation_checkpointing, bias)
+        return self.norm(x[:, 0])  # (B, D)
 
 
 class VideoClassifier(nn.Module):

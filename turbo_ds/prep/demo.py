@@ -30,6 +30,7 @@ DIRECTION_WORDS = {"up": "up", "down": "down", "left": "to the left", "right": "
 SPEEDS = {"slow": 1.5, "fast": 3.5}  # pixels per frame at 64 px, scaled with the frame size
 SPEED_WORDS = {"slow": "slowly", "fast": "quickly"}
 CLASS_NAMES = [f"{d}_{s}" for d in DIRECTIONS for s in SPEEDS]
+CLASS_TEXTS = [f"{DIRECTION_WORDS[d]} {SPEED_WORDS[s]}" for d in DIRECTIONS for s in SPEEDS]  # as captions say it
 COLOURS = {
     "red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 80, 230), "yellow": (235, 220, 50),
     "magenta": (210, 50, 200), "cyan": (60, 210, 220), "white": (245, 245, 245), "orange": (245, 140, 30),
@@ -127,7 +128,7 @@ def _write_demo_shard(args: tuple) -> None:
 
 
 def _generate(out: str | Path, num_train: int, num_val: int, settings, shard_size: int, workers: int, log,
-              make, class_names: list[str], task: str, build: dict) -> None:
+              make, class_names: list[str], class_texts: list[str], task: str, build: dict) -> None:
     """Render ``make(split, index, settings)`` samples into ``out/train`` and ``out/val``; resumable."""
     jobs, manifests = [], {}
     for split, count in (("train", num_train), ("val", num_val)):
@@ -145,7 +146,7 @@ def _generate(out: str | Path, num_train: int, num_val: int, settings, shard_siz
     with ProcessPoolExecutor(workers) as pool:
         list(pool.map(_write_demo_shard, jobs))
     for split, (folder, shards) in manifests.items():  # manifests last: they mark the folder complete
-        write_manifest(folder, task=task, shards=shards, class_names=class_names,
+        write_manifest(folder, task=task, shards=shards, class_names=class_names, class_texts=class_texts,
                        build={"tool": "turbo_ds.prep.demo", "settings": asdict(settings), "shard_size": shard_size,
                               **build})
 
@@ -153,7 +154,8 @@ def _generate(out: str | Path, num_train: int, num_val: int, settings, shard_siz
 def generate_demo(out: str | Path, num_train: int = 2048, num_val: int = 512, settings: DemoSettings = DemoSettings(),
                   shard_size: int = 128, workers: int = 2, log=print) -> None:
     """Write the action demo's ``out/train`` and ``out/val`` folders; rerunning resumes (complete shards are kept)."""
-    _generate(out, num_train, num_val, settings, shard_size, workers, log, make_sample, CLASS_NAMES, "action_cls", {})
+    _generate(out, num_train, num_val, settings, shard_size, workers, log, make_sample, CLASS_NAMES, CLASS_TEXTS,
+              "action_cls", {})
 
 
 # ------------------------------------------------------------------ long-video demo
@@ -165,6 +167,7 @@ LONG_SEQUENCES = [("up", "right", "down", "left"), ("right", "down", "left", "up
                   ("up", "left", "down", "right"), ("left", "down", "right", "up"),
                   ("down", "right", "up", "left"), ("right", "up", "left", "down")]
 LONG_CLASS_NAMES = ["-".join(seq) for seq in LONG_SEQUENCES]
+LONG_CLASS_TEXTS = [", then ".join(DIRECTION_WORDS[d] for d in seq) for seq in LONG_SEQUENCES]
 
 
 @dataclass(frozen=True)
@@ -238,4 +241,4 @@ def generate_long_demo(out: str | Path, num_train: int = 2048, num_val: int = 51
                        log=print) -> None:
     """Write the long-video demo's ``out/train`` and ``out/val`` dataset folders; rerunning resumes."""
     _generate(out, num_train, num_val, settings, shard_size, workers, log, make_long_sample, LONG_CLASS_NAMES,
-              "long_video", {"kind": "long"})
+              LONG_CLASS_TEXTS, "long_video", {"kind": "long"})

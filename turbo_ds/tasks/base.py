@@ -24,11 +24,46 @@ from turbo_ds.models.flops import num_weights, vit_flops
 Log = Callable[[str], None]
 
 
-class Task(ABC):
+class Evaluation(ABC):
+    """One pass over a validation set: the trainer reads ``eval_data`` with an eval stream delivering
+    ``clip_frames`` frames and ``targets`` per sample, calls ``eval_begin`` once, then ``eval_step`` per
+    batch (``eval_padding`` on ranks out of clips), then ``eval_metrics``; every key starts ``eval_prefix``.
+
+    A task is the evaluation of its own ``data.val``; ``Task.extra_evaluations`` adds others.
+    """
+
+    targets: Targets
+    "what the loader parses from each sample: class ids (``cls``) or captions (``txt``/json)"
+    clip_frames: int
+    "frames per sample the loader delivers"
+    eval_prefix: str = "eval/"
+    "prefix of this evaluation's metric keys (its skipped-sample counts included)"
+
+    @property
+    @abstractmethod
+    def eval_data(self) -> str:
+        """The dataset folder (or URL) evaluated."""
+
+    def eval_begin(self, model: nn.Module, dtype: torch.dtype) -> None:
+        """Before the first batch, on every rank (e.g. embed class prompts once per evaluation)."""
+
+    @abstractmethod
+    def eval_step(self, model: nn.Module, batch: dict[str, Any], dtype: torch.dtype) -> Any:
+        """This rank's outputs for one validation batch (kept until ``eval_metrics``)."""
+
+    @abstractmethod
+    def eval_padding(self, model: nn.Module, dtype: torch.dtype) -> None:
+        """A forward pass on a dummy sample, so a rank out of clips joins ZeRO-3's collectives."""
+
+    @abstractmethod
+    def eval_metrics(self, outputs: list[Any]) -> dict[str, Any]:
+        """Metrics over every rank's ``eval_step`` outputs (a collective: every rank calls it)."""
+
+
+class Task(Evaluation):
     """One trainable task. Subclasses set the class attributes and build ``model`` in ``__init__``."""
 
     targets: ClassVar[Targets]
-    "what the loader parses from each sample: class ids (``cls``) or captions (``txt``/json)"
     frames_key: ClassVar[str] = "model.num_frames"
     "the config key that holds the frames the loader delivers per sample (the planner grows it)"
     plannable: ClassVar[bool] = True
@@ -40,8 +75,6 @@ class Task(ABC):
     "what DeepSpeed trains: video batch (and captions) -> outputs for ``loss``"
     encoder: nn.Module
     "the Turbo video tower inside ``model`` (a ``VideoViT``)"
-    clip_frames: int
-    "frames per sample the loader delivers"
     tokens_total: int
     "space-time tokens per sample with every token kept"
     pretrained_report: Any = None
@@ -59,9 +92,9 @@ class Task(ABC):
             raise ConfigError(f"turbo.keep_ratio=auto: task={cfg.task} cannot be measured by the memory planner; "
                               "give turbo.keep_ratio as a number")
         pretrained = cfg.model.pretrained
-        if pretrained is not None and not Path(pretrained).exists():
+        if pretrained is not None and not Path(pretrained).exists() and not cfg.model.generate_demo_clip:
             raise ConfigError(f"model.pretrained={pretrained}: no such file or directory; give a local "
-                              "transformers VideoMAE directory or a VideoMAE .pth")
+                              "transformers VideoMAE or CLIP directory or a VideoMAE .pth")
 
     @classmethod
     def prepare(cls, cfg: Config, log: Log) -> None:
@@ -69,6 +102,10 @@ class Task(ABC):
         data = cfg.data
         if data.generate_demo and not all((Path(p) / MANIFEST).is_file() for p in (data.train, data.val)):
             cls.generate_demo(Path(data.train).parent, log)
+        if cfg.model.generate_demo_clip and cfg.model.pretrained and not Path(cfg.model.pretrained).exists():
+            from turbo_ds.prep.demo_clip import make_demo_clip
+
+            make_demo_clip(cfg.model.pretrained, data.train, **demo_clip_sizes(cfg), log=log)
 
     @classmethod
     def generate_demo(cls, out: Path, log: Log) -> None:
@@ -125,18 +162,25 @@ class Task(ABC):
 
     # ---------------------------------------------------------- evaluation
 
-    @abstractmethod
-    def eval_step(self, model: nn.Module, batch: dict[str, Any], dtype: torch.dtype) -> Any:
-        """This rank's outputs for one validation batch (kept until ``eval_metrics``)."""
+    @property
+    def eval_data(self) -> str:
+        return self.cfg.data.val
 
     @torch.no_grad()
     def eval_padding(self, model: nn.Module, dtype: torch.dtype) -> None:
-        """A forward pass on a dummy sample, so a rank out of clips joins ZeRO-3's collectives."""
         model(dummy_clip(model, self.clip_frames, self.cfg.model.img_size, dtype))
 
-    @abstractmethod
-    def eval_metrics(self, outputs: list[Any]) -> dict[str, Any]:
-        """Metrics over every rank's ``eval_step`` outputs (a collective: every rank calls it)."""
+    def extra_evaluations(self) -> list[Evaluation]:
+        """Further validation sets evaluated at every eval (e.g. zero-shot classification)."""
+        return []
+
+
+def demo_clip_sizes(cfg: Config) -> dict[str, int]:
+    """``make_demo_clip``'s sizes, from the recipe, so that the demo CLIP folder fits it."""
+    m, x = cfg.model, cfg.text
+    return {"width": m.width, "depth": m.depth, "heads": m.heads, "mlp_ratio": m.mlp_ratio, "patch_size": m.patch_size,
+            "image_size": m.img_size, "text_width": x.width, "text_depth": x.depth, "text_heads": x.heads,
+            "text_positions": x.max_length, "embed_dim": x.embed_dim, "vocab_size": x.tokenizer_vocab_size}
 
 
 def dummy_clip(model: nn.Module, frames: int, size: int, dtype: torch.dtype) -> torch.Tensor:

@@ -17,6 +17,21 @@ from turbo_ds.engine.distributed import all_reduce_sum
 from turbo_ds.tasks.mixup import mix_batch, soft_targets
 
 
+def topk_hits(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(top-1 hits, top-5 hits, clips) of class scores (B, classes) against labels (B,): a (3,) tensor on their
+    device (no host sync per batch)."""
+    top5 = scores.topk(min(5, scores.shape[1]), dim=1).indices  # (B, 5)
+    hits = top5 == labels[:, None]  # (B, 5)
+    return torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(), hits.new_tensor(len(scores), dtype=torch.long)])
+
+
+def accuracy(outputs: list[torch.Tensor]) -> tuple[float, float, int]:
+    """Top-1, top-5 and clips over every rank's ``topk_hits`` (a collective)."""
+    local = torch.stack(outputs).sum(0).tolist() if outputs else [0.0] * 3
+    correct1, correct5, count = all_reduce_sum(local)
+    return correct1 / max(count, 1), correct5 / max(count, 1), int(count)
+
+
 def class_names(cfg: Config, manifest: dict[str, Any]) -> list[str]:
     if not manifest.get("class_names"):
         raise ConfigError(f"data.train={cfg.data.train}: its manifest has no class_names; rebuild the shards with "
@@ -52,17 +67,12 @@ class Classification:
         return probs.unflatten(0, (-1, views)).mean(1)  # (B*V, classes) -> (B, classes)
 
     def eval_step(self, model: nn.Module, batch: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-        """(top-1 hits, top-5 hits, videos) of one batch, (3,) on the model's device (no host sync per batch)."""
-        scores = self.scores(model, batch["video"], dtype)  # (B, classes)
-        top5 = scores.topk(min(5, scores.shape[1]), dim=1).indices  # (B, 5)
-        hits = top5 == batch["label"][:, None]  # (B, 5)
-        return torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(), hits.new_tensor(len(scores), dtype=torch.long)])
+        return topk_hits(self.scores(model, batch["video"], dtype), batch["label"])
 
     def eval_metrics(self, outputs: list[torch.Tensor]) -> dict[str, Any]:
-        local = torch.stack(outputs).sum(0).tolist() if outputs else [0.0] * 3
-        correct1, correct5, count = all_reduce_sum(local)
-        return {"eval/top1": correct1 / max(count, 1), "eval/top5": correct5 / max(count, 1),
-                "eval/num_clips": int(count), "num_classes": self.num_classes, "eval/chance": 1 / self.num_classes}
+        top1, top5, count = accuracy(outputs)
+        return {"eval/top1": top1, "eval/top5": top5, "eval/num_clips": count, "num_classes": self.num_classes,
+                "eval/chance": 1 / self.num_classes}
 
     def synthetic_labels(self, micro: int, device: torch.device | str) -> torch.Tensor:
         return torch.randint(0, self.num_classes, (micro,), device=device)  # (B,)

@@ -1,5 +1,10 @@
 """Video-language contrastive learning: video ViT (Turbo) + text Transformer, symmetric InfoNCE
-over the global batch, text<->video retrieval at evaluation.
+over the global batch, text<->video retrieval at evaluation (plus, with ``eval.dsl``, after
+dual-softmax re-scoring) and, with ``eval.zero_shot_data``, zero-shot action recognition.
+
+Both towers may start from one CLIP folder (``model.arch: clip``, ``model.pretrained`` and
+``text.pretrained`` the same folder, whose tokenizer is then the text tokenizer): CLIP's
+projections and logit scale load too (``turbo_ds.models.clip``).
 
 Negatives are global: each rank gathers every rank's embeddings (with gradients) and
 computes the loss of the whole global batch, so R ranks x b clips train exactly like one
@@ -18,15 +23,17 @@ import torch
 import torch.nn.functional as F
 
 from turbo_ds.config import Config, ConfigError, TextConfig
-from turbo_ds.data.tokenizer import TextTokenizer, load_tokenizer
+from turbo_ds.data.tokenizer import HFTokenizer, TextTokenizer, load_tokenizer
 from turbo_ds.engine.distributed import all_reduce_sum
 from turbo_ds.engine.gather import all_gather_objects, all_gather_with_grad
+from turbo_ds.models.clip import load_clip_heads
 from turbo_ds.models.flops import num_weights, transformer_flops, vit_flops
 from turbo_ds.models.pretrained import load_pretrained
 from turbo_ds.models.text import TextEncoder, VideoTextModel
 from turbo_ds.models.vit import VideoViT
-from turbo_ds.tasks.base import Log, Task, dummy_clip
+from turbo_ds.tasks.base import Evaluation, Log, Task, dummy_clip
 from turbo_ds.tasks.retrieval import retrieval_metrics
+from turbo_ds.tasks.zero_shot import ZeroShot
 
 COUNTERS = ("captions", "truncated_captions", "empty_captions")
 
@@ -41,6 +48,11 @@ def contrastive_loss(video: torch.Tensor, text: torch.Tensor, logit_scale: torch
 # ------------------------------------------------------------------ tokenizer
 
 
+def tokenizer_path(text: TextConfig) -> str | None:
+    """text.tokenizer, or else the text model's own folder (a CLIP or BERT folder holds its tokenizer)."""
+    return text.tokenizer or text.pretrained
+
+
 def tokenizer_exists(path: str) -> bool:
     """A tokenizer folder or file at ``path``, or a sentencepiece model at ``path.model``."""
     return Path(path).exists() or Path(path + ".model").is_file()
@@ -50,7 +62,7 @@ def prepare_tokenizer(cfg: Config, log: Log = print) -> None:
     """Rank 0, before the task is built: train the sentencepiece tokenizer on data.train's captions when
     ``text.train_tokenizer_if_missing`` and it does not exist yet. Atomic: a run killed mid-way leaves none."""
     text = cfg.text
-    if tokenizer_exists(text.tokenizer) or not text.train_tokenizer_if_missing:
+    if text.tokenizer is None or tokenizer_exists(text.tokenizer) or not text.train_tokenizer_if_missing:
         return
     from turbo_ds.prep.tokenizer_trainer import read_captions, train  # the same trainer as the command line
 
@@ -65,21 +77,40 @@ def prepare_tokenizer(cfg: Config, log: Log = print) -> None:
 
 def build_tokenizer(text: TextConfig) -> TextTokenizer:
     try:
-        return load_tokenizer(text.tokenizer)
+        return load_tokenizer(tokenizer_path(text))
     except (ValueError, OSError) as e:  # the message names the path and the command that builds it
-        raise ConfigError(f"text.tokenizer={text.tokenizer}: {e}") from e
+        raise ConfigError(f"text.tokenizer={tokenizer_path(text)}: {e}") from e
 
 
 def check_text_model(text: TextConfig, encoder: TextEncoder, tokenizer: TextTokenizer) -> None:
     """A tokenizer whose ids the text model does not embed trains garbage (or crashes on a GPU): stop now."""
     if tokenizer.vocab_size != encoder.vocab_size:
         raise ConfigError(
-            f"text.tokenizer={text.tokenizer} has {tokenizer.vocab_size} tokens but text.pretrained={text.pretrained} "
-            f"embeds {encoder.vocab_size}; use the tokenizer saved with that model (its folder works as "
-            "text.tokenizer), or drop text.pretrained to train a new text encoder on this tokenizer")
+            f"text.tokenizer={tokenizer_path(text)} has {tokenizer.vocab_size} tokens but "
+            f"text.pretrained={text.pretrained} embeds {encoder.vocab_size}; use the tokenizer saved with that model "
+            "(its folder works as text.tokenizer), or drop text.pretrained to train a new text encoder on this tokenizer")
     if text.max_length > encoder.max_positions:
         raise ConfigError(f"text.max_length={text.max_length}: text.pretrained={text.pretrained} has only "
                           f"{encoder.max_positions} positions")
+    if encoder.causal and text.pooling != "eos":  # the first token of a causal model sees nothing else
+        raise ConfigError(f"text.pooling={text.pooling}: text.pretrained={text.pretrained} is a causal CLIP text "
+                          "tower whose caption feature is the eos token's output; set text.pooling=eos")
+
+
+def build_model(cfg: Config, tokenizer: TextTokenizer, weights: bool = True) -> tuple[VideoTextModel, str | None]:
+    """The dual encoder of ``cfg`` and what loading pretrained weights did (to log), or None.
+
+    ``weights=False``: the architecture only, for a caller that loads trained weights over it (model.pretrained
+    and CLIP's heads are not read; a text.pretrained folder still gives the text tower its shape).
+    """
+    encoder = VideoViT(cfg.model, cfg.turbo)
+    video, text_folder = (cfg.model.pretrained, cfg.text.pretrained) if weights else (None, None)
+    report = [str(load_pretrained(encoder, video))] if video else []
+    text = TextEncoder(cfg.text, tokenizer.vocab_size, tokenizer.pad_id)
+    check_text_model(cfg.text, text, tokenizer)
+    model = VideoTextModel(encoder, text, cfg.text.embed_dim, cfg.text.temperature)
+    report += [f"  note: {note}" for note in load_clip_heads(model, video, text_folder)]
+    return model, "\n".join(report) or None
 
 
 # ----------------------------------------------------------------------- task
@@ -95,12 +126,13 @@ class VideoLanguage(Task):
         super().__init__(cfg, manifest)
         self.clip_frames = cfg.model.num_frames
         self.tokenizer = build_tokenizer(cfg.text)
-        self.encoder = VideoViT(cfg.model, cfg.turbo)
-        self.pretrained_report = load_pretrained(self.encoder, cfg.model.pretrained) if cfg.model.pretrained else None
-        text = TextEncoder(cfg.text, self.tokenizer.vocab_size, self.tokenizer.pad_id)
-        check_text_model(cfg.text, text, self.tokenizer)
-        self.model = VideoTextModel(self.encoder, text, cfg.text.embed_dim, cfg.text.temperature)
+        self.model, self.pretrained_report = build_model(cfg, self.tokenizer)
+        self.encoder = self.model.video
         self.tokens_total = self.encoder.num_tokens
+        self.zero_shot = None
+        if cfg.eval.zero_shot_data:
+            self.zero_shot = ZeroShot(cfg.eval.zero_shot_data, cfg.eval.zero_shot_templates, self.tokenizer,
+                                      cfg.text.max_length, self.clip_frames, cfg.model.img_size)
         self.train_counts, self.eval_counts = dict.fromkeys(COUNTERS, 0), dict.fromkeys(COUNTERS, 0)
 
     @classmethod
@@ -108,15 +140,16 @@ class VideoLanguage(Task):
         """A tokenizer (or permission to train one) and, if given, a local text model folder."""
         super().check_config(cfg)
         x = cfg.text
-        if x.tokenizer is None:
+        if tokenizer_path(x) is None:
             raise ConfigError("text.tokenizer: required by task=video_language; give a sentencepiece .model or a "
-                              "transformers tokenizer folder")
-        if not tokenizer_exists(x.tokenizer) and not x.train_tokenizer_if_missing:
+                              "transformers tokenizer folder (or a text.pretrained folder that holds one)")
+        if x.tokenizer is not None and not tokenizer_exists(x.tokenizer) and not x.train_tokenizer_if_missing:
             prefix = x.tokenizer.removesuffix(".model")
             raise ConfigError(f"text.tokenizer={x.tokenizer}: no such file; build it with python "
                               f"data_prep/train_tokenizer.py --out {prefix} --shards {cfg.data.train}, set "
                               "text.train_tokenizer_if_missing=true, or give a local transformers tokenizer folder")
-        if x.pretrained is not None and not (Path(x.pretrained) / "config.json").is_file():
+        generated = cfg.model.generate_demo_clip and x.pretrained == cfg.model.pretrained  # written by prepare
+        if x.pretrained is not None and not (Path(x.pretrained) / "config.json").is_file() and not generated:
             raise ConfigError(f"text.pretrained={x.pretrained}: no config.json there; give a local transformers "
                               "model folder (model.save_pretrained(DIR))")
 
@@ -126,11 +159,12 @@ class VideoLanguage(Task):
         prepare_tokenizer(cfg, log)
 
     def export_assets(self, out: Path) -> dict[str, str]:
-        """The tokenizer (file or folder, as trained with) and the text tower as a transformers folder
-        (``text_encoder/``: config + weights, loads with ``AutoModel``), which also rebuilds its architecture."""
-        source = Path(self.cfg.text.tokenizer)
-        if source.is_dir():
-            shutil.copytree(source, out / "tokenizer")
+        """The tokenizer (a sentencepiece file or a transformers tokenizer folder, as trained with) and the text
+        tower as a transformers folder (``text_encoder/``: config + weights, loads with ``AutoModel``, or
+        ``CLIPTextModel`` for a CLIP tower), which also rebuilds its architecture."""
+        source = Path(tokenizer_path(self.cfg.text))
+        if isinstance(self.tokenizer, HFTokenizer):  # the tokenizer's own files: its folder may hold a whole CLIP
+            self.tokenizer.tok.save_pretrained(out / "tokenizer")
             tokenizer = "tokenizer"
         else:
             shutil.copyfile(source if source.is_file() else source.with_name(source.name + ".model"),
@@ -142,6 +176,9 @@ class VideoLanguage(Task):
     @property
     def tokens_kept(self) -> int:
         return self.encoder.turbo.num_kept(training=True)
+
+    def extra_evaluations(self) -> list[Evaluation]:
+        return [self.zero_shot] if self.zero_shot else []
 
     def forward_flops(self) -> float:
         """The video tower on its kept tokens, the text tower on ``text.max_length`` tokens (captions are padded to
@@ -180,10 +217,11 @@ class VideoLanguage(Task):
         video = batch["video"].to(dtype)
         b = len(batch["captions"])
         # One model call with both towers per batch, so ZeRO-3's parameter gathers match across ranks.
-        v, t, _ = model(video=video.flatten(0, 1) if video.ndim == 6 else video,  # (b*V, C, T, H, W)
-                        input_ids=ids.to(video.device), attention_mask=mask.to(video.device))
+        v, t, scale = model(video=video.flatten(0, 1) if video.ndim == 6 else video,  # (b*V, C, T, H, W)
+                            input_ids=ids.to(video.device), attention_mask=mask.to(video.device))
         v = F.normalize(v.view(b, -1, v.shape[-1]).mean(dim=1), dim=-1)  # (b, V, E) -> (b, E)
-        return {"video": v, "text": t[: len(captions)], "owner": owner}  # embeddings stay on the device
+        # Embeddings (and the logit scale, for DSL) stay on the device: no host sync per batch.
+        return {"video": v, "text": t[: len(captions)], "owner": owner, "scale": scale.detach()}
 
     def encode_placeholder(self) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask, _ = self.tokenizer.encode([""], self.cfg.text.max_length)  # (1, L) each, not counted
@@ -199,12 +237,15 @@ class VideoLanguage(Task):
     def eval_metrics(self, outputs: list[dict[str, Any]]) -> dict[str, Any]:
         """Gather every rank's embeddings, then text->video and video->text retrieval over the whole set."""
         local = [{k: v.cpu() for k, v in o.items()} for o in outputs]  # gathered as objects: from host memory
-        videos, texts, owner = stack_batches([o for part in all_gather_objects(local) for o in part])
-        metrics = retrieval_metrics(texts @ videos.T, owner)  # (Q, V) cosine similarities
+        batches = [o for part in all_gather_objects(local) for o in part]
+        videos, texts, owner = stack_batches(batches)
+        dsl_scale = float(batches[0]["scale"]) if self.cfg.eval.dsl else None  # the model's logit scale
+        metrics = retrieval_metrics(texts @ videos.T, owner, dsl_scale)  # (Q, V) cosine similarities
         counts = all_reduce_sum([self.eval_counts[k] for k in COUNTERS])
         self.eval_counts = dict.fromkeys(COUNTERS, 0)
-        return {**{f"eval/{k}": v for k, v in metrics.items()}, "eval/num_videos": len(videos),
-                "eval/num_captions": len(texts), "eval/chance_r1": 1 / len(videos),
+        # The counts first: they say which protocol the numbers are comparable with (1k-A: 1000 and 1000).
+        return {"eval/num_videos": len(videos), "eval/num_captions": len(texts),
+                **{f"eval/{k}": v for k, v in metrics.items()}, "eval/chance_r1": 1 / len(videos),
                 "eval/truncated_captions": int(counts[1]), "eval/empty_captions": int(counts[2])}
 
 
