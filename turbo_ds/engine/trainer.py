@@ -14,7 +14,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from turbo_ds.config import BatchPlan, Config, DeepSpeedConfig
 from turbo_ds.data.pipeline import EvalStream, TrainStream, make_loader
 from turbo_ds.engine.checkpoint import CheckpointManager
-from turbo_ds.engine.distributed import DistInfo, all_reduce_sum, any_rank
+from turbo_ds.engine.distributed import DistInfo, all_reduce_sum, any_rank, set_collective_timeout
 from turbo_ds.engine.gather import all_gather_objects
 from turbo_ds.engine.metrics import RunLog, peak_memory_mb, progress_bar
 from turbo_ds.models.vit import VideoViT
@@ -141,9 +141,10 @@ class Trainer:
         batches = iter(make_loader(stream, cfg.data.num_workers))
         self.log.info(f"training steps {self.step + 1}..{total}: {self.plan.micro} clips x {self.plan.accumulation} "
                       f"accumulation x {self.plan.world} ranks = {self.plan.global_size} clips/step, "
-                      f"{self.task.tokens_kept}/{self.task.tokens_total} tokens kept, dtype {self.dtype}")
+                      f"{self.task.tokens_kept}/{self.task.tokens_total} tokens kept, dtype {self.dtype}, "
+                      f"collective timeout {cfg.train.collective_timeout_s:g} s from the first step")
         bar = progress_bar(total, self.step, self.dist.is_main)
-        window = LogWindow()
+        window, started = LogWindow(), self.step
         self.engine.train()
         while self.step < total:
             self.step += 1
@@ -160,6 +161,8 @@ class Trainer:
                 window.micro_steps += 1
             window.steps += 1
             bar.update(1)
+            if self.step == started + 1:  # start-up skew is over: from now on a silent peer is a lost one
+                set_collective_timeout(cfg.train.collective_timeout_s)
             if self.step % cfg.train.log_every == 0 or self.step == total:
                 self._log_train(window)
                 window = LogWindow()
