@@ -13,9 +13,9 @@ step_X.partial/, rank 0 renames it), and reports:
   model_b_per_p   (rank 0's model-states file) / P; optim_b_per_p: all optimizer files / P
 
 and the same layout computed for --at-ranks (default 512 = 64 nodes x 8 GPUs) from the
-measured bytes per parameter: stage 0 puts weights and optimizer state in one file on rank 0;
-stages 1-2 write bf16 weights on rank 0 and 1/R of the fp32 master + AdamW moments on every
-rank; stage 3 also splits the weights.
+measured files: stage 0 puts weights and optimizer state in one file on rank 0; stages 1-2
+write bf16 weights on rank 0 and 1/R of the fp32 master + AdamW moments on every rank;
+stage 3 writes only the 1/R optimizer shards (the bf16 weights are rebuilt from them).
 
     python bench/checkpoint_cost.py                               # ViT-B/16, 2 CPU ranks, stages 0-3
     python bench/checkpoint_cost.py --width 128 --depth 2 --heads 4 --size 64 --stages 0 3 --json out.json
@@ -69,7 +69,8 @@ def worker(args: argparse.Namespace) -> None:
     run_dir = args.out.parent / f"run_zero{args.worker}"
     cfg = load_config("configs/demo_action_cls.yaml", [
         f"run_dir={run_dir}", f"model.width={args.width}", f"model.depth={args.depth}", f"model.heads={args.heads}",
-        f"model.num_frames={args.frames}", f"model.img_size={args.size}", "model.patch_size=16", "data.generate_demo=false"])
+        f"model.num_frames={args.frames}", f"model.img_size={args.size}", "model.patch_size=16",
+        "data.generate_demo=false"])
     raw = json.loads((REPO / "ds_configs" / f"zero{args.worker}_bf16.json").read_text())
     ds = DeepSpeedConfig({**raw, "train_micro_batch_size_per_gpu": 1})
     dist_info = init_distributed()
@@ -94,7 +95,7 @@ def worker(args: argparse.Namespace) -> None:
                                         "save_s": save_s, "files": files}))
 
 
-def rank_bytes(files: dict[str, int], ranks: int, stage: int) -> list[int]:
+def rank_bytes(files: dict[str, int], ranks: int) -> list[int]:
     """Bytes each rank wrote, from DeepSpeed's file names (zero_pp_rank_R / bf16_zero_pp_rank_R ...)."""
     out = [0] * ranks
     for name, size in files.items():
@@ -104,11 +105,12 @@ def rank_bytes(files: dict[str, int], ranks: int, stage: int) -> list[int]:
 
 
 def computed(result: dict, at: int) -> dict:
-    """Bytes per rank at ``at`` ranks from the measured bytes per parameter (see the module doc)."""
-    p, stage, files = result["params"], result["stage"], result["files"]
+    """Bytes per rank at ``at`` ranks from the measured files (see the module doc)."""
+    stage, files = result["stage"], result["files"]
     model = sum(s for n, s in files.items() if "optim" not in n and "zero_pp_rank" not in n)  # rank 0's file
     optim = sum(s for n, s in files.items() if "optim" in n)  # every rank's shard together
-    shards = sum(s for n, s in files.items() if "zero_pp_rank" in n and "optim" not in n)  # ZeRO-3 weights
+    # ZeRO-3: every rank's (small) model-states file
+    shards = sum(s for n, s in files.items() if "zero_pp_rank" in n and "optim" not in n)
     if stage == 0:
         return {"rank0": model, "other": 0}
     if stage in (1, 2):
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
             if proc.returncode != 0 or not out.is_file():
                 sys.exit(f"zero{stage}: the measurement failed\n{proc.stderr[-3000:]}")
             r = json.loads(out.read_text())
-            r["rank_bytes"] = rank_bytes(r["files"], r["ranks"], stage)
+            r["rank_bytes"] = rank_bytes(r["files"], r["ranks"])
             r["model_b_per_p"] = r["files"].get("mp_rank_00_model_states.pt", 0) / r["params"]
             r["optim_b_per_p"] = sum(s for n, s in r["files"].items() if "optim" in n) / r["params"]
             r[f"computed_at_{args.at_ranks}"] = computed(r, args.at_ranks)

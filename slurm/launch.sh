@@ -50,10 +50,13 @@
 # has exited and the signal was USR1 and $RUN_DIR/COMPLETED (written by the trainer at
 # the end of training) does not exist, the job requeues itself with `scontrol requeue`.
 # TERM (scancel, preemption by Slurm, which requeues by itself) never requeues.
-# A lost node: the ranks left wait at most train.collective_timeout_s in a collective, then
-# exit with an error; srun ends (--kill-on-bad-exit) and, when this job wrote a checkpoint
-# (so a failure that recurs before the next one cannot loop) and may be requeued, the job
-# requeues itself and resumes from that checkpoint, losing at most train.ckpt_every steps.
+# A lost node: the ranks left give up after train.collective_timeout_s in a collective and
+# exit 1; srun waits for the dead node's tasks until Slurm declares the node DOWN
+# (SlurmdTimeout), then Slurm ends the job (NODE_FAIL) and requeues it (--requeue). Ranks
+# that fail while their nodes stay up end srun at once (--kill-on-bad-exit); then, if this
+# job wrote a checkpoint (so a failure that recurs before the next one cannot loop) and may
+# be requeued, it requeues itself. Either way it resumes from the newest complete
+# checkpoint, losing at most train.ckpt_every steps.
 # A requeued job waits ~120 s in PENDING before it may start again (Slurm's requeue
 # BeginTime); `scontrol update JobId=N StartTime=now` skips the wait (send it >= 2 s after
 # the requeue, else slurmd refuses the relaunch: "Job credential revoked"). `--signal` may

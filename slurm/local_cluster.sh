@@ -108,6 +108,11 @@ live_pid() {
     pid_of "$1" "$(pidfile "$1" "${2:-}")"
 }
 
+# "slurmd node1", or "munged" for a host daemon (node "-")
+label() {
+    if [[ $2 == - ]]; then echo "$1"; else echo "$1 $2"; fi
+}
+
 # "daemon node" pairs in start order ("-": a host daemon); stop goes in reverse
 daemons() {
     echo "munged -"
@@ -319,14 +324,14 @@ start_daemon() {
             "$DIR/hosts" "$node" "$@"
     fi
     # stdio to a file: a daemon must never hold the caller's pipes open
-    "$@" </dev/null >>"$DIR/log/$name${node#-}.stdout" 2>&1 ||
-        { dump_logs; die "$name ${node#-} failed to start"; }
+    "$@" </dev/null >>"$DIR/log/$name$([[ $node == - ]] || echo ".$node").stdout" 2>&1 ||
+        { dump_logs; die "$(label "$name" "$node") failed to start"; }
     for ((i = 0; i < 100; i++)); do
         [[ -z $(live_pid "$name" "$node") ]] || return 0
         sleep 0.1
     done
     dump_logs
-    die "$name ${node#-} did not write a live pid to $(pidfile "$name" "$node")" \
+    die "$(label "$name" "$node") did not write a live pid to $(pidfile "$name" "$node")" \
         "(ports $CTLD_PORT/$SLURMD_PORT in use? see LOCAL_SLURM_*_PORT)"
 }
 
@@ -339,7 +344,7 @@ wait_nodes_up() {
             return 0
         fi
         while read -r d n; do
-            [[ -n $(live_pid "$d" "$n") ]] || { dump_logs; die "$d ${n#-} exited during start-up"; }
+            [[ -n $(live_pid "$d" "$n") ]] || { dump_logs; die "$(label "$d" "$n") exited during start-up"; }
         done < <(daemons)
         sleep 0.5
     done
@@ -416,7 +421,7 @@ stop_one() {
     local quiet=$1 d=$2 n=$3 pid i
     pid=$(live_pid "$d" "$n")
     if [[ -z $pid ]]; then
-        [[ -n $quiet ]] || log "$d ${n#-} not running"
+        [[ -n $quiet ]] || log "$(label "$d" "$n") not running"
         rm -f "$(pidfile "$d" "$n")"
         return 0
     fi
@@ -426,11 +431,11 @@ stop_one() {
         sleep 0.1
     done
     if [[ -n $(live_pid "$d" "$n") ]]; then
-        log "$d ${n#-} ($pid) ignored SIGTERM, sending SIGKILL"
+        log "$(label "$d" "$n") ($pid) ignored SIGTERM, sending SIGKILL"
         kill -KILL "$pid" 2>/dev/null || true
         sleep 0.2
     fi
-    [[ -n $quiet ]] || log "stopped $d ${n#-} ($pid)"
+    [[ -n $quiet ]] || log "stopped $(label "$d" "$n") ($pid)"
     rm -f "$(pidfile "$d" "$n")"
 }
 
@@ -452,7 +457,7 @@ status() {
     local d n rc=0 pid
     while read -r d n; do
         pid=$(live_pid "$d" "$n")
-        if [[ -n $pid ]]; then echo "$d ${n#-} running ($pid)"; else echo "$d ${n#-} not running"; rc=1; fi
+        if [[ -n $pid ]]; then echo "$(label "$d" "$n") running ($pid)"; else echo "$(label "$d" "$n") not running"; rc=1; fi
     done < <(daemons)
     return $rc
 }

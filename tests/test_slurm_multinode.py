@@ -174,7 +174,8 @@ def test_preemption_checkpoints_every_rank_on_both_nodes(two_nodes, tiny_demo, t
     text = out.read_text()
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", text[-3000:]
     # LOCAL_SIZE 2 of world 4: the shm collectives stay off although the namespaces share /dev/shm
-    assert text.count("4 rank(s) on 2 host(s): node1: 0 1 | node2: 2 3 | DeepSpeed shm buffers mapped by rank 0: 0") == 2
+    layout = "4 rank(s) on 2 host(s): node1: 0 1 | node2: 2 3 | DeepSpeed shm buffers mapped by rank 0: 0"
+    assert text.count(layout) == 2
     assert text.count("node node2: node rank 1, ranks 2,3 of 4 (LOCAL_SIZE=2), master node1:") == 2
     stopped = int(re.search(r"stopping at step (\d+) on SIGUSR1", text).group(1))
     resumed = int(re.search(r"resuming from checkpoint \S+ at step (\d+)", text).group(1))

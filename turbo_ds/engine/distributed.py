@@ -14,6 +14,8 @@ import torch.distributed as dist
 
 from turbo_ds.config import ConfigError
 
+SHM_BUFFER = "deepspeed_allreduce_buffer"  # DeepSpeed's CPU allreduce buffers: /dev/shm/<this>_<uid>_<addr>_<port>_<r>
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -73,7 +75,8 @@ def init_distributed() -> DistInfo:
 def _all_hosts(backend: str) -> tuple[str, ...]:
     """``socket.gethostname()`` of every rank, by rank (objects travel over gloo, also under NCCL)."""
     hosts: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(hosts, socket.gethostname(), group=None if backend == "gloo" else dist.new_group(backend="gloo"))
+    group = None if backend == "gloo" else dist.new_group(backend="gloo")
+    dist.all_gather_object(hosts, socket.gethostname(), group=group)
     return tuple(hosts)
 
 
@@ -128,9 +131,6 @@ def shm_buffers_mapped() -> int:
     except OSError:
         return 0
     return len({line.split(maxsplit=5)[5] for line in maps.splitlines() if SHM_BUFFER in line})  # 6th field: the path
-
-
-SHM_BUFFER = "deepspeed_allreduce_buffer"
 
 
 def _unlink_shm_buffer(rank: int) -> None:
