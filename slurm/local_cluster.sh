@@ -158,7 +158,6 @@ ensure_installed() {
 }
 
 check_node_count() {
-    [[ $NODES =~ ^[0-9]+$ ]] && ((NODES >= 1)) || die "--nodes $NODES: must be a whole number >= 1"
     ((NODES <= 253)) || die "--nodes $NODES: at most 253 (the nodes' addresses are one /24 subnet)"
     local avail_mb per_mb=${LOCAL_SLURM_NODE_MB:-64}
     avail_mb=$(($(sed -n 's/^MemAvailable: *\([0-9]*\) kB/\1/p' /proc/meminfo) / 1024))
@@ -352,6 +351,17 @@ wait_nodes_up() {
     die "nodes not up after ${TIMEOUT}s (sinfo: $(echo ${states:-no answer}))"
 }
 
+# Node-to-node traffic crosses the bridge (node-to-controller traffic only reaches the host):
+# node1 opens a TCP connection to every other node's slurmd.
+check_node_links() {
+    local k
+    for ((k = 2; k <= NODES; k++)); do
+        timeout 5 nsenter --net="/run/netns/$(netns node1)" bash -c "exec 3<>/dev/tcp/$SUBNET.$k/$SLURMD_PORT" 2>/dev/null ||
+            die "node1 cannot reach node$k ($SUBNET.$k:$SLURMD_PORT) over bridge $BRIDGE; if br_netfilter is" \
+                "loaded (/proc/sys/net/bridge/bridge-nf-call-iptables = 1), a FORWARD rule may drop bridged traffic"
+    done
+}
+
 start() {
     load_layout
     check_node_count
@@ -395,6 +405,7 @@ start() {
     done
     export SLURM_CONF=$DIR/slurm.conf
     wait_nodes_up
+    check_node_links
     trap - EXIT
     log "running in $DIR: $NODES node(s) (${NAMES[*]}); source $DIR/env.sh, then sinfo / sbatch / srun"
 }
@@ -495,6 +506,7 @@ while (($#)); do
     esac
 done
 [[ $CMD != kill-node || -n $NODE ]] || { usage >&2; exit 2; }
+[[ -z $WANT_NODES || $WANT_NODES =~ ^[1-9][0-9]*$ ]] || die "--nodes $WANT_NODES: must be a whole number >= 1"
 if [[ $CMD == start ]]; then mkdir -p "$ARG_DIR" || die "cannot create $ARG_DIR"; fi
 DIR=$(realpath -m "$ARG_DIR")
 CTLD_PORT=${LOCAL_SLURM_CTLD_PORT:-6817}

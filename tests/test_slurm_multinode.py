@@ -165,7 +165,7 @@ def test_two_nodes_train_like_one(two_nodes, tiny_demo, tmp_path):
 def test_preemption_checkpoints_every_rank_on_both_nodes(two_nodes, tiny_demo, tmp_path):
     """2 nodes x 2 ranks, ZeRO-2 (each rank writes its optimizer shard): USR1 to the batch shell makes all
     4 ranks checkpoint the same step; the job requeues and resumes; every step is logged once."""
-    steps, out, run_dir = 20, tmp_path / "job.out", tmp_path / "run"
+    steps, out, run_dir = 12, tmp_path / "job.out", tmp_path / "run"
     jobid = _submit(two_nodes, out, run_dir, tiny_demo, 2, 2, f"train.steps={steps}", f"train.eval_every={steps}",
                     "train.ckpt_every=100", ds_config="ds_configs/zero2_bf16.json")
     two_nodes.wait_for("training to reach step 3", _output_has(out, "step 3/"), 300, out)
@@ -193,7 +193,7 @@ def test_lost_node_ends_the_job_and_a_resubmission_resumes(two_nodes, tiny_demo,
     """kill-node: node2's link goes down and every process on it gets SIGKILL. The rank left on node1
     gives up after train.collective_timeout_s, Slurm declares node2 DOWN after SlurmdTimeout and
     ends (requeues) the job; the newest complete checkpoint resumes, losing < train.ckpt_every steps."""
-    steps, every = 24, 3
+    steps, every = 16, 3
     sets = (f"train.steps={steps}", f"train.eval_every={steps}", f"train.ckpt_every={every}",
             f"train.collective_timeout_s={COLLECTIVE_TIMEOUT_S}")
     out, out2, run_dir = tmp_path / "job.out", tmp_path / "again.out", tmp_path / "run"

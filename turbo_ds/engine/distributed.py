@@ -81,7 +81,7 @@ def _all_hosts(backend: str) -> tuple[str, ...]:
 
 
 def check_local_size(hosts: tuple[str, ...], rank: int) -> None:
-    """LOCAL_SIZE (the launcher's ranks per node) must count the ranks on this host; unset, it is set.
+    """LOCAL_SIZE (the launcher's ranks per node) must count the ranks on this host; unset, it is set (world > 1).
 
     DeepSpeed's CPU collectives use shared memory when LOCAL_SIZE equals the world size:
     each rank then waits for every other rank's /dev/shm buffer, which ranks on another host
@@ -93,7 +93,8 @@ def check_local_size(hosts: tuple[str, ...], rank: int) -> None:
         raise ConfigError(f"LOCAL_SIZE={given}: rank {rank}'s host {hosts[rank]} runs {len(here)} of the {len(hosts)} "
                           f"ranks ({' '.join(map(str, here))}); set LOCAL_SIZE/LOCAL_WORLD_SIZE to the ranks per node "
                           "(slurm/launch.sh does) or unset them")
-    os.environ["LOCAL_SIZE"] = str(len(here))
+    if len(hosts) > 1:  # one rank needs no shared-memory collectives (DeepSpeed would map a 66 MB buffer)
+        os.environ["LOCAL_SIZE"] = str(len(here))
 
 
 def set_collective_timeout(seconds: float) -> None:
