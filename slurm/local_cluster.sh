@@ -285,7 +285,7 @@ setup_net() {
 
 # Every namespace and the bridge of DIR, whatever the node count (names follow from DIR).
 teardown_net() {
-    local ns pid i
+    local ns pid link i
     for ns in $(ip netns list 2>/dev/null | awk -v p="$NS_PREFIX" 'index($1, p) == 1 {print $1}'); do
         # job steps and ranks that outlived their slurmd: this cluster's processes
         for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
@@ -295,15 +295,21 @@ teardown_net() {
         done
         ip netns del "$ns" || log "warning: could not delete network namespace $ns"
     done
-    if ip link show "$BRIDGE" >/dev/null 2>&1; then
-        ip link del "$BRIDGE" || log "warning: could not delete bridge $BRIDGE"
-    fi
-    # the host ends of the veths vanish with their namespaces, asynchronously
-    for ((i = 0; i < 50; i++)); do
-        [[ -n $(ip -o link show 2>/dev/null | awk -v p="tds$ID" 'index($2, p) == 1') ]] || break
+    # Delete the host ends of the veths (that removes both ends at once): a namespace outlives
+    # its name while anything still refers to it, and its veth with it.
+    for link in $(our_links); do ip link del "$link" 2>/dev/null || true; done
+    for ((i = 0; i < 100; i++)); do
+        [[ -n $(our_links) ]] || break
         sleep 0.1
     done
+    [[ -z $(our_links) ]] || log "warning: links left behind: $(our_links | tr '\n' ' ')"
     rm -f "$DIR/cluster.env" "$DIR/hosts"
+}
+
+# The bridge and veth host ends of DIR's cluster that exist now.
+our_links() {
+    ip -o link show 2>/dev/null | awk -v p="tds$ID" -v b="$BRIDGE" '{sub(/@.*/, "", $2); sub(/:$/, "", $2)}
+        index($2, p) == 1 || $2 == b {print $2}'
 }
 
 # ----------------------------------------------------------------------- daemons
@@ -384,7 +390,11 @@ start() {
     # A cluster with its controller up only lost nodes (kill-node): revive those, keep the
     # rest (and their jobs) running. Otherwise start from scratch, and from here on a
     # failure stops whatever was started and removes the network.
-    if [[ -z $(live_pid munged) || -z $(live_pid slurmctld) ]]; then
+    if [[ -n $(live_pid munged) && -n $(live_pid slurmctld) && -f $DIR/slurm.conf ]]; then
+        # the running controller's ports, whatever this shell's LOCAL_SLURM_*_PORT say
+        CTLD_PORT=$(sed -n 's/^SlurmctldPort=//p' "$DIR/slurm.conf")
+        SLURMD_PORT=$(sed -n 's/^SlurmdPort=//p' "$DIR/slurm.conf")
+    else
         fresh=1
         stop_daemons quiet
         trap 'stop_daemons quiet; teardown_net' EXIT
