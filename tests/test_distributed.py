@@ -17,7 +17,8 @@ HOSTS = ("node1", "node1", "node2", "node2")
 
 
 def test_local_size_is_set_from_the_hosts_when_missing(monkeypatch):
-    monkeypatch.delenv("LOCAL_SIZE", raising=False)
+    monkeypatch.setenv("LOCAL_SIZE", "")  # recorded, so the value check_local_size sets is removed afterwards
+    monkeypatch.delenv("LOCAL_SIZE")
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     check_local_size(("a", "b", "b"), 2)
     assert os.environ["LOCAL_SIZE"] == "2"
