@@ -65,7 +65,7 @@ def test_train_stream_batches(tiny_demo):
     stream = TrainStream(data_config(tiny_demo), MODEL, rank=0, world=2, batch_size=4, seed=0)
     batches = iter(make_loader(stream, 0))
     first = next(batches)
-    assert first["video"].shape == (4, 3, 16, 64, 64) and first["video"].dtype == torch.float32
+    assert first["video"].shape == (4, 3, 16, 64, 64) and first["video"].dtype == torch.uint8  # normalised on the device
     assert first["label"].shape == (4,) and first["position"]["epoch"] == 0
     for _ in range(8):  # 32 clips per rank per epoch: two epochs' worth
         last = next(batches)

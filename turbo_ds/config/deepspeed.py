@@ -134,8 +134,12 @@ class DeepSpeedConfig:
     def engine_config(self, plan: BatchPlan) -> dict[str, Any]:
         """What ``deepspeed.initialize`` gets: ``resolved`` without the monitor sections, which turbo_ds feeds
         itself (engine/monitors.py). The engine's own events count samples, not steps, and would open a second
-        TensorBoard writer and W&B run on the same output."""
-        return {k: v for k, v in self.resolved(plan).items() if k not in MONITORS}
+        TensorBoard writer and W&B run on the same output.
+
+        DeepSpeed's throughput timer is off unless the JSON has a ``timers`` section: by default it
+        synchronises the GPU twice per micro-step (host stalls) to time what ``train/clips_per_s`` measures."""
+        engine = {k: v for k, v in self.resolved(plan).items() if k not in MONITORS}
+        return {"timers": {"throughput": {"enabled": False}}, **engine}
 
 
 def load_ds_config(path: str | Path) -> DeepSpeedConfig:
@@ -162,4 +166,8 @@ def plan_batches(cfg: Config, ds: DeepSpeedConfig, world: int) -> BatchPlan:
             f"train.global_batch_size={cfg.train.global_batch_size}: contradicts the DeepSpeed JSON (micro "
             f"{plan.micro} x accumulation {plan.accumulation} x {world} ranks = {plan.global_size}); remove it or "
             "change the JSON")
+    if cfg.model.compile and ds.zero_stage == 3:
+        raise ConfigError("model.compile=true: not with ZeRO stage 3 (ds_config zero_optimization.stage), whose "
+                          "hooks gather the blocks' partitioned weights where torch.compile cannot trace them; use "
+                          "ZeRO 0-2 or model.compile=false")
     return plan

@@ -46,6 +46,8 @@ class ModelConfig:
     "stochastic depth rate of the last block, increasing linearly from 0 over depth"
     activation_checkpointing: bool = False
     "recompute each block in the backward pass instead of storing its activations"
+    compile: bool = False
+    "torch.compile the encoder blocks: faster steps after a one-time compilation (cached on disk); needs a C++ compiler"
     pretrained: str | None = None
     "local weights to start from: a transformers VideoMAE directory or an original VideoMAE .pth"
 
@@ -106,6 +108,8 @@ class DataConfig:
     "per-channel mean used to normalise pixels in [0, 1]"
     std: list[float] = field(default_factory=lambda: [0.225, 0.225, 0.225])
     "per-channel standard deviation used to normalise pixels"
+    repeat_batch: bool = False
+    "benchmark only: train on the loader's first batch over and over from memory (the step's speed without the loader)"
 
 
 @dataclass

@@ -8,11 +8,16 @@ rank/worker (infinite: epoch e is a deterministic function of the seed)::
     shards shuffled by (seed, e) -> split by rank -> split by worker -> tar samples -> shuffle buffer
     (data.resampled: shards drawn with replacement by (seed, e, rank, worker) -> tar samples -> take its share
     -> shuffle buffer) -> count -> drop first (resume) -> seed per sample -> parse targets -> decode
-    -> choose views -> batch
+    -> choose views -> batch (uint8) || in the training process: to_device -> normalise (float32)
 
 Evaluation: every shard in order -> tar samples -> split by rank (sample i goes to rank
 i % world) -> split by worker ((i // world) % workers) -> count -> parse targets -> decode
--> choose views (num_clips x num_crops, no randomness) -> batch (the last one partial).
+-> choose views (num_clips x num_crops, no randomness) -> batch (the last one partial) || to_device
+-> normalise.
+
+Batches leave the loader as uint8 pixels: a quarter of the bytes of float32 to pass from a
+worker, pin and copy to the GPU, and no float work in the workers; ``to_device`` normalises
+them on the training device (bit for bit what normalising in the loader gave).
 
 A sample is the dict of its tar members (``__key__``, ``mp4``, ``cls``, ``txt``, ``json``);
 the stages add ``rng`` (seed per sample), ``label`` or ``captions`` (parse targets), ``frames`` in place
@@ -328,25 +333,35 @@ def batch(size: int, make: Callable[[list[dict]], dict], partial: bool) -> Stage
 
 
 def _empty_batch(*shape: int) -> torch.Tensor:
+    """An uninitialised uint8 tensor of ``shape``."""
     if get_worker_info() is None:
-        return torch.empty(shape)
+        return torch.empty(shape, dtype=torch.uint8)
     # In a loader worker, build the batch in shared memory (as torch's default_collate does):
     # handing it to the training process then moves no pixels.
-    storage = torch.UntypedStorage._new_shared(math.prod(shape) * 4)
-    return torch.empty(0).set_(storage).view(shape)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape))
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
 
 
 def collate(samples: list[dict], spec: ClipSpec, stream: str, position: StreamPosition) -> dict[str, Any]:
-    """Crop, resize and normalise every view straight into its slot of one preallocated batch tensor."""
+    """Crop and resize every view straight into its slot of one preallocated uint8 batch tensor."""
     video = _empty_batch(len(samples), spec.views, 3, spec.frames, spec.size, spec.size)  # (B, V, C, T, H, W)
     for slots, s in zip(video, samples):
         clips = torch.from_numpy(s["frames"])  # (clips, T, H, W, C) uint8
         for slot, (k, box, flip) in zip(slots, s["views"]):
-            spec.normalize(T.crop_flip_resize(clips[k], box, flip, spec.size), out=slot)
+            slot.copy_(T.crop_flip_resize(clips[k], box, flip, spec.size).permute(3, 0, 1, 2))  # (C, T, H, W)
     targets = ({"label": torch.tensor([s["label"] for s in samples])} if spec.targets == "label"  # (B,)
                else {"captions": [s["captions"] for s in samples], "text": [s["text"] for s in samples]})
     return {"video": video if spec.views > 1 else video.flatten(0, 1),  # (B, V, C, T, H, W) or (B, C, T, H, W)
             **targets, "key": [s["__key__"] for s in samples], "stream": stream, "position": position.state()}
+
+
+def to_device(batch: dict[str, Any], device: torch.device, normalize: T.Normalizer) -> dict[str, Any]:
+    """A loader batch on ``device``, its uint8 video normalised there to float32 (``spec.normalize``).
+
+    Copies are non-blocking: from pinned memory (``make_loader(pin_memory=True)``) they do not stall the host.
+    """
+    out = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return {**out, "video": normalize(out["video"])}
 
 
 # ------------------------------------------------------------------ streams
@@ -484,11 +499,15 @@ def _ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def make_loader(stream: TrainStream | EvalStream, num_workers: int, prefetch_factor: int | None = None) -> DataLoader:
+def make_loader(stream: TrainStream | EvalStream, num_workers: int, prefetch_factor: int | None = None,
+                pin_memory: bool = False) -> DataLoader:
     """Batches are formed inside the stream, so the DataLoader only adds worker processes.
 
     ``prefetch_factor`` (batches queued per worker) defaults to the stream's ``data.prefetch_factor``.
+    ``pin_memory`` (for a GPU) copies each batch into page-locked memory in a background thread, so that
+    its copy to the GPU runs asynchronously.
     """
     prefetch = prefetch_factor or stream.data.prefetch_factor
     return DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0,
-                      prefetch_factor=prefetch if num_workers else None, worker_init_fn=_ignore_stop_signals)
+                      prefetch_factor=prefetch if num_workers else None, worker_init_fn=_ignore_stop_signals,
+                      pin_memory=pin_memory)
