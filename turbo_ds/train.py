@@ -166,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         return config_error(e, dist_info.is_main)
     if task.pretrained_report:
         log.info(str(task.pretrained_report))
-    trainer = Trainer(cfg, ds, plan, dist_info, task, checkpoints, log)
+    try:
+        trainer = Trainer(cfg, ds, plan, dist_info, task, checkpoints, log)
+    except ConfigError as e:  # a checkpoint that does not fit this run (another model shape or ZeRO stage)
+        return config_error(e, dist_info.is_main)
     try:
         trainer.fit()
     except RuntimeError as e:

@@ -138,6 +138,8 @@ class TrainConfig:
     "checkpoint and stop this invocation at step N (split a run over several jobs); rerun to continue"
     collective_timeout_s: float = 300.0
     "seconds a collective waits for its peers once training runs (from the first step on); a lost node then ends the job"
+    log_samples: bool = False
+    "write the keys of the clips every rank trained on at each step to <run_dir>/samples.jsonl (a data audit)"
     layer_decay: float = 1.0
     "layer-wise LR decay: block i of L gets lr * layer_decay^(L + 1 - i); 1.0 = off (VideoMAE fine-tuning: 0.75)"
     label_smoothing: float = 0.0

@@ -118,13 +118,20 @@ class Trainer:
         self.dtype = ds.dtype
         schedule = warmup_cosine(cfg.train.warmup_steps, cfg.train.steps, cfg.train.min_lr_ratio)
         groups = param_groups(task.model, ds.lr, cfg.train.layer_decay, cfg.model.depth)
-        self.engine, *_ = deepspeed.initialize(model=task.model, model_parameters=groups, config=ds.engine_config(plan),
+        # How to load the latest checkpoint is known before the engine exists (an elastic resume needs
+        # DeepSpeed's universal loader); a checkpoint of another model shape stops here.
+        self.resuming = checkpoints.prepare_resume(task.model, ds.resolved(plan), log.info)
+        universal = self.resuming is not None and self.resuming.universal
+        self.engine, *_ = deepspeed.initialize(model=task.model, model_parameters=groups,
+                                               config=ds.engine_config(plan, load_universal=universal),
                                                lr_scheduler=lambda opt: LambdaLR(opt, schedule))
         # Every token selector (video towers, segment encoders) follows the keep-ratio schedule.
         self.selectors = [m for m in task.model.modules() if isinstance(m, TokenSelector)]
         self.checkpoints = checkpoints
         self.preemption = PreemptionFlag()
-        self.data_position: dict[str, dict[str, int]] = {}
+        self.data_position: dict[str, dict[str, Any]] = {}  # this rank's streams
+        self.data_layout: dict[str, Any] | None = None  # the layout that wrote the positions resumed from
+        self.stream: TrainStream | None = None
         self.step = 0
         self.wall_before = 0.0  # training wall-clock seconds of the invocations this run resumed from
         self.started, self.first_step = time.perf_counter(), 0
@@ -134,18 +141,22 @@ class Trainer:
     # ------------------------------------------------------------------ state
 
     def resume(self) -> None:
-        state = self.checkpoints.restore(self.engine, self.log)
+        state = self.checkpoints.restore(self.engine, self.log, self.resuming)
         if state is None:
             self.log.info(f"starting a new run in {self.cfg.run_dir}")
             return
         self.step, self.data_position = state["step"], state["data_position"]
+        # Checkpoints older than data_layout were written by world_size ranks x num_workers streams, no change.
+        self.data_layout = state.get("data_layout") or {"ranks": state.get("world_size", self.dist.world),
+                                                        "workers": max(1, state["config"]["data"]["num_workers"])}
         self.wall_before = state.get("wall_s", 0.0)
         self.log.info(f"resuming from checkpoint {self.checkpoints.latest} at step {self.step}")
 
     def save(self) -> None:
         positions = all_gather_objects(self.data_position)  # every rank's streams into rank 0's file
         merged = {k: v for p in positions for k, v in p.items()}
-        path = self.checkpoints.save(self.engine, self.step, {"data_position": merged, "wall_s": self.wall_s()})
+        path = self.checkpoints.save(self.engine, self.step, {"data_position": merged, "wall_s": self.wall_s(),
+                                                              "data_layout": self.stream.layout_state(merged)})
         self.log.info(f"saved checkpoint {path}")
 
     # --------------------------------------------------------------- training
@@ -157,8 +168,12 @@ class Trainer:
             self.log.info(f"run already finished at step {self.step}; nothing to train "
                           f"(use a new run_dir or raise train.steps to train more)")
             return
-        stream = TrainStream(cfg.data, cfg.model, self.dist.rank, self.dist.world, self.plan.micro, cfg.train.seed,
-                             resume=self.data_position, frames=self.task.clip_frames, targets=self.task.targets)
+        stream = self.stream = TrainStream(cfg.data, cfg.model, self.dist.rank, self.dist.world, self.plan.micro,
+                                           cfg.train.seed, resume=self.data_position, frames=self.task.clip_frames,
+                                           targets=self.task.targets, resume_layout=self.data_layout)
+        if stream.regrouped is not None:
+            self.log.info(stream.regrouped.note)
+        self.data_position = stream.positions()  # this rank's streams, recorded even before they deliver
         batches = iter(make_loader(stream, cfg.data.num_workers, pin_memory=self.pin_memory))
         if cfg.data.repeat_batch:  # a benchmark of everything but the loader: its first batch, over and over
             batches = itertools.repeat(next(batches))  # (the loader and its workers end here)
@@ -176,8 +191,10 @@ class Trainer:
             self._set_keep_ratio(keep_ratio_at(cfg.turbo, self.step - 1, total))
             # Randomness (token choice) depends on (seed, step, rank) only, so a resumed run repeats it.
             torch.manual_seed(cfg.train.seed * 1_000_003 + self.step * 1009 + self.dist.rank)
+            keys = []
             for _ in range(self.plan.accumulation):
                 batch = next(batches)
+                keys += batch["key"]
                 loss = self.task.loss(self.engine, to_device(batch, self.engine.device, stream.spec.normalize),
                                       self.dtype)
                 self.engine.backward(loss)
@@ -186,6 +203,8 @@ class Trainer:
                 window.add(loss)
             window.steps += 1
             window.flops += TRAIN_FACTOR * self._forward_flops() * self.plan.global_size
+            if cfg.train.log_samples:
+                self.log.samples(self.step, all_gather_objects(keys))
             bar.update(1)
             if self.step == self.first_step + 1:  # start-up skew is over: from now on a silent peer is a lost one
                 set_collective_timeout(cfg.train.collective_timeout_s)
