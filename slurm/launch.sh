@@ -27,7 +27,22 @@
 # Exported inside each task (from SLURM_* of the step):
 #   MASTER_ADDR  first host of the job's node list (`scontrol show hostnames`)
 #   MASTER_PORT  20000 + SLURM_JOB_ID % 20000 (differs between concurrent jobs)
-#   RANK=$SLURM_PROCID  LOCAL_RANK=$SLURM_LOCALID  WORLD_SIZE=$SLURM_NTASKS
+#   RANK=$SLURM_PROCID  LOCAL_RANK=$SLURM_LOCALID  WORLD_SIZE=$SLURM_NTASKS  NODE_RANK=$SLURM_NODEID
+#   LOCAL_SIZE, LOCAL_WORLD_SIZE  the step's tasks on this node (SLURM_STEP_TASKS_PER_NODE);
+#                DeepSpeed's CPU shared-memory collectives run only when it equals WORLD_SIZE
+#                (one node), and the trainer checks it against the hosts its ranks really run on
+#   GLOO_SOCKET_IFNAME, NCCL_SOCKET_IFNAME  the interface that routes to MASTER_ADDR (the one
+#                holding its address on the master node), unless already set or it is `lo`.
+#                Without it gloo binds to the address of the hostname, which on many clusters
+#                (and in network namespaces) is 127.0.x.1: peers on other nodes are refused.
+#
+# On a real cluster, set in the environment the job starts with (they pass through unchanged):
+#   NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME  when the route to the master node is not the
+#                network the ranks should use (e.g. ib0 rather than a management eth0);
+#                NCCL_IB_HCA and friends select InfiniBand/RoCE adapters (NCCL reads them)
+#   DEEPSPEED_TIMEOUT (minutes, default 10)  how long start-up collectives wait; training then
+#                uses train.collective_timeout_s (see README "On paper")
+#   OMP_NUM_THREADS  set here to --cpus-per-task on CPU-only nodes
 #
 # Preemption / time limit: the templates ask for `--signal=B:USR1@120 --requeue`. On USR1
 # (or TERM) the batch shell forwards SIGUSR1 to srun, which forwards it to every task; the
@@ -35,6 +50,13 @@
 # has exited and the signal was USR1 and $RUN_DIR/COMPLETED (written by the trainer at
 # the end of training) does not exist, the job requeues itself with `scontrol requeue`.
 # TERM (scancel, preemption by Slurm, which requeues by itself) never requeues.
+# A lost node: the ranks left give up after train.collective_timeout_s in a collective and
+# exit 1; srun waits for the dead node's tasks until Slurm declares the node DOWN
+# (SlurmdTimeout), then Slurm ends the job (NODE_FAIL) and requeues it (--requeue). Ranks
+# that fail while their nodes stay up end srun at once (--kill-on-bad-exit); then, if this
+# job wrote a checkpoint (so a failure that recurs before the next one cannot loop) and may
+# be requeued, it requeues itself. Either way it resumes from the newest complete
+# checkpoint, losing at most train.ckpt_every steps.
 # A requeued job waits ~120 s in PENDING before it may start again (Slurm's requeue
 # BeginTime); `scontrol update JobId=N StartTime=now` skips the wait (send it >= 2 s after
 # the requeue, else slurmd refuses the relaunch: "Job credential revoked"). `--signal` may
@@ -50,7 +72,45 @@ log() { echo "[launch.sh $(date '+%F %T')] $*"; }
 
 # --- per-task rank wiring -------------------------------------------------------------
 
-# Set MASTER_ADDR MASTER_PORT RANK LOCAL_RANK WORLD_SIZE from the SLURM_* env of a task.
+# Tasks of the step on this node: entry SLURM_NODEID of SLURM_STEP_TASKS_PER_NODE ("2(x3),1"
+# means 2 2 2 1), else SLURM_NTASKS_PER_NODE, else SLURM_NTASKS / SLURM_NNODES.
+tasks_on_node() {
+    local spec=${SLURM_STEP_TASKS_PER_NODE:-${SLURM_TASKS_PER_NODE:-}} node=${SLURM_NODEID:-0} part n rep
+    if [[ -z $spec ]]; then
+        n=${SLURM_NTASKS_PER_NODE:-$((SLURM_NTASKS / ${SLURM_NNODES:-1}))}
+        echo "${n%%(*}"
+        return
+    fi
+    local -a counts=() parts
+    IFS=, read -ra parts <<<"$spec"
+    for part in "${parts[@]}"; do
+        if [[ $part =~ ^([0-9]+)\(x([0-9]+)\)$ ]]; then
+            n=${BASH_REMATCH[1]} rep=${BASH_REMATCH[2]}
+        elif [[ $part =~ ^[0-9]+$ ]]; then
+            n=$part rep=1
+        else
+            die "cannot read the tasks per node from '$spec'"
+        fi
+        for ((; rep > 0; rep--)); do counts+=("$n"); done
+    done
+    ((node < ${#counts[@]})) || die "SLURM_NODEID=$node but '$spec' lists ${#counts[@]} node(s)"
+    echo "${counts[node]}"
+}
+
+# The interface that reaches host $1 from here (on that host itself: the one holding its
+# address); nothing when it cannot tell (no `ip`, unresolvable name) or it is `lo`.
+route_interface() {
+    command -v ip >/dev/null 2>&1 && command -v getent >/dev/null 2>&1 || return 0
+    local addr dev
+    addr=$(getent ahostsv4 "$1" 2>/dev/null | awk 'NR == 1 {print $1}')
+    [[ -n $addr ]] || return 0
+    dev=$(ip -o -4 addr show to "$addr/32" 2>/dev/null | awk 'NR == 1 {print $2}')
+    [[ -n $dev ]] || dev=$(ip -o route get "$addr" 2>/dev/null | sed -n 's/.* dev \([^ ]*\).*/\1/p')
+    [[ -z $dev || $dev == lo ]] || echo "$dev"
+}
+
+# Set MASTER_ADDR MASTER_PORT RANK LOCAL_RANK WORLD_SIZE NODE_RANK LOCAL_SIZE LOCAL_WORLD_SIZE
+# (and the socket interfaces, see the header) from the SLURM_* env of a task.
 derive_rank_env() {
     local nodelist=${SLURM_JOB_NODELIST:-${SLURM_NODELIST:-}}
     [[ -n $nodelist ]] || die "SLURM_JOB_NODELIST is not set (not inside a Slurm job?)"
@@ -64,14 +124,25 @@ derive_rank_env() {
     RANK=$SLURM_PROCID
     LOCAL_RANK=$SLURM_LOCALID
     WORLD_SIZE=$SLURM_NTASKS
-    export MASTER_ADDR MASTER_PORT RANK LOCAL_RANK WORLD_SIZE
+    NODE_RANK=${SLURM_NODEID:-0}
+    LOCAL_SIZE=$(tasks_on_node)
+    LOCAL_WORLD_SIZE=$LOCAL_SIZE
+    export MASTER_ADDR MASTER_PORT RANK LOCAL_RANK WORLD_SIZE NODE_RANK LOCAL_SIZE LOCAL_WORLD_SIZE
+    local dev
+    dev=$(route_interface "$MASTER_ADDR")
+    if [[ -n $dev ]]; then
+        export GLOO_SOCKET_IFNAME=${GLOO_SOCKET_IFNAME:-$dev} NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-$dev}
+    fi
 }
+
+RANK_VARS=(MASTER_ADDR MASTER_PORT RANK LOCAL_RANK WORLD_SIZE NODE_RANK LOCAL_SIZE LOCAL_WORLD_SIZE
+    GLOO_SOCKET_IFNAME NCCL_SOCKET_IFNAME)
 
 print_env() {
     derive_rank_env
     local var
-    for var in MASTER_ADDR MASTER_PORT RANK LOCAL_RANK WORLD_SIZE; do
-        echo "$var=${!var}"
+    for var in "${RANK_VARS[@]}"; do
+        [[ -z ${!var:-} ]] || echo "$var=${!var}"
     done
 }
 
@@ -79,6 +150,11 @@ task() {
     [[ ${1:-} == -- ]] && shift
     (($#)) || die "usage: launch.sh task -- CMD..."
     derive_rank_env
+    if [[ $LOCAL_RANK == 0 ]]; then   # one line per node (stderr): where its ranks run and how they connect
+        log >&2 "node $(hostname): node rank $NODE_RANK, ranks ${SLURM_GTIDS:-$RANK} of $WORLD_SIZE (LOCAL_SIZE=$LOCAL_SIZE)," \
+            "master $MASTER_ADDR:$MASTER_PORT, GLOO_SOCKET_IFNAME=${GLOO_SOCKET_IFNAME:-unset}" \
+            "NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-unset}"
+    fi
     exec "$@"
 }
 
@@ -153,6 +229,8 @@ run() {
     log "ds_config:  $ds_config"
     log "command:    srun ${srun_args[*]} bash $HERE/launch.sh task --$(printf ' %q' "${cmd[@]}")"
 
+    local ckpt_before
+    ckpt_before=$(latest_checkpoint)
     trap 'on_signal USR1' USR1
     trap 'on_signal TERM' TERM
     srun "${srun_args[@]}" bash "$HERE/launch.sh" task -- "${cmd[@]}" &
@@ -177,14 +255,36 @@ run() {
         cat "$f"
     done
 
+    local ckpt_after
+    ckpt_after=$(latest_checkpoint)
     if [[ -e $RUN_DIR/COMPLETED ]]; then
         log "training completed ($RUN_DIR/COMPLETED)"
     elif [[ $SIGNALLED == USR1 ]]; then
         log "stopped before the end of training: requeueing job $SLURM_JOB_ID"
-        scontrol requeue "$SLURM_JOB_ID" || die "scontrol requeue $SLURM_JOB_ID failed"
-        exit 0   # (Slurm usually kills this shell first)
+        requeue
+    elif ((rc != 0)) && [[ -z $SIGNALLED && $ckpt_after != "$ckpt_before" ]] && requeue_allowed; then
+        # e.g. a node was lost and the survivors' collectives timed out; a failure that
+        # repeats before the next checkpoint stops here instead of looping
+        log "srun failed (status $rc) after this job checkpointed ${ckpt_after} (it started from" \
+            "${ckpt_before:-nothing}): requeueing job $SLURM_JOB_ID to resume from it (sbatch --no-requeue: never)"
+        requeue
     fi
     exit "$rc"
+}
+
+# The newest complete checkpoint of the run (the trainer's checkpoints/latest pointer), or nothing.
+latest_checkpoint() {
+    [[ ! -f $RUN_DIR/checkpoints/latest ]] || cat "$RUN_DIR/checkpoints/latest"
+}
+
+# Whether the job may be requeued (sbatch --requeue, the templates' default; --no-requeue not).
+requeue_allowed() {
+    scontrol show job "$SLURM_JOB_ID" 2>/dev/null | grep -q 'Requeue=1'
+}
+
+requeue() {
+    scontrol requeue "$SLURM_JOB_ID" || die "scontrol requeue $SLURM_JOB_ID failed"
+    exit 0   # (Slurm usually kills this shell first)
 }
 
 usage() {

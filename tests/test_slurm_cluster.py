@@ -141,7 +141,8 @@ def test_rank_wiring_4_nodes_x_8_gpus(slurm_cluster):
         SLURM_JOB_NODELIST="gpu[001-003,010]", SLURM_NNODES="4", SLURM_NODEID="3", SLURM_JOB_ID="4242",
         SLURM_PROCID="13", SLURM_LOCALID="5", SLURM_NTASKS="32", SLURM_NTASKS_PER_NODE="8",
     )
-    assert got == {"MASTER_ADDR": "gpu001", "MASTER_PORT": "24242", "RANK": "13", "LOCAL_RANK": "5", "WORLD_SIZE": "32"}
+    assert got == {"MASTER_ADDR": "gpu001", "MASTER_PORT": "24242", "RANK": "13", "LOCAL_RANK": "5", "WORLD_SIZE": "32",
+                   "NODE_RANK": "3", "LOCAL_SIZE": "8", "LOCAL_WORLD_SIZE": "8"}  # gpu001 does not resolve: no IFNAME
 
 
 def test_rank_wiring_odd_node_list(slurm_cluster):
@@ -150,7 +151,8 @@ def test_rank_wiring_odd_node_list(slurm_cluster):
         SLURM_JOB_NODELIST="node[7,9-10]", SLURM_NNODES="3", SLURM_JOB_ID="123456",
         SLURM_PROCID="2", SLURM_LOCALID="0", SLURM_NTASKS="3",
     )
-    assert got == {"MASTER_ADDR": "node7", "MASTER_PORT": "23456", "RANK": "2", "LOCAL_RANK": "0", "WORLD_SIZE": "3"}
+    assert got == {"MASTER_ADDR": "node7", "MASTER_PORT": "23456", "RANK": "2", "LOCAL_RANK": "0", "WORLD_SIZE": "3",
+                   "NODE_RANK": "0", "LOCAL_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}
 
 
 def test_task_mode_exports_rank_env_and_rejects_missing_vars(slurm_cluster):
@@ -230,6 +232,33 @@ def test_time_limit_signal_requeues(slurm_cluster, tmp_path):
     text = out.read_text()
     _assert_preempted_and_resumed(text, info, run_dir)
     assert "configs/demo_long_video.yaml" in text and "zero3_bf16.json" in text
+
+
+# Fails every time; in the first run, rank 0 first moves the checkpoint pointer (progress was made).
+FAILING_TRAINER = r"""
+echo "failing trainer rank=$RANK restart=${SLURM_RESTART_COUNT:-0}"
+if [ "${SLURM_RESTART_COUNT:-0}" -eq 0 ] && [ "$RANK" -eq 0 ]; then
+    mkdir -p "$RUN_DIR/checkpoints" && echo step_00000003 > "$RUN_DIR/checkpoints/latest"
+fi
+sleep 1
+exit 1
+"""
+
+
+def test_failure_after_a_checkpoint_requeues_once(slurm_cluster, tmp_path):
+    # e.g. a rank lost while its node stays up: the job requeues itself when it checkpointed,
+    # and a failure that recurs before the next checkpoint ends it (no loop)
+    fake = tmp_path / "failing_trainer.sh"
+    fake.write_text(FAILING_TRAINER)
+    out = tmp_path / "job.out"
+    jobid = slurm_cluster.sbatch("--gpus-per-node=0", "--ntasks-per-node=2", "--cpus-per-task=1", "-o", str(out),
+                                 f"--export=ALL,RUN_DIR={tmp_path / 'run'},LAUNCH_CMD=bash {fake}",
+                                 str(REPO / "slurm" / "action_cls.sh"), cwd=tmp_path)
+    info = _requeued_then_finish(slurm_cluster, jobid, out, timeout=60)
+    text = out.read_text()
+    assert info["JobState"] == "FAILED" and info["Restarts"] == "1", text
+    assert text.count("srun failed (status 1) after this job checkpointed step_00000003 (it started from nothing)") == 1
+    assert text.count("requeueing job") == 1 and text.count("restart=1") == 2
 
 
 def test_scancel_does_not_requeue(slurm_cluster, tmp_path):

@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as a script (the deepspeed launcher does): 
 
 from turbo_ds.config import (Config, ConfigError, DeepSpeedConfig, load_config, load_ds_config,  # noqa: E402
                              plan_batches, to_dict)
-from turbo_ds.data.shards import MANIFEST, read_manifest  # noqa: E402
+from turbo_ds.data.shards import MANIFEST, check_readers, read_manifest  # noqa: E402
 from turbo_ds.engine.distributed import world_from_env  # noqa: E402
 
 if TYPE_CHECKING:
@@ -41,8 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def check_data(cfg: Config) -> None:
-    """The dataset folders are complete, or missing but generated at start-up (the demo)."""
+def check_data(cfg: Config, world: int) -> None:
+    """The dataset folders are complete (and feed every rank), or missing but generated at start-up (the demo)."""
     for key, folder in (("data.train", cfg.data.train), ("data.val", cfg.data.val),
                         ("eval.zero_shot_data", cfg.eval.zero_shot_data)):
         if folder is None:
@@ -53,7 +53,9 @@ def check_data(cfg: Config) -> None:
             raise ConfigError(f"{key}={folder}: no dataset there ({MANIFEST} missing); build shards with "
                               "data_prep/ or set data.generate_demo=true for the demo data")
         try:
-            read_manifest(folder)
+            manifest = read_manifest(folder)
+            if key == "data.train":
+                check_readers(cfg.data, manifest, world)
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(f"data: {e}") from e
 
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.set)
         ds = load_ds_config(args.ds_config)
         plan = plan_batches(cfg, ds, world_from_env())
-        check_data(cfg)
+        check_data(cfg, world_from_env())
         check_compiler(cfg)
     except ConfigError as e:
         return config_error(e)
@@ -126,12 +128,15 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from turbo_ds.engine.checkpoint import CheckpointManager
-    from turbo_ds.engine.distributed import barrier, init_distributed, shutdown
+    from turbo_ds.engine.distributed import barrier, init_distributed, is_collective_failure, shutdown
     from turbo_ds.engine.metrics import RunLog
     from turbo_ds.engine.trainer import Trainer
     from turbo_ds.tasks import build_task, task_type
 
-    dist_info = init_distributed()
+    try:
+        dist_info = init_distributed()
+    except ConfigError as e:  # a launcher setting that contradicts where the ranks run
+        return config_error(e)
     run_dir = Path(cfg.run_dir)
     if dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -153,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
 
     log.info(f"turbo_ds: task {cfg.task} | run_dir {run_dir} | {dist_info.world} rank(s) | "
              f"keep_ratio {cfg.turbo.keep_ratio} (eval {cfg.turbo.eval_keep_ratio})")
+    log.info(f"ranks: {dist_info.layout()}")
     if cfg.model.compile:  # bounded by torch's recompile limit (then eager); each recompilation's reason on stderr
         torch._logging.set_logs(recompiles=True)
         log.info("model.compile: the encoder blocks compile at their first steps (cached on disk for later runs)")
@@ -167,7 +173,18 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(cfg, ds, plan, dist_info, task, checkpoints, log)
     except ConfigError as e:  # a checkpoint that does not fit this run (another model shape or ZeRO stage)
         return config_error(e, dist_info.is_main)
-    trainer.fit()
+    try:
+        trainer.fit()
+    except RuntimeError as e:
+        if not is_collective_failure(e):
+            raise
+        # every surviving rank says so (rank 0 may be the lost one); no traceback for a known failure
+        print(f"rank {dist_info.rank} on {dist_info.hosts[dist_info.rank]}: a collective failed "
+              f"({str(e).splitlines()[0]}): a peer rank or its node is lost, or stalled longer than "
+              f"train.collective_timeout_s={cfg.train.collective_timeout_s:g}; the newest complete checkpoint is "
+              f"{checkpoints.latest}: rerun (or requeue) with the same run_dir to resume from it",
+              file=sys.stderr, flush=True)
+        return 1
     log.close()
     shutdown()
     return 0

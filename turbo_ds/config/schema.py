@@ -140,6 +140,8 @@ class TrainConfig:
     "keep only the newest N complete checkpoints (None = keep all); the newest complete one is never deleted"
     stop_at_step: int | None = None
     "checkpoint and stop this invocation at step N (split a run over several jobs); rerun to continue"
+    collective_timeout_s: float = 300.0
+    "seconds a collective waits for its peers once training runs (from the first step on); a lost node then ends the job"
     log_samples: bool = False
     "write the keys of the clips every rank trained on at each step to <run_dir>/samples.jsonl (a data audit)"
     layer_decay: float = 1.0

@@ -86,6 +86,9 @@ def check_train(tr: TrainConfig) -> None:
     _at_least(0, {"train.mixup_alpha": tr.mixup_alpha, "train.cutmix_alpha": tr.cutmix_alpha})
     if not 0 <= tr.label_smoothing < 1:
         raise ConfigError(f"train.label_smoothing={tr.label_smoothing}: must be in [0, 1)")
+    if tr.collective_timeout_s <= 0:
+        raise ConfigError(f"train.collective_timeout_s={tr.collective_timeout_s}: must be > 0 seconds "
+                          "(a few minutes on a cluster: longer than the slowest checkpoint save)")
 
 
 def check_eval(e: EvalConfig) -> None:

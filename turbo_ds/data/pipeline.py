@@ -58,7 +58,7 @@ from turbo_ds.config import DataConfig, EvalConfig, ModelConfig
 from turbo_ds.data import transforms as T
 from turbo_ds.data.errors import DataError
 from turbo_ds.data.position import Layout, Ranges, regroup, share
-from turbo_ds.data.shards import read_manifest, shard_paths
+from turbo_ds.data.shards import check_readers, read_manifest, shard_paths
 from turbo_ds.data.video import decode_frames, dense_indices, read_frames, sample_indices
 
 Stage = Callable[[Iterator[Any]], Iterator[Any]]  # one step of a pipeline: samples in, samples out
@@ -424,14 +424,7 @@ class TrainStream(IterableDataset):
         self.shards = shard_paths(data.train, self.manifest)
         self.names = [s["name"] for s in self.manifest["shards"]]
         self.counts = [s["num_samples"] for s in self.manifest["shards"]]
-        readers = world * max(1, data.num_workers)
-        if data.resampled and self.manifest["num_samples"] < readers:
-            raise ValueError(f"data.train={data.train}: {self.manifest['num_samples']} samples cannot give each of "
-                             f"{world} ranks x {max(1, data.num_workers)} workers an epoch; lower data.num_workers")
-        if not data.resampled and len(self.shards) < readers:
-            raise ValueError(f"data.train={data.train}: {len(self.shards)} shards cannot feed {world} ranks x "
-                             f"{max(1, data.num_workers)} workers; rebuild with a smaller shard size, lower "
-                             "data.num_workers or set data.resampled=true")
+        check_readers(data, self.manifest, world)
         self.spec = ClipSpec.from_config(data, model, train=True, frames=frames, targets=targets)
         self.data, self.rank, self.world, self.batch_size, self.seed = data, rank, world, batch_size, seed
         self.layout = Layout(world, max(1, data.num_workers))

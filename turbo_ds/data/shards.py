@@ -20,12 +20,15 @@ import json
 import os
 import tarfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from turbo_ds.fileio import atomic_write_bytes, atomic_write_json
 
 MANIFEST = "manifest.json"
 FORMAT = "turbo_ds.shards/1"
+
+if TYPE_CHECKING:
+    from turbo_ds.config import DataConfig
 
 
 def encode_sample(sample: dict[str, Any]) -> dict[str, bytes]:
@@ -97,3 +100,21 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
 
 def shard_paths(folder: str | os.PathLike, manifest: dict[str, Any]) -> list[str]:
     return [str(Path(folder) / s["name"]) for s in manifest["shards"]]
+
+
+def check_readers(data: DataConfig, manifest: dict[str, Any], world: int) -> None:
+    """ValueError unless every one of ``world`` ranks x data.num_workers readers gets data each epoch.
+
+    Without data.resampled, each reader reads whole shards (shards[rank::world][worker::workers]),
+    so a reader without a shard would have nothing; resampled streams draw shards with
+    replacement, so any shard count works, but each needs at least one sample per epoch.
+    """
+    workers = max(1, data.num_workers)
+    readers = world * workers
+    if data.resampled and manifest["num_samples"] < readers:
+        raise ValueError(f"data.train={data.train}: {manifest['num_samples']} samples cannot give each of "
+                         f"{world} ranks x {workers} workers an epoch; lower data.num_workers")
+    if not data.resampled and len(manifest["shards"]) < readers:
+        raise ValueError(f"data.train={data.train}: {len(manifest['shards'])} shards cannot feed {world} ranks x "
+                         f"{workers} workers (each reads whole shards); rebuild with a smaller shard size, lower "
+                         "data.num_workers or set data.resampled=true (shards drawn with replacement)")

@@ -11,11 +11,16 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from turbo_ds.config import ConfigError
+
+SHM_BUFFER = "deepspeed_allreduce_buffer"  # DeepSpeed's CPU allreduce buffers: /dev/shm/<this>_<uid>_<addr>_<port>_<r>
 
 
 @dataclass(frozen=True)
@@ -23,12 +28,24 @@ class DistInfo:
     rank: int
     world: int
     local_rank: int
+    hosts: tuple[str, ...] = ()
+    "the host name of every rank, by rank"
     device: torch.device = torch.device("cpu")
     "this rank's compute device"
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def layout(self) -> str:
+        """The ranks on each host, e.g. ``node1: 0 1 | node2: 2 3``, and the DeepSpeed CPU shared-memory
+        buffers this rank maps (one per rank when every rank is on one host, else none)."""
+        by_host: dict[str, list[int]] = {}
+        for rank, host in enumerate(self.hosts):
+            by_host.setdefault(host, []).append(rank)
+        return (f"{self.world} rank(s) on {len(by_host)} host(s): "
+                + " | ".join(f"{h}: {' '.join(map(str, r))}" for h, r in by_host.items())
+                + f" | DeepSpeed shm buffers mapped by rank {self.rank}: {shm_buffers_mapped()}")
 
 
 def world_from_env() -> int:
@@ -64,18 +81,75 @@ def select_device(local_rank: int, accelerator: Any) -> torch.device:
 
 
 def init_distributed() -> DistInfo:
+    """The process group (torch's, then DeepSpeed's wrapper), with every rank's host checked.
+
+    Start-up collectives wait up to DeepSpeed's default timeout (DEEPSPEED_TIMEOUT minutes,
+    10): rank 0 may prepare data or measure keep ratios meanwhile. Training shortens it with
+    ``set_collective_timeout``.
+    """
     import deepspeed  # imported here so config errors surface before DeepSpeed's start-up cost
     from deepspeed.accelerator import get_accelerator
+    from deepspeed.constants import default_pg_timeout
 
     if "RANK" not in os.environ:  # plain `python turbo_ds/train.py`: a one-process group, no launcher needed
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=os.environ.get("MASTER_PORT", str(free_port())))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = select_device(local_rank, get_accelerator())
-    deepspeed.init_distributed()
+    backend = get_accelerator().communication_backend_name()
+    dist.init_process_group(backend, timeout=default_pg_timeout)
+    hosts = _all_hosts(backend)
+    check_local_size(hosts, dist.get_rank())
+    deepspeed.init_distributed()  # wraps the group above; its CPU shm op reads LOCAL_SIZE
     dist.barrier()  # every rank is past DeepSpeed's init, which maps every rank's shm buffer
     _unlink_shm_buffer(dist.get_rank())
-    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, hosts, device)
+
+
+def _all_hosts(backend: str) -> tuple[str, ...]:
+    """``socket.gethostname()`` of every rank, by rank (objects travel over gloo, also under NCCL)."""
+    hosts: list[Any] = [None] * dist.get_world_size()
+    group = None if backend == "gloo" else dist.new_group(backend="gloo")
+    dist.all_gather_object(hosts, socket.gethostname(), group=group)
+    return tuple(hosts)
+
+
+def check_local_size(hosts: tuple[str, ...], rank: int) -> None:
+    """LOCAL_SIZE (the launcher's ranks per node) must count the ranks on this host; unset, it is set (world > 1).
+
+    DeepSpeed's CPU collectives use shared memory when LOCAL_SIZE equals the world size:
+    each rank then waits for every other rank's /dev/shm buffer, which ranks on another host
+    never create (a hang; on hosts that share /dev/shm, a silently wrong setup instead).
+    """
+    here = [r for r, h in enumerate(hosts) if h == hosts[rank]]
+    given = os.environ.get("LOCAL_SIZE") or os.environ.get("LOCAL_WORLD_SIZE")
+    if given is not None and given != str(len(here)):
+        raise ConfigError(f"LOCAL_SIZE={given}: rank {rank}'s host {hosts[rank]} runs {len(here)} of the {len(hosts)} "
+                          f"ranks ({' '.join(map(str, here))}); set LOCAL_SIZE/LOCAL_WORLD_SIZE to the ranks per node "
+                          "(slurm/launch.sh does) or unset them")
+    if len(hosts) > 1:  # one rank needs no shared-memory collectives (DeepSpeed would map a 66 MB buffer)
+        os.environ["LOCAL_SIZE"] = str(len(here))
+
+
+def set_collective_timeout(seconds: float) -> None:
+    """Every collective from now on fails after ``seconds`` instead of waiting for a lost peer forever.
+
+    Applied to every process group (DeepSpeed creates its own), as torchtitan does once
+    training runs; torch has no public call for it.
+    """
+    from torch.distributed.distributed_c10d import _set_pg_timeout, _world
+
+    if dist.is_initialized():
+        for group in list(_world.pg_map):
+            _set_pg_timeout(timedelta(seconds=seconds), group)
+
+
+def is_collective_failure(e: BaseException) -> bool:
+    """Whether ``e`` is a collective that timed out or lost its peer (gloo raises plain RuntimeErrors)."""
+    text = str(e)
+    return isinstance(e, dist.DistError) or (isinstance(e, RuntimeError) and any(
+        s in text for s in ("Timed out waiting", "Connection closed by peer", "Connection reset by peer",
+                            "Socket Timeout", "NCCL communicator was aborted")))
 
 
 def free_port() -> int:
@@ -85,6 +159,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def shm_buffers_mapped() -> int:
+    """How many DeepSpeed CPU allreduce buffers (/dev/shm) this process maps: 0 when its shm collectives are off."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return 0
+    return len({line.split(maxsplit=5)[5] for line in maps.splitlines() if SHM_BUFFER in line})  # 6th field: the path
+
+
 def _unlink_shm_buffer(rank: int) -> None:
     """Remove the name of this rank's DeepSpeed CPU allreduce buffer (/dev/shm, ~66 MB per rank and port).
 
@@ -92,7 +175,7 @@ def _unlink_shm_buffer(rank: int) -> None:
     until it fills. Safe once every rank is past init: all have mapped every buffer, the
     mappings live on until exit, and a crash or kill -9 later leaves nothing behind.
     """
-    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR')}_"
+    name = (f"{SHM_BUFFER}_{os.getuid()}_{os.environ.get('MASTER_ADDR')}_"
             f"{os.environ.get('MASTER_PORT')}_{rank}")
     Path("/dev/shm", name).unlink(missing_ok=True)  # absent on GPU runs (NCCL) and without the shm op
 

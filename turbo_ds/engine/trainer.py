@@ -18,7 +18,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from turbo_ds.config import BatchPlan, Config, DeepSpeedConfig
 from turbo_ds.data.pipeline import EvalStream, TrainStream, make_loader, to_device
 from turbo_ds.engine.checkpoint import CheckpointManager
-from turbo_ds.engine.distributed import DistInfo, all_reduce_sum, any_rank
+from turbo_ds.engine.distributed import DistInfo, all_reduce_sum, any_rank, set_collective_timeout
 from turbo_ds.engine.gather import all_gather_objects
 from turbo_ds.engine.metrics import RunLog, peak_memory_mb, progress_bar
 from turbo_ds.models.flops import TRAIN_FACTOR
@@ -209,7 +209,8 @@ class Trainer:
             self.log.info("data.repeat_batch: training on the first batch repeated from memory (a benchmark)")
         self.log.info(f"training steps {self.step + 1}..{total}: {self.plan.micro} clips x {self.plan.accumulation} "
                       f"accumulation x {self.plan.world} ranks = {self.plan.global_size} clips/step, "
-                      f"{self.task.tokens_kept}/{self.task.tokens_total} tokens kept, dtype {self.dtype}")
+                      f"{self.task.tokens_kept}/{self.task.tokens_total} tokens kept, dtype {self.dtype}, "
+                      f"collective timeout {cfg.train.collective_timeout_s:g} s from the first step")
         self.bar = bar = progress_bar(total, self.step, self.dist.is_main)
         self.started, self.first_step = time.perf_counter(), self.step
         window = LogWindow()
@@ -238,6 +239,8 @@ class Trainer:
             if cfg.train.log_samples:
                 self.log.samples(self.step, all_gather_objects(keys))
             bar.update(1)
+            if self.step == self.first_step + 1:  # start-up skew is over: from now on a silent peer is a lost one
+                set_collective_timeout(cfg.train.collective_timeout_s)
             if self.step % cfg.train.log_every == 0 or self.step == total:
                 self._log_train(window)
                 window = LogWindow()
