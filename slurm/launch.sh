@@ -20,14 +20,17 @@
 #   TURBO_DS_ROOT  repo root (the templates also use it to find this script); default: the
 #                  parent of this script's folder
 #   PYTHON         interpreter for the trainer (default: python)
-#   GPUS_PER_NODE  override the GPU count Slurm reports (SLURM_GPUS_ON_NODE/_PER_NODE)
+#   GPUS_PER_NODE  override the GPU count Slurm reports (SLURM_GPUS_ON_NODE/_PER_NODE); when
+#                  neither is set, the GPUs `nvidia-smi -L` lists. A count above what the node
+#                  shows stops the job (no silent CPU training); 0 trains on CPU
 #   LAUNCH_CMD     for tests/debugging: a bash command line each task runs instead of
 #                  the trainer (it sees the same rank env, RUN_DIR, signals)
 #
 # Exported inside each task (from SLURM_* of the step):
 #   MASTER_ADDR  first host of the job's node list (`scontrol show hostnames`)
 #   MASTER_PORT  20000 + SLURM_JOB_ID % 20000 (differs between concurrent jobs)
-#   RANK=$SLURM_PROCID  LOCAL_RANK=$SLURM_LOCALID  WORLD_SIZE=$SLURM_NTASKS  NODE_RANK=$SLURM_NODEID
+#   RANK=$SLURM_PROCID  LOCAL_RANK=$SLURM_LOCALID (0 when CUDA_VISIBLE_DEVICES holds one id: the site
+#                binds one GPU per task)  WORLD_SIZE=$SLURM_NTASKS  NODE_RANK=$SLURM_NODEID
 #   LOCAL_SIZE, LOCAL_WORLD_SIZE  the step's tasks on this node (SLURM_STEP_TASKS_PER_NODE);
 #                DeepSpeed's CPU shared-memory collectives run only when it equals WORLD_SIZE
 #                (one node), and the trainer checks it against the hosts its ranks really run on
@@ -123,6 +126,9 @@ derive_rank_env() {
     MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))
     RANK=$SLURM_PROCID
     LOCAL_RANK=$SLURM_LOCALID
+    # A site that binds one GPU per task (--gpus-per-task=1, GPU cgroups) shows each task one device:
+    # it is cuda:0 in the task whatever its SLURM_LOCALID (distributed.rank_device refuses anything else)
+    [[ ! ${CUDA_VISIBLE_DEVICES:-} =~ ^[^,]+$ || ${CUDA_VISIBLE_DEVICES} == NoDevFiles ]] || LOCAL_RANK=0
     WORLD_SIZE=$SLURM_NTASKS
     NODE_RANK=${SLURM_NODEID:-0}
     LOCAL_SIZE=$(tasks_on_node)
@@ -160,11 +166,25 @@ task() {
 
 # --- batch-level driver ---------------------------------------------------------------
 
-# GPUs per node as Slurm reports them ("a100:8" -> 8), or 0.
+# GPUs this node shows: `nvidia-smi -L` lines, else /dev/nvidiaN device files; 0 without a driver.
+visible_gpus() {
+    if command -v nvidia-smi >/dev/null 2>&1; then
+        { nvidia-smi -L 2>/dev/null || true; } | grep -c '^GPU ' || true
+    else
+        compgen -G '/dev/nvidia[0-9]*' | wc -l
+    fi
+}
+
+# GPUs per node: what the job asked for ("a100:8" -> 8; GPUS_PER_NODE overrides), else what the node
+# shows. A request the node cannot meet stops here: silently training on the CPU would waste the job.
 gpus_per_node() {
-    local g=${GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-0}}}
+    local g=${GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-}}} seen
     g=${g##*:}
+    seen=$(visible_gpus)
+    [[ -n $g ]] || g=$seen
     [[ $g =~ ^[0-9]+$ ]] || die "cannot read a GPU count from '$g' (set GPUS_PER_NODE)"
+    ((g <= seen)) || die "$g GPU(s) per node requested (GPUS_PER_NODE / sbatch --gpus-per-node) but" \
+        "$(hostname) shows $seen (nvidia-smi -L): check the driver and --gres, or set GPUS_PER_NODE=0 to run on CPU"
     echo "$g"
 }
 
@@ -192,7 +212,7 @@ run() {
     mkdir -p "$RUN_DIR"
 
     local nnodes=${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}} gpus per_node device
-    gpus=$(gpus_per_node)
+    gpus=$(gpus_per_node) || exit 1
     if ((gpus > 0)); then
         per_node=$gpus
         device="$gpus GPU(s)/node"

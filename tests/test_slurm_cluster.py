@@ -155,6 +155,43 @@ def test_rank_wiring_odd_node_list(slurm_cluster):
                    "NODE_RANK": "0", "LOCAL_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}
 
 
+def test_a_task_bound_to_one_gpu_uses_local_rank_0(slurm_cluster):
+    """--gpus-per-task=1 leaves each task one visible id: its GPU is cuda:0 there, whatever SLURM_LOCALID says."""
+    job = dict(SLURM_JOB_NODELIST="gpu[001-002]", SLURM_NNODES="2", SLURM_NODEID="1", SLURM_JOB_ID="9",
+               SLURM_PROCID="13", SLURM_LOCALID="5", SLURM_NTASKS="16", SLURM_NTASKS_PER_NODE="8")
+    assert _print_env(slurm_cluster, **job, CUDA_VISIBLE_DEVICES="5")["LOCAL_RANK"] == "0"
+    assert _print_env(slurm_cluster, **job, CUDA_VISIBLE_DEVICES="0,1,2,3,4,5,6,7")["LOCAL_RANK"] == "5"
+    assert _print_env(slurm_cluster, **job, CUDA_VISIBLE_DEVICES="")["LOCAL_RANK"] == "5"  # CPU: no binding
+
+
+def _run_batch(cluster: SlurmCluster, tmp_path: Path, nvidia_smi: str | None, **env: str) -> subprocess.CompletedProcess:
+    """``launch.sh run`` as a batch script starts it, up to srun (which fails: job 77 does not exist); ``nvidia_smi``:
+    what an ``nvidia-smi`` first on PATH prints for ``-L`` (this machine has no GPU, so the node's view is
+    stood in for by that script; None: no nvidia-smi at all)."""
+    bin_dir = tmp_path / f"bin_{len(list(tmp_path.glob('bin_*')))}"
+    bin_dir.mkdir()
+    if nvidia_smi is not None:
+        (bin_dir / "nvidia-smi").write_text(f"#!/bin/sh\nprintf '{nvidia_smi}'\n")
+        (bin_dir / "nvidia-smi").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "77", "SLURM_NNODES": "1", "CONFIG": "c.yaml",
+           "DS_CONFIG": "d.json", "RUN_DIR": str(tmp_path / "run"), "SLURM_CONF": cluster.env["SLURM_CONF"], **env}
+    return subprocess.run(["bash", str(LAUNCH), "run"], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_gpus_requested_but_not_visible_stop_the_job(slurm_cluster, tmp_path):
+    for nvidia_smi in (None, "No devices were found\n", "GPU 0: NVIDIA H100 (UUID: GPU-1)\n"):
+        out = _run_batch(slurm_cluster, tmp_path, nvidia_smi, SLURM_GPUS_ON_NODE="2")
+        assert out.returncode == 1 and "2 GPU(s) per node requested" in out.stderr and "srun" not in out.stdout, out
+
+
+def test_gpu_count_falls_back_to_nvidia_smi(slurm_cluster, tmp_path):
+    gpus = "GPU 0: NVIDIA H100 (UUID: GPU-1)\nGPU 1: NVIDIA H100 (UUID: GPU-2)\n"
+    out = _run_batch(slurm_cluster, tmp_path, gpus)  # the job says nothing about GPUs
+    assert "x 2 rank(s), world size 2, 2 GPU(s)/node" in out.stdout, out
+    out = _run_batch(slurm_cluster, tmp_path, None)  # no driver: CPU ranks, one per task slot
+    assert "CPU only" in out.stdout, out
+
+
 def test_task_mode_exports_rank_env_and_rejects_missing_vars(slurm_cluster):
     env = {"PATH": os.environ["PATH"], "SLURM_CONF": slurm_cluster.env["SLURM_CONF"], "SLURM_JOB_NODELIST": "a1,b2",
            "SLURM_JOB_ID": "7", "SLURM_PROCID": "1", "SLURM_LOCALID": "0", "SLURM_NTASKS": "2"}
