@@ -139,7 +139,8 @@ def test_bad_samples_are_skipped_and_counted(bad_samples, targets, bad):
                          seed=0, targets=targets)
     batches = iter(make_loader(stream, 0))
     epoch = [next(batches) for _ in range(15)]  # 60 good clips: 15 batches of 4
-    assert epoch[-1]["position"] == {"epoch": 0, "consumed": 64, "skipped": 4, "short": 0}
+    assert epoch[-1]["position"] == {"epoch": 0, "consumed": 64, "skipped": 4, "short": 0, "skipped_shards": 0,
+                                     "read_retries": 0}
     keys = {k for b in epoch for k in b["key"]}
     assert keys == {f"train{i:07d}" for i in range(64)} - {f"train{i:07d}" for i in bad}
 

@@ -20,7 +20,8 @@ if __package__ in (None, ""):  # run as a script (the deepspeed launcher does): 
 
 from turbo_ds.config import (Config, ConfigError, DeepSpeedConfig, load_config, load_ds_config,  # noqa: E402
                              plan_batches, to_dict)
-from turbo_ds.data.shards import MANIFEST, read_manifest  # noqa: E402
+from turbo_ds.data.locations import is_remote, redact, redacted  # noqa: E402
+from turbo_ds.data.shards import MANIFEST  # noqa: E402
 from turbo_ds.engine.distributed import world_from_env  # noqa: E402
 
 if TYPE_CHECKING:
@@ -40,23 +41,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_data(cfg: Config) -> None:
-    """The dataset folders are complete, or missing but generated at start-up (the demo)."""
-    for key, folder in (("data.train", cfg.data.train), ("data.val", cfg.data.val)):
-        if not (Path(folder) / MANIFEST).is_file():
+    """The datasets are complete, or local and missing but generated at start-up (the demo); a URL's
+    manifest is read (with the configured retries), so an unreachable store stops the run here."""
+    from turbo_ds.data.storage import ShardSource
+
+    for split in ("train", "val"):
+        folder, key = getattr(cfg.data, split), f"data.{split}"
+        if not is_remote(folder) and getattr(cfg.data, f"{split}_manifest") is None and \
+                not (Path(folder) / MANIFEST).is_file():
             if cfg.data.generate_demo:
                 continue
             raise ConfigError(f"{key}={folder}: no dataset there ({MANIFEST} missing); build shards with "
                               "data_prep/ or set data.generate_demo=true for the demo data")
         try:
-            read_manifest(folder)
+            ShardSource.from_config(cfg.data, split)
         except (FileNotFoundError, ValueError) as e:
-            raise ConfigError(f"data: {e}") from e
+            raise ConfigError(str(e) if str(e).startswith(key) else f"data: {e}") from e
 
 
 def config_error(e: ConfigError, show: bool = True) -> int:
     """One line on stderr (from one rank once the ranks exist), exit status 2."""
     if show:
-        print(f"config error: {e}", file=sys.stderr)
+        print(f"config error: {redact(str(e))}", file=sys.stderr)
     return 2
 
 
@@ -113,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from turbo_ds.data.storage import ShardSource
     from turbo_ds.engine.checkpoint import CheckpointManager
     from turbo_ds.engine.distributed import barrier, init_distributed
     from turbo_ds.engine.metrics import RunLog
@@ -131,14 +138,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve_keep_ratio(cfg, ds, dist_info, log, checkpoints)
     except ConfigError as e:
         return config_error(e, dist_info.is_main)
-    checkpoints.record_configs(to_dict(cfg), ds.resolved(plan))
+    checkpoints.record_configs(redacted(to_dict(cfg)), ds.resolved(plan))  # no credentials in the run dir
     barrier()  # demo data and run dir exist before any rank reads them
 
     log.info(f"turbo_ds: task {cfg.task} | run_dir {run_dir} | {dist_info.world} rank(s) | "
              f"keep_ratio {cfg.turbo.keep_ratio} (eval {cfg.turbo.eval_keep_ratio})")
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     try:
-        task = build_task(cfg, read_manifest(cfg.data.train))
+        task = build_task(cfg, ShardSource.from_config(cfg.data, "train").manifest)
     except ConfigError as e:  # checks that need the data or the tokenizer (e.g. vocab vs text model)
         return config_error(e, dist_info.is_main)
     if task.pretrained_report:

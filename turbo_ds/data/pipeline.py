@@ -23,7 +23,10 @@ decodes it.
 Bad data is skipped and counted (``StreamPosition.skipped``), never fatal: an unreadable
 tar file or member through ``StreamPosition.tar_handler``, a sample that raises
 ``DataError`` (corrupt mp4, missing or unparsable member, no caption) through
-``each_or_skip``. Any other exception is a bug and propagates.
+``each_or_skip``. Any other exception is a bug and propagates. Shards are located and read
+by ``storage.ShardSource`` (a local folder or a URL): a shard that cannot be read after
+retries is counted in ``StreamPosition.skipped_shards`` and its samples become placeholders,
+skipped and counted after the stream has counted them, so no later sample moves.
 """
 
 from __future__ import annotations
@@ -43,12 +46,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.filters import _shuffle
-from webdataset.tariterators import tarfile_samples
 
 from turbo_ds.config import DataConfig, EvalConfig, ModelConfig
 from turbo_ds.data import transforms as T
 from turbo_ds.data.errors import DataError
-from turbo_ds.data.shards import read_manifest, shard_paths
+from turbo_ds.data.storage import ShardSource, check_not_lost
 from turbo_ds.data.video import decode_frames, dense_indices, read_frames, sample_indices
 
 Stage = Callable[[Iterator[Any]], Iterator[Any]]  # one step of a pipeline: samples in, samples out
@@ -135,14 +137,19 @@ TAR_READ_ERRORS = (OSError, EOFError, ValueError, tarfile.TarError, zlib.error)
 
 class StreamPosition:
     """Where a stream stands: epoch, raw samples consumed in it, bad samples skipped and short
-    videos (fewer frames than the clip needs: frames repeat) so far.
+    videos (fewer frames than the clip needs: frames repeat) so far, shards that could not be
+    read and retried shard reads so far.
 
     It travels with every batch, so a checkpoint records exactly what training consumed
-    and a resumed stream continues from there instead of restarting its epoch.
+    and a resumed stream continues from there instead of restarting its epoch. ``events``
+    (what the shard reader did: retries, skipped shards) goes to the log with the next batch.
     """
 
-    def __init__(self, epoch: int = 0, consumed: int = 0, skipped: int = 0, short: int = 0):
+    def __init__(self, epoch: int = 0, consumed: int = 0, skipped: int = 0, short: int = 0,
+                 skipped_shards: int = 0, read_retries: int = 0):
         self.epoch, self.consumed, self.skipped, self.short = epoch, consumed, skipped, short
+        self.skipped_shards, self.read_retries = skipped_shards, read_retries
+        self.events: list[str] = []
 
     def count(self, samples: Iterator[dict]) -> Iterator[dict]:
         for sample in samples:
@@ -157,7 +164,12 @@ class StreamPosition:
         return True
 
     def state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "consumed": self.consumed, "skipped": self.skipped, "short": self.short}
+        return {"epoch": self.epoch, "consumed": self.consumed, "skipped": self.skipped, "short": self.short,
+                "skipped_shards": self.skipped_shards, "read_retries": self.read_retries}
+
+    def take_events(self) -> list[str]:
+        events, self.events = self.events, []
+        return events
 
 
 class DecodedCache:
@@ -220,11 +232,6 @@ def take(count: int) -> Stage:
 def drop_first(count: int) -> Stage:
     """All items but the first ``count`` (which are read, not processed)."""
     return lambda items: itertools.islice(items, count, None)
-
-
-def tar_samples(handler: Callable[[Exception], bool]) -> Stage:
-    """Shard paths/URLs -> samples (dicts of tar members by extension); read failures go to ``handler``."""
-    return lambda urls: tarfile_samples(({"url": u} for u in urls), handler=handler)
 
 
 def shuffle(buffer: int, rng: random.Random) -> Stage:
@@ -346,7 +353,8 @@ def collate(samples: list[dict], spec: ClipSpec, stream: str, position: StreamPo
     targets = ({"label": torch.tensor([s["label"] for s in samples])} if spec.targets == "label"  # (B,)
                else {"captions": [s["captions"] for s in samples], "text": [s["text"] for s in samples]})
     return {"video": video if spec.views > 1 else video.flatten(0, 1),  # (B, V, C, T, H, W) or (B, C, T, H, W)
-            **targets, "key": [s["__key__"] for s in samples], "stream": stream, "position": position.state()}
+            **targets, "key": [s["__key__"] for s in samples], "stream": stream, "position": position.state(),
+            "events": position.take_events()}
 
 
 # ------------------------------------------------------------------ streams
@@ -367,8 +375,8 @@ class TrainStream(IterableDataset):
     def __init__(self, data: DataConfig, model: ModelConfig, rank: int, world: int, batch_size: int, seed: int,
                  resume: dict[str, dict[str, int]] | None = None, frames: int | None = None,
                  targets: Targets = "label"):
-        self.manifest = read_manifest(data.train)
-        self.shards = shard_paths(data.train, self.manifest)
+        self.source = ShardSource.from_config(data, "train")  # a folder or URL: manifest, shard URLs, reading
+        self.manifest, self.shards = self.source.manifest, self.source.shards
         readers = world * max(1, data.num_workers)
         if data.resampled and self.manifest["num_samples"] < readers:
             raise ValueError(f"data.train={data.train}: {self.manifest['num_samples']} samples cannot give each of "
@@ -392,9 +400,11 @@ class TrainStream(IterableDataset):
             # world size; its epoch is its share of the manifest. A good shard yields at least
             # one sample, so that many draws suffice (fewer samples only if shards are broken).
             share = self.manifest["num_samples"] // (self.world * workers)
+            shards_per_epoch = math.ceil(share * len(self.shards) / self.manifest["num_samples"])
             pipeline = [
                 resampled(self.shards, share, random.Random(f"resample-{self.seed}-{epoch}-{self.rank}-{worker}")),
-                tar_samples(pos.tar_handler),  # tar members -> samples; unreadable ones skipped and counted
+                # tar members -> samples (remote shards prefetched); unreadable members and shards skipped, counted
+                self.source.samples(pos, shards_per_epoch),
                 take(share),  # this stream's share of an epoch
             ]
         else:
@@ -402,7 +412,8 @@ class TrainStream(IterableDataset):
                 shuffled(self.shards, f"{self.seed}-{epoch}"),  # every shard, in the same order on every rank
                 split_by(self.rank, self.world),  # split by node: shards[rank::world]
                 split_by(worker, workers),  # then by loader worker
-                tar_samples(pos.tar_handler),  # tar members -> samples; unreadable ones skipped and counted
+                # tar members -> samples (remote shards prefetched); unreadable members and shards skipped, counted
+                self.source.samples(pos),
             ]
         order = random.Random(f"{self.seed}-{epoch}-{self.rank}-{worker}")
         pipeline.append(shuffle(self.data.shuffle_buffer, order))  # shuffle buffer, seeded per stream and epoch
@@ -412,6 +423,7 @@ class TrainStream(IterableDataset):
         return pipeline + [
             pos.count,  # raw samples consumed this epoch: what a checkpoint records
             drop_first(resume_at),  # resume mid-epoch: drop what was already trained on, without decoding
+            each_or_skip(check_not_lost, pos),  # placeholders of a shard that could not be read: skipped, counted
             each(seed_per_sample(self.seed, epoch)),  # per-sample rng from (seed, epoch, key)
             each_or_skip(parse_targets(spec.targets), pos),  # label or captions; bad ones skipped and counted
             each_or_skip(decode(spec, cache, pos), pos),  # only the picked frames; a corrupt mp4 is skipped, counted
@@ -445,8 +457,8 @@ class EvalStream(IterableDataset):
     def __init__(self, data: DataConfig, model: ModelConfig, rank: int, world: int, batch_size: int,
                  evaluation: EvalConfig | None = None, num_workers: int = 0, frames: int | None = None,
                  targets: Targets = "label"):
-        self.manifest = read_manifest(data.val)
-        self.shards = shard_paths(data.val, self.manifest)
+        self.source = ShardSource.from_config(data, "val")  # a folder or URL: manifest, shard URLs, reading
+        self.manifest, self.shards = self.source.manifest, self.source.shards
         self.spec = ClipSpec.from_config(data, model, train=False, evaluation=evaluation, frames=frames,
                                          targets=targets)
         self.data, self.rank, self.world, self.batch_size = data, rank, world, batch_size
@@ -465,10 +477,13 @@ class EvalStream(IterableDataset):
         spec = self.spec
         return [
             self.shards,  # every shard, in manifest order
-            tar_samples(pos.tar_handler),  # tar members -> samples; unreadable ones skipped and counted
+            # tar members -> samples (remote shards prefetched); an unreadable shard gives placeholders, so that
+            # every rank still agrees on each sample's index
+            self.source.samples(pos),
             split_by(self.rank, self.world),  # sample i -> rank i % world
             split_by(worker, workers),  # then -> worker (i // world) % workers
             pos.count,
+            each_or_skip(check_not_lost, pos),  # placeholders of a shard that could not be read: skipped, counted
             each_or_skip(parse_targets(spec.targets), pos),  # label or captions; bad ones skipped and counted
             each_or_skip(decode(spec, DecodedCache(0, self.data.decode_threads), pos), pos),  # corrupt: skipped
             each(choose_views(spec)),  # num_clips x num_crops fixed views

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from turbo_ds.data.locations import redact
 from turbo_ds.fileio import atomic_write_bytes
 from turbo_ds.memory import peak_rss_bytes
 
@@ -30,6 +31,7 @@ class RunLog:
 
     def info(self, message: str) -> None:
         if self.enabled:
+            message = redact(message)  # a dataset URL's password or signature never reaches the log
             print(message, flush=True)
             self.text.write(message + "\n")
             self.text.flush()

@@ -109,6 +109,7 @@ class Trainer:
         self.checkpoints = checkpoints
         self.preemption = PreemptionFlag()
         self.data_position: dict[str, dict[str, int]] = {}
+        self.data_events: list[str] = []  # what this rank's shard readers reported since the last log line
         self.step = 0
 
     # ------------------------------------------------------------------ state
@@ -156,6 +157,7 @@ class Trainer:
                 self.engine.backward(loss)
                 self.engine.step()
                 self.data_position[batch["stream"]] = batch["position"]
+                self.data_events += [f"{batch['stream']}: {e}" for e in batch["events"]]
                 window.loss_sum += loss.item()
                 window.micro_steps += 1
             window.steps += 1
@@ -185,15 +187,19 @@ class Trainer:
 
     def _log_train(self, window: LogWindow) -> None:
         elapsed = time.perf_counter() - window.start
-        loss, skipped, short = all_reduce_sum([window.loss_sum / max(window.micro_steps, 1),
-                                               sum(p["skipped"] for p in self.data_position.values()),
-                                               sum(p.get("short", 0) for p in self.data_position.values())])
+        positions = self.data_position.values()
+        loss, skipped, short, shards, retries, events = all_reduce_sum(
+            [window.loss_sum / max(window.micro_steps, 1), sum(p["skipped"] for p in positions),
+             sum(p.get("short", 0) for p in positions), sum(p.get("skipped_shards", 0) for p in positions),
+             sum(p.get("read_retries", 0) for p in positions), len(self.data_events)])
+        self._log_data_events(events)
         record = {
             "step": self.step, "train/loss": loss / self.dist.world, "train/lr": self.engine.get_lr()[0],
             "train/clips_per_s": window.steps * self.plan.global_size / elapsed,
             "train/keep_ratio": self.keep_ratio, "train/tokens_kept": self.task.tokens_kept,
             "train/tokens_total": self.task.tokens_total, "train/peak_mem_mb": peak_memory_mb(),
             "data/skipped_samples": int(skipped), "data/short_videos": int(short),
+            "data/skipped_shards": int(shards), "data/read_retries": int(retries),
         }
         counters = self.task.counters  # task-specific running totals, e.g. truncated captions
         record.update(zip(counters, map(int, all_reduce_sum(list(counters.values())))))
@@ -202,7 +208,18 @@ class Trainer:
                       f"lr {record['train/lr']:.2e} | {record['train/clips_per_s']:.1f} clips/s | tokens "
                       f"{self.task.tokens_kept}/{self.task.tokens_total} | peak mem {record['train/peak_mem_mb']:.0f} MB"
                       + (f" | skipped {int(skipped)} bad samples" if skipped else "")
+                      + (f" | {int(shards)} shards unreadable, skipped" if shards else "")
+                      + (f" | {int(retries)} shard reads retried" if retries else "")
                       + (f" | {int(short)} videos shorter than the clip (frames repeated)" if short else ""))
+
+    def _log_data_events(self, count: float) -> None:
+        """Rank 0 logs every rank's shard-reader events (retries, skipped shards with their URLs);
+        ``count`` is their number summed over ranks, so that every rank joins the gather or none."""
+        if count:
+            for events in all_gather_objects(self.data_events):
+                for event in events:
+                    self.log.info(f"data: {event}")
+        self.data_events = []
 
     # ------------------------------------------------------------- evaluation
 
@@ -220,10 +237,14 @@ class Trainer:
                 continue
             outputs.append(self.task.eval_step(self.engine, to_device(batch, self.engine.device), self.dtype))
             position = batch["position"]
+            self.data_events += [f"{batch['stream']}: {e}" for e in batch["events"]]
         metrics = self.task.eval_metrics(outputs)  # reduces over ranks
         self.engine.train()
-        skipped, short = all_reduce_sum([position.get("skipped", 0), position.get("short", 0)])
+        skipped, short, shards, events = all_reduce_sum([position.get("skipped", 0), position.get("short", 0),
+                                                         position.get("skipped_shards", 0), len(self.data_events)])
+        self._log_data_events(events)
         record = {"step": self.step, **metrics, "eval/skipped_samples": int(skipped), "eval/short_videos": int(short),
+                  "eval/skipped_shards": int(shards),
                   "eval/keep_ratio": self.cfg.turbo.eval_keep_ratio, "eval/seconds": time.perf_counter() - start}
         self.log.metrics(record)
         shown = " | ".join(f"{k.removeprefix('eval/')} {v:.4f}" if isinstance(v, float) else f"{k.removeprefix('eval/')} {v}"

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from turbo_ds.config import Config, ConfigError
+from turbo_ds.data.locations import is_remote
 from turbo_ds.data.pipeline import Targets
 from turbo_ds.data.shards import MANIFEST
 
@@ -61,8 +62,9 @@ class Task(ABC):
     @classmethod
     def prepare(cls, cfg: Config, log: Log) -> None:
         """Rank 0, before any rank builds the task: create what the run reads but may not exist yet."""
-        data = cfg.data
-        if data.generate_demo and not all((Path(p) / MANIFEST).is_file() for p in (data.train, data.val)):
+        data, folders = cfg.data, (cfg.data.train, cfg.data.val)
+        if data.generate_demo and not any(map(is_remote, folders)) and not all((Path(p) / MANIFEST).is_file()
+                                                                              for p in folders):
             cls.generate_demo(Path(data.train).parent, log)
 
     @classmethod
