@@ -3,6 +3,8 @@
 
     python bench/loader_speed.py --shards DIR_OR_GLOB --json out.json [--workers 2 --batches 100 --batch-size 8]
     python bench/loader_speed.py --make-long /tmp/long --json long.json [--sampling dense --stride 2]
+    python bench/loader_speed.py --shards URL --local DIR --json out.json     # a store vs the same shards on disk
+    python bench/loader_speed.py --shards DIR --nginx --json out.json          # DIR served by nginx on loopback
 
 Loader: TrainStream through make_loader with W workers (decode only the picked frames +
 sample + crop/resize/normalise + collate), decoded cache off. Raw: W processes, each
@@ -14,11 +16,20 @@ so load from other processes hits all three alike. CPU ms/clip (all processes' u
 system time) shows the work done, which other processes on the machine do not distort.
 ``--make-long DIR`` first writes 64-frame 128x128 clips with 1-s GOPs (gop 8 at 8 fps) to
 DIR/train and benchmarks those.
+
+Remote shards: ``--shards URL`` (https://, s3://, gs://, pipe:) times the loader reading
+them (whole shards prefetched, ``--prefetch-shards``); raw decoding reads the same clips
+first, so it measures decoding only. ``--local DIR`` adds loader runs on the same dataset
+from disk, alternating with the URL runs, and reports URL / disk. ``--nginx`` serves the
+``--shards`` folder through nginx on 127.0.0.1 (a temp config, stopped at the end;
+``--limit-rate`` caps each connection, e.g. 2m, to act as a slower store) and compares it
+with the folder itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import glob
 import io
@@ -39,7 +50,9 @@ import numpy as np  # noqa: E402
 
 from turbo_ds.config import DataConfig, ModelConfig  # noqa: E402
 from turbo_ds.data.pipeline import TrainStream, make_loader  # noqa: E402
-from turbo_ds.data.shards import MANIFEST, read_manifest, shard_name, write_manifest, write_shard  # noqa: E402
+from turbo_ds.data.locations import is_remote, redact  # noqa: E402
+from turbo_ds.data.shards import MANIFEST, shard_name, write_manifest, write_shard  # noqa: E402
+from turbo_ds.data.storage import ShardSource, read_bytes  # noqa: E402
 from turbo_ds.data.video import decode_frames  # noqa: E402
 from turbo_ds.prep.demo import CLASS_NAMES, DemoSettings, render_clip  # noqa: E402
 from turbo_ds.prep.transcode import encode_mp4  # noqa: E402
@@ -63,10 +76,10 @@ def make_long_clips(folder: Path, clips: int, frames: int = 64, size: int = 128,
     return folder
 
 
-def dataset_folder(spec: str) -> Path:
-    """A dataset folder as given, or a temporary one (links + manifest) for a glob of tar shards."""
-    if (Path(spec) / MANIFEST).is_file():
-        return Path(spec)
+def dataset_folder(spec: str) -> str:
+    """A dataset folder or URL as given, or a temporary folder (links + manifest) for a glob of tar shards."""
+    if is_remote(spec) or (Path(spec) / MANIFEST).is_file():
+        return spec
     tars = sorted(glob.glob(spec))
     if not tars:
         sys.exit(f"--shards {spec}: neither a dataset folder with {MANIFEST} nor a glob matching tar shards")
@@ -77,13 +90,13 @@ def dataset_folder(spec: str) -> Path:
         with tarfile.open(path) as tar:
             shards.append({"name": Path(path).name, "num_samples": sum(m.name.endswith(".mp4") for m in tar)})
     write_manifest(folder, task="action_cls", shards=shards, class_names=None)
-    return folder
+    return str(folder)
 
 
-def read_clips(folder: Path, count: int) -> list[bytes]:
+def read_clips(location: str, count: int) -> list[bytes]:
     clips = []
-    for shard in read_manifest(folder)["shards"]:
-        with tarfile.open(folder / shard["name"]) as tar:
+    for url in ShardSource(location).shards:
+        with tarfile.open(fileobj=io.BytesIO(read_bytes(url))) as tar:
             clips += [tar.extractfile(m).read() for m in tar if m.name.endswith(".mp4")]
         if len(clips) >= count:
             break
@@ -150,7 +163,8 @@ def loader_rate(data: DataConfig, model: ModelConfig, batch_size: int, batches: 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--shards", help="dataset folder (tar shards + manifest.json) or a glob of tar shards")
+    src.add_argument("--shards", help="dataset folder (tar shards + manifest.json), a glob of tar shards, or a URL "
+                                      "(https://, s3://, gs://, pipe:) of a dataset")
     src.add_argument("--make-long", metavar="DIR", help="write 64-frame 128x128 gop-8 clips to DIR/train and use them")
     p.add_argument("--json", required=True, help="write the figures here")
     p.add_argument("--workers", type=int, default=2, help="loader workers = raw decode processes")
@@ -164,29 +178,54 @@ def main(argv=None) -> None:
     p.add_argument("--stride", type=int, default=4, help="data.frame_stride for dense sampling")
     p.add_argument("--decode-threads", type=int, default=1)
     p.add_argument("--long-clips", type=int, default=64, help="clips written by --make-long")
+    p.add_argument("--local", metavar="DIR", help="the same dataset on local disk: also time the loader on it, "
+                                                  "alternating with the --shards runs, and report the ratio")
+    p.add_argument("--nginx", action="store_true",
+                   help="serve the --shards folder with nginx on 127.0.0.1 and compare it with the folder itself")
+    p.add_argument("--limit-rate", default=None, help="--nginx: nginx limit_rate per connection, e.g. 2m (bytes/s)")
+    p.add_argument("--prefetch-shards", type=int, default=2, help="data.prefetch_shards for remote shards")
     a = p.parse_args(argv)
 
     if a.make_long:
-        folder = Path(a.make_long) / "train"
-        if not (folder / MANIFEST).is_file():
-            make_long_clips(folder, a.long_clips)
+        folder = str(Path(a.make_long) / "train")
+        if not (Path(folder) / MANIFEST).is_file():
+            make_long_clips(Path(folder), a.long_clips)
     else:
         folder = dataset_folder(a.shards)
-    clips = read_clips(folder, a.batches * a.batch_size)
+    if not a.nginx:
+        return run(a, folder)
+    if is_remote(folder):
+        p.error("--nginx serves a local --shards folder")
+    from tests.servers import Nginx  # the nginx the tests use: temp config, free port
+
+    limit = f"limit_rate {a.limit_rate};" if a.limit_rate else ""
+    with tempfile.TemporaryDirectory(prefix="loader_speed_nginx_") as tmp, \
+            Nginx(Path(folder).resolve().parent, Path(tmp), f"location / {{ {limit} }}") as web:
+        a.local, url = folder, f"{web.url}/{Path(folder).resolve().name}"
+        print(f"serving {folder} at {url} with nginx" + (f", limit_rate {a.limit_rate}" if limit else ""))
+        run(a, url)
+
+
+def run(a: argparse.Namespace, folder: str) -> None:
+    clips = read_clips(a.local or folder, a.batches * a.batch_size)
     first = decode_frames(clips[0])  # (T, H, W, 3)
     frames_per_clip, height, width = first.shape[:3]
     size = a.size or min(height, width)
-    data = DataConfig(train=str(folder), val=str(folder), num_workers=a.workers, decoded_cache_clips=0,
-                      sampling=a.sampling, frame_stride=a.stride, decode_threads=a.decode_threads, shuffle_buffer=64)
+    data = DataConfig(train=folder, val=folder, num_workers=a.workers, decoded_cache_clips=0,
+                      sampling=a.sampling, frame_stride=a.stride, decode_threads=a.decode_threads, shuffle_buffer=64,
+                      prefetch_shards=a.prefetch_shards)
+    local = dataclasses.replace(data, train=a.local, val=a.local) if a.local else None
     model = ModelConfig(num_frames=a.frames, img_size=size)
     warmup = 2 * max(1, a.workers) if a.warmup is None else a.warmup
     procs = max(1, a.workers)
 
-    runs = {"raw": [], "tuned": [], "loader": []}
-    for _ in range(a.repeats):
+    runs = {"raw": [], "tuned": [], "loader": [], **({"loader_local": []} if local else {})}
+    loaders = [("loader", data)] + ([("loader_local", local)] if local else [])
+    for repeat in range(a.repeats):
         runs["raw"].append(raw_rate(clips, procs, plain_decode))
         runs["tuned"].append(raw_rate(clips, procs, functools.partial(tuned_decode, threads=a.decode_threads)))
-        runs["loader"].append(loader_rate(data, model, a.batch_size, a.batches, warmup))
+        for name, config in loaders[::-1] if repeat % 2 else loaders:  # URL and disk take turns going first
+            runs[name].append(loader_rate(config, model, a.batch_size, a.batches, warmup))
     med = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
     raw, tuned, loader = med["raw"], med["tuned"], med["loader"]
     result = {
@@ -201,8 +240,11 @@ def main(argv=None) -> None:
         "workers": a.workers, "batch_size": a.batch_size, "batches": a.batches, "repeats": a.repeats,
         "frames": a.frames, "size": size, "sampling": a.sampling, "frame_stride": a.stride,
         "decode_threads": a.decode_threads, "clip_frames": frames_per_clip, "clip_hw": [height, width],
-        "shards": str(folder), "runs": runs,
+        "shards": redact(folder), "prefetch_shards": a.prefetch_shards, "runs": runs,
     }
+    if local:
+        result.update(local_loader_clips_per_s=med["loader_local"]["clips_per_s"], local=a.local,
+                      remote_vs_local=loader["clips_per_s"] / med["loader_local"]["clips_per_s"])
     Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
     print(f"clips: {frames_per_clip} frames of {height}x{width}; model {a.frames} frames at {size} px, "
           f"{a.sampling} sampling; {a.workers} workers / processes; medians of {a.repeats} runs")
@@ -212,6 +254,12 @@ def main(argv=None) -> None:
                               ("loader (picked frames)", loader, result["loader_frames_per_s"])]:
         print(f"{name:30s}{m['clips_per_s']:9.1f}{frames_s:10.0f}{m['clips_per_s'] / raw['clips_per_s']:7.2f}x"
               f"{m['cpu_ms_per_clip']:13.2f}")
+    if local:
+        m = med["loader_local"]
+        print(f"{'loader, local disk':30s}{m['clips_per_s']:9.1f}{m['clips_per_s'] * a.frames:10.0f}"
+              f"{m['clips_per_s'] / raw['clips_per_s']:7.2f}x{m['cpu_ms_per_clip']:13.2f}")
+        print(f"loader from {redact(folder)} / from local disk: {result['remote_vs_local']:.2f}x "
+              f"(prefetch_shards {a.prefetch_shards})")
 
 if __name__ == "__main__":
     main()
