@@ -36,7 +36,7 @@ def data_config(train: str, val: str, **kw) -> DataConfig:
 
 
 def keys_and_positions(cfg: DataConfig, rank: int = 0, world: int = 2, batches: int = 4, resume=None):
-    loader = make_loader(TrainStream(cfg, MODEL, rank, world, 4, seed=1, resume=resume), 0)
+    loader = make_loader(TrainStream(cfg, MODEL, rank, world, 4, seed=1, resume=resume), cfg.num_workers)
     return [b for _, b in zip(range(batches), loader)]
 
 
@@ -286,8 +286,9 @@ def test_s3_build_inspect_and_stream_through_moto(s3, tiny_demo, tmp_path, monke
     status, out, err = tool(capsys, "inspect_shards", "s3://turbo/demo/val", "--no-decode")
     assert status == 0 and "total: 32 samples in 4 shards" in out, err
 
-    s3_data = data_config("s3://turbo/demo/val", "s3://turbo/demo/val")
-    local = data_config(str(tmp_path / "a"), str(tmp_path / "a"))
+    # through a loader worker process: fsspec's S3 client must work in a forked child
+    s3_data = data_config("s3://turbo/demo/val", "s3://turbo/demo/val", num_workers=1)
+    local = data_config(str(tmp_path / "a"), str(tmp_path / "a"), num_workers=1)
     got, expected = keys_and_positions(s3_data, world=4, batches=3), keys_and_positions(local, world=4, batches=3)
     assert [b["key"] for b in got] == [b["key"] for b in expected]
     assert torch.equal(got[-1]["video"], expected[-1]["video"])

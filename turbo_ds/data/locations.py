@@ -14,7 +14,8 @@ from typing import Any
 _SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*)://", re.I)
 _URL_IN_TEXT = re.compile(r"\b([a-z][a-z0-9+.-]*://)([^\s/@?#]*@)?([^\s?#]*)(\?[^\s#]*)?", re.I)
 # Environment-style assignments in a pipe: command, e.g. AWS_SECRET_ACCESS_KEY=... aws s3 cp ...
-_SECRET_ASSIGNMENT = re.compile(r"\b([A-Z][A-Z0-9_]*(?:SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIALS?|_KEY)[A-Z0-9_]*)=(\S+)")
+_SECRET_ASSIGNMENT = re.compile(r"\b([A-Z][A-Z0-9_]*(?:SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIALS?|_KEY)[A-Z0-9_]*)"
+                                r"=(\S+)")
 
 
 def scheme(location: str) -> str | None:

@@ -32,6 +32,7 @@ error. Local folders are read as before: streamed from disk, nothing held in mem
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import io
 import itertools
@@ -60,14 +61,19 @@ from braceexpand import braceexpand
 from turbo_ds.data.errors import DataError
 from turbo_ds.data.locations import is_remote, join, redact, scheme
 from turbo_ds.data.shards import MANIFEST, check_manifest, missing_shards, read_manifest, shard_paths
+from turbo_ds.fileio import atomic_write_bytes
 
 if TYPE_CHECKING:
     from turbo_ds.config import DataConfig
+    from turbo_ds.data.pipeline import StreamPosition
 
 CHUNK = 1 << 20  # bytes per read call while downloading
 MAX_BACKOFF_S = 60.0
 LOST = "__lost_shard__"  # the member that marks a placeholder for a sample of a shard that could not be read
+ShardStage = Callable[[Iterable[str]], Iterator[dict]]  # a loader stage: shard URLs in, samples out
 _BRACES = re.compile(r"\{[^{}]*\.\.[^{}]*\}")  # a brace range: one entry per shard
+
+
 # ------------------------------------------------------------------ one read attempt
 
 
@@ -171,9 +177,8 @@ def _read_pipe(command: str, buf: io.BytesIO, timeout: float) -> None:
             proc.stdout.close()
 
 
-@functools.lru_cache(maxsize=None)
 def _filesystem(protocol: str, timeout: float):
-    """An fsspec filesystem (instances are per process: fsspec starts over after a fork)."""
+    """An fsspec filesystem; fsspec caches instances per process (a forked loader worker gets its own)."""
     try:
         import fsspec
     except ImportError:
@@ -207,53 +212,84 @@ def _read_fsspec(url: str, buf: io.BytesIO, timeout: float) -> None:
 
 
 def _read_local(path: str, buf: io.BytesIO, timeout: float) -> None:
-    try:
-        buf.write(Path(path).read_bytes())
-    except FileNotFoundError:
-        raise ReadFailed("not found", missing=True) from None
+    buf.write(Path(path).read_bytes())
 
 
-def _read_once(url: str, buf: io.BytesIO, timeout: float) -> None:
-    """One attempt to read ``url`` into ``buf`` (which may hold the start already); ReadFailed on failure."""
-    kind = scheme(url)
-    read = {"http": _read_http, "https": _read_http, "pipe": _read_pipe, None: _read_local}.get(kind, _read_fsspec)
+@contextlib.contextmanager
+def _as_read_failed() -> Iterator[None]:
+    """Network and I/O errors as ReadFailed (a reason to retry); ReadFailed passes through."""
     try:
-        read(url.removeprefix("pipe:") if kind == "pipe" else url, buf, timeout)
+        yield
     except ReadFailed:
         raise
+    except FileNotFoundError:  # a local path (an http 404 is an HTTPError: see _http_error)
+        raise ReadFailed("not found", missing=True) from None
     except urllib.error.URLError as e:  # connection refused, unknown host, connect timeout
         raise ReadFailed(str(e.reason)) from None
     except (OSError, HTTPException) as e:  # reset, stall (TimeoutError), truncated response
         raise ReadFailed(f"{type(e).__name__}: {e}".rstrip(": ")) from None
 
 
+def _read_once(url: str, buf: io.BytesIO, timeout: float) -> None:
+    """One attempt to read ``url`` into ``buf`` (which may hold the start already); ReadFailed on failure."""
+    kind = scheme(url)
+    read = {"http": _read_http, "https": _read_http, "pipe": _read_pipe, None: _read_local}.get(kind, _read_fsspec)
+    with _as_read_failed():
+        read(url.removeprefix("pipe:") if kind == "pipe" else url, buf, timeout)
+
+
+def _write_once(url: str, data: bytes, timeout: float) -> None:
+    kind = scheme(url)
+    with _as_read_failed():
+        if kind in ("http", "https"):
+            try:
+                urllib.request.urlopen(_http_request(url, "PUT", data), timeout=timeout).close()
+            except urllib.error.HTTPError as e:
+                raise _http_error(e, "write") from None
+        elif kind == "pipe":
+            raise ReadFailed("a pipe: command can only be read; upload with its own tool", permanent=True)
+        elif kind is None:
+            atomic_write_bytes(url, data)
+        else:
+            try:
+                _filesystem(kind, timeout).pipe_file(url, data)
+            except Exception as e:  # noqa: BLE001 - as in _read_fsspec
+                raise _fsspec_error(e) from None
+
+
+def _retrying(once: Callable[[], None], policy: ReadPolicy, what: str,
+              say: Callable[[str], None] | None = None) -> tuple[int, ReadFailed | None]:
+    """Run ``once`` until it succeeds, with backoff: (retries it took, the last failure or None)."""
+    for attempt in range(policy.retries + 1):
+        try:
+            once()
+            return attempt, None
+        except ReadFailed as e:
+            if e.permanent or attempt == policy.retries:
+                return attempt, e
+            wait = min(policy.backoff_s * 2 ** attempt, MAX_BACKOFF_S)
+            if say:
+                say(f"{what} failed ({redact(e.reason)}); retry {attempt + 1}/{policy.retries} in {wait:g} s")
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
 @dataclass
 class Read:
     """The outcome of reading one URL with retries."""
 
-    data: io.BytesIO | None
+    data: io.BufferedIOBase | None
     retries: int
     error: ReadFailed | None
     seconds: float
 
 
 def read_with_retries(url: str, policy: ReadPolicy, say: Callable[[str], None] | None = None) -> Read:
-    """``url``'s bytes, retried with backoff (``say`` hears of each retry); never raises ReadFailed."""
+    """``url``'s bytes, retried with backoff (``say`` hears of each retry); failures are returned, not raised."""
     buf, start = io.BytesIO(), time.monotonic()
-    for attempt in range(policy.retries + 1):
-        try:
-            _read_once(url, buf, policy.timeout_s)
-            buf.seek(0)
-            return Read(buf, attempt, None, time.monotonic() - start)
-        except ReadFailed as e:
-            if e.permanent or attempt == policy.retries:
-                return Read(None, attempt, e, time.monotonic() - start)
-            wait = min(policy.backoff_s * 2 ** attempt, MAX_BACKOFF_S)
-            if say:
-                say(f"reading {redact(url)} failed ({redact(e.reason)}); retry {attempt + 1}/{policy.retries} "
-                    f"in {wait:g} s")
-            time.sleep(wait)
-    raise AssertionError("unreachable")
+    retries, error = _retrying(lambda: _read_once(url, buf, policy.timeout_s), policy, f"reading {redact(url)}", say)
+    buf.seek(0)
+    return Read(None if error else buf, retries, error, time.monotonic() - start)
 
 
 def describe(read: Read) -> str:
@@ -272,31 +308,10 @@ def read_bytes(url: str, policy: ReadPolicy = ReadPolicy()) -> bytes:
 
 def write_bytes(url: str, data: bytes, policy: ReadPolicy = ReadPolicy()) -> None:
     """Store ``data`` at ``url`` (local path, http(s) PUT, fsspec), retried like reads; ReadFailed on failure."""
-    kind = scheme(url)
-    for attempt in range(policy.retries + 1):
-        try:
-            if kind in ("http", "https"):
-                try:
-                    urllib.request.urlopen(_http_request(url, "PUT", data), timeout=policy.timeout_s).close()
-                except urllib.error.HTTPError as e:
-                    raise _http_error(e, "write") from None
-            elif kind == "pipe":
-                raise ReadFailed("a pipe: command can only be read; upload with its own tool", permanent=True)
-            elif kind is None:
-                from turbo_ds.fileio import atomic_write_bytes
-
-                atomic_write_bytes(url, data)
-            else:
-                try:
-                    _filesystem(kind, policy.timeout_s).pipe_file(url, data)
-                except Exception as e:  # noqa: BLE001 - as in _read_fsspec
-                    raise _fsspec_error(e) from None
-            return
-        except (urllib.error.URLError, OSError, HTTPException, ReadFailed) as e:
-            failure = e if isinstance(e, ReadFailed) else ReadFailed(str(getattr(e, "reason", e)))
-            if failure.permanent or attempt == policy.retries:
-                raise ReadFailed(f"{redact(url)}: {failure.reason}", failure.permanent) from None
-            time.sleep(min(policy.backoff_s * 2 ** attempt, MAX_BACKOFF_S))
+    retries, error = _retrying(lambda: _write_once(url, data, policy.timeout_s), policy, f"writing {redact(url)}",
+                               _stderr)
+    if error is not None:
+        raise ReadFailed(f"{redact(url)}: {redact(error.reason)}", error.permanent)
 
 
 def remote_size(url: str, policy: ReadPolicy = ReadPolicy()) -> int | None:
@@ -309,7 +324,7 @@ def remote_size(url: str, policy: ReadPolicy = ReadPolicy()) -> int | None:
         if kind is None:
             return Path(url).stat().st_size
         return int(_filesystem(kind, policy.timeout_s).size(url))
-    except (FileNotFoundError, urllib.error.HTTPError):
+    except Exception:  # noqa: BLE001 - missing, or not knowable (no HEAD, store down): upload it (write_bytes reports)
         return None
 
 
@@ -424,7 +439,7 @@ class ShardSource:
 
     # -------------------------------------------------------------- reading
 
-    def samples(self, pos, epoch_shards: int | None = None) -> Callable[[Iterable[str]], Iterator[dict]]:
+    def samples(self, pos: StreamPosition, epoch_shards: int | None = None) -> ShardStage:
         """Stage: shard URLs -> samples (dicts of tar members), the next shards prefetched.
 
         ``pos`` (a StreamPosition) counts unreadable members (``tar_handler``), lost shards and
@@ -494,24 +509,21 @@ class ShardSource:
                 for nxt in itertools.islice(todo, 1):  # keep prefetch_shards reads going while this one decodes
                     pending.append((nxt, pool.submit(read_with_retries, nxt, self.policy, _stderr)))
                 yield url, read
-                del read  # the decoded shard's bytes go before the next one arrives
         finally:
             # An epoch that ends early (resampled: its sample share is reached) drops the reads ahead;
             # those in flight finish in their threads without holding this generator up.
             pool.shutdown(wait=False, cancel_futures=True)
 
     def _open_local(self, path: str) -> Read:
-        start = time.monotonic()
-        for attempt in range(self.policy.retries + 1):
-            try:
-                return Read(open(path, "rb"), attempt, None, time.monotonic() - start)  # noqa: SIM115 - closed by _reads
-            except FileNotFoundError:
-                return Read(None, attempt, ReadFailed("not found", missing=True), time.monotonic() - start)
-            except OSError as e:  # a network file system's hiccup
-                if attempt == self.policy.retries:
-                    return Read(None, attempt, ReadFailed(str(e)), time.monotonic() - start)
-                time.sleep(min(self.policy.backoff_s * 2 ** attempt, MAX_BACKOFF_S))
-        raise AssertionError("unreachable")
+        """A local shard opened for streaming (retried: a network file system can hiccup)."""
+        start, opened = time.monotonic(), []
+
+        def open_once() -> None:
+            with _as_read_failed():
+                opened.append(open(path, "rb"))  # noqa: SIM115 - closed by _reads once the shard is read
+
+        retries, error = _retrying(open_once, self.policy, f"opening {path}", _stderr)
+        return Read(opened[0] if opened else None, retries, error, time.monotonic() - start)
 
 
 @functools.lru_cache(maxsize=16)
