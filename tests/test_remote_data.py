@@ -76,6 +76,8 @@ def test_pipe_source_equals_local_and_needs_a_manifest(tiny_demo):
     with pytest.raises(SourceError, match="data.train_manifest=PATH_OR_URL"):
         ShardSource.from_config(dataclasses.replace(local, train=pattern), "train")
     piped = dataclasses.replace(local, train=pattern, train_manifest=str(tiny_demo / "train" / "manifest.json"))
+    with pytest.raises(SourceError, match="expands to 3 shards, its manifest lists 4"):
+        ShardSource.from_config(dataclasses.replace(piped, train=pattern.replace("000003", "000002")), "train")
     expected, got = keys_and_positions(local, world=4, batches=2), keys_and_positions(piped, world=4, batches=2)
     assert [b["key"] for b in got] == [b["key"] for b in expected]
     assert torch.equal(got[-1]["video"], expected[-1]["video"])

@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from turbo_ds.data.storage import ShardSource
+    from turbo_ds.data.storage import ShardReadError, ShardSource
     from turbo_ds.engine.checkpoint import CheckpointManager
     from turbo_ds.engine.distributed import barrier, init_distributed
     from turbo_ds.engine.metrics import RunLog
@@ -151,7 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     if task.pretrained_report:
         log.info(str(task.pretrained_report))
     trainer = Trainer(cfg, ds, plan, dist_info, task, checkpoints, log)
-    trainer.fit()
+    try:
+        trainer.fit()
+    except ShardReadError as e:  # the store lost too much of an epoch: one line, not a traceback
+        log.info(f"data error: {e}")
+        print(f"data error (rank {dist_info.rank}): {redact(str(e))}", file=sys.stderr)
+        return 3
     log.close()
     return 0
 
