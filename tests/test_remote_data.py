@@ -104,7 +104,7 @@ def web(tiny_demo, tmp_path_factory):
         location /flaky/ {{ alias {root}/; }}
         location = /flaky/train/train-000001.tar {{ return 500; }}
         location /slow/ {{ alias {root}/; limit_rate 64k; }}
-        location /private/ {{ alias {root}/gappy/; limit_rate 48k;
+        location /private/ {{ alias {root}/gappy/; limit_rate 96k;
                               auth_basic "turbo_ds"; auth_basic_user_file {htpasswd}; }}
         location /upload/ {{ dav_methods PUT DELETE; create_full_put_path on; client_max_body_size 0; }}
         location /readonly/ {{ alias {root}/upload/; }}
@@ -307,19 +307,19 @@ def test_training_over_http_survives_an_outage_and_reports_skipped_shards(web, t
     url = web.url.replace("http://", f"http://ann:{SECRET}@") + "/private"
     run_dir = tmp_path / "run"
     sets = tiny_overrides(tmp_path, run_dir, f"data.train={url}/train", f"data.val={url}/val",
-                          "data.max_skipped_shard_fraction=0.5", "data.read_retries=6", "data.read_backoff_s=0.5",
+                          "data.max_skipped_shard_fraction=0.5", "data.read_retries=6", "data.read_backoff_s=0.25",
                           "data.read_timeout_s=5")  # 4 steps: 2 epochs of 2 shards on each of the 2 ranks
 
     def outage() -> None:
         """Right after step 2 (the end of the first epoch), while the next epoch's shards download
-        (48 kB/s: about 2 s each), stop the server for 4 s."""
+        (96 kB/s: about 1 s each), stop the server for 3 s."""
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if (run_dir / "metrics.jsonl").is_file() and '"step": 2' in (run_dir / "metrics.jsonl").read_text():
                 break
             time.sleep(0.05)
         web.stop()
-        time.sleep(4)
+        time.sleep(3)
         web.start()
 
     watcher = threading.Thread(target=outage)
