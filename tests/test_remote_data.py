@@ -104,7 +104,7 @@ def web(tiny_demo, tmp_path_factory):
         location /flaky/ {{ alias {root}/; }}
         location = /flaky/train/train-000001.tar {{ return 500; }}
         location /slow/ {{ alias {root}/; limit_rate 64k; }}
-        location /private/ {{ alias {root}/gappy/; limit_rate 96k;
+        location /private/ {{ alias {root}/gappy/; limit_rate 64k;
                               auth_basic "turbo_ds"; auth_basic_user_file {htpasswd}; }}
         location /upload/ {{ dav_methods PUT DELETE; create_full_put_path on; client_max_body_size 0; }}
         location /readonly/ {{ alias {root}/upload/; }}
@@ -312,7 +312,7 @@ def test_training_over_http_survives_an_outage_and_reports_skipped_shards(web, t
 
     def outage() -> None:
         """Right after step 2 (the end of the first epoch), while the next epoch's shards download
-        (96 kB/s: about 1 s each), stop the server for 3 s."""
+        (64 kB/s: about 2 s each), stop the server for 3 s."""
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if (run_dir / "metrics.jsonl").is_file() and '"step": 2' in (run_dir / "metrics.jsonl").read_text():
