@@ -17,6 +17,9 @@ import pytest
 from turbo_ds.engine.distributed import free_port
 
 REPO = Path(__file__).resolve().parents[1]
+# The suite tests the CPU build of every path, also on a GPU host (bench/gpu_check.sh covers the GPU):
+# pin DeepSpeed's CPU accelerator and hide GPUs from this process and every process it starts.
+os.environ.update(DS_ACCELERATOR="cpu", CUDA_VISIBLE_DEVICES="")
 LAYERS = ("unit", "parity", "e2e", "slurm")
 
 

@@ -65,4 +65,4 @@ def test_multi_view_testing_averages_every_view():
     logits = torch.tensor([[4.0, 0.0], [0.0, 3.0], [0.0, 3.0], [0.0, 5.0], [0.0, 5.0], [0.0, 5.0]])
     model = CountingModel(logits)
     out = task.eval_step(model, {"video": torch.zeros(2, 3, 3, 4, 16, 16), "label": torch.tensor([1, 1])}, torch.float32)
-    assert model.seen == [6] and out == [2, 2, 2]
+    assert model.seen == [6] and out.tolist() == [2, 2, 2]

@@ -116,7 +116,7 @@ def test_chunked_eval_equals_unchunked():
     with torch.no_grad():
         torch.testing.assert_close(chunked(video), whole(video), rtol=1e-5, atol=1e-5)
     assert calls == [6, 6, 3]  # B x segments per encoder call
-    assert chunked_task.eval_metrics([[1, 2, 3]])["eval/chunked"] is True
+    assert chunked_task.eval_metrics([torch.tensor([1, 2, 3])])["eval/chunked"] is True
     chunked.train()  # training always encodes all segments at once
     calls.clear()
     chunked(video)

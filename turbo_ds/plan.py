@@ -194,14 +194,15 @@ def measure(cfg: Config, ds: DeepSpeedConfig, setting: Setting, budget_gb: float
     and the measurement then says only that it does not fit.
     """
     limit = int((limit_gb or budget_gb * 1.02) * _GB) + 64 * 2**20
+    device, visible = child_device(device)
     with tempfile.TemporaryDirectory() as tmp:
         job, config = Path(tmp) / "job.json", Path(tmp) / "config.yaml"
         config.write_text(yaml.safe_dump(to_dict(with_setting(cfg, setting.frames, setting.keep_ratio)), sort_keys=False))
         job.write_text(json.dumps({"config": str(config), "ds_config": ds.raw, "setting": dataclasses.asdict(setting),
                                    "device": device, "steps": steps, "limit_bytes": limit, "ranks": ranks,
                                    "num_classes": num_classes}))
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
-                                                            os.environ.get("PYTHONPATH", "")])}
+        env = {**os.environ, **visible, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                                       os.environ.get("PYTHONPATH", "")])}
         proc = subprocess.run([sys.executable, "-m", "turbo_ds.plan", "--_measure", str(job)], capture_output=True,
                               text=True, env=env)
     if proc.returncode == _OVER_BUDGET or "OutOfMemoryError" in proc.stderr:
@@ -211,6 +212,19 @@ def measure(cfg: Config, ds: DeepSpeedConfig, setting: Setting, budget_gb: float
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     need = out["need_bytes"]
     return Measurement(setting, need <= budget_gb * _GB, need / _GB, out["step_s"])
+
+
+def child_device(device: str) -> tuple[str, dict[str, str]]:
+    """The device a measuring child uses for the parent's ``device``, and the environment that shows it.
+
+    A child on ``cuda:k`` sees only that GPU (as cuda:0): it creates no context on the node's other
+    GPUs, which belong to other ranks, and its memory cap applies to the right one.
+    """
+    if not device.startswith("cuda"):
+        return device, {}
+    index = int(device.partition(":")[2] or 0)
+    visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    return "cuda:0", {"CUDA_VISIBLE_DEVICES": visible[index] if index < len(visible) else str(index)}
 
 
 def _child(job_path: str) -> None:

@@ -87,12 +87,9 @@ def resolve_keep_ratio(cfg: Config, ds: DeepSpeedConfig, dist_info: DistInfo, lo
             outcome = started["turbo"]["keep_ratio"]
             log.info(f"turbo.keep_ratio auto: {outcome:g}, as chosen when this run started ({checkpoints.latest})")
         else:
-            import torch
-
             from turbo_ds.plan import AUTO_KEEP_RATIOS, pick_keep_ratio
 
-            budget = cfg.turbo.memory_budget_gb
-            device = f"cuda:{dist_info.local_rank}" if torch.cuda.is_available() else "cpu"
+            budget, device = cfg.turbo.memory_budget_gb, str(dist_info.device)
             log.info(f"turbo.keep_ratio auto: measuring keep ratios {', '.join(map(str, AUTO_KEEP_RATIOS))} "
                      f"against {budget:g} GB per rank on {device} (a few real training steps each)")
             try:
@@ -121,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from turbo_ds.data.storage import ShardReadError, ShardSource
     from turbo_ds.engine.checkpoint import CheckpointManager
-    from turbo_ds.engine.distributed import barrier, init_distributed
+    from turbo_ds.engine.distributed import barrier, init_distributed, shutdown
     from turbo_ds.engine.metrics import RunLog
     from turbo_ds.engine.trainer import Trainer
     from turbo_ds.tasks import build_task, task_type
@@ -139,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         return config_error(e, dist_info.is_main)
     checkpoints.record_configs(redacted(to_dict(cfg)), ds.resolved(plan))  # no credentials in the run dir
+    if dist_info.is_main and ds.monitors:
+        from turbo_ds.engine.monitors import Monitors
+
+        log.attach(Monitors(ds.monitors, checkpoints.configs))
+        log.info(f"metrics also go to {'; '.join(log.monitors.destinations())} (x-axis: step)")
     barrier()  # demo data and run dir exist before any rank reads them
 
     log.info(f"turbo_ds: task {cfg.task} | run_dir {run_dir} | {dist_info.world} rank(s) | "
@@ -158,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"data error (rank {dist_info.rank}): {redact(str(e))}", file=sys.stderr)
         return 3
     log.close()
+    shutdown()
     return 0
 
 

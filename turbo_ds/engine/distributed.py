@@ -1,4 +1,10 @@
-"""Process-group setup and the few collectives the trainer needs."""
+"""Process-group setup and the few collectives the trainer needs.
+
+Device discipline (what a GPU run with NCCL needs, which gloo on CPU would forgive): each rank
+selects its device before the process group exists (NCCL and torch's object collectives use the
+current device), and every tensor handed to a collective lives on that device (an NCCL-only group
+rejects CPU tensors: "No backend type associated with device type cpu").
+"""
 
 from __future__ import annotations
 
@@ -17,6 +23,8 @@ class DistInfo:
     rank: int
     world: int
     local_rank: int
+    device: torch.device = torch.device("cpu")
+    "this rank's compute device"
 
     @property
     def is_main(self) -> bool:
@@ -28,16 +36,46 @@ def world_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+_device = torch.device("cpu")  # this rank's device: where tensors handed to collectives live (init_distributed)
+
+
+def rank_device(local_rank: int, device_type: str, device_count: int) -> torch.device:
+    """The device of the rank with ``local_rank`` on its node, given the accelerator it sees.
+
+    One rank per device: ``<type>:<local_rank>``. A site that binds one GPU per task shows each
+    task a single device, which is then index 0 (slurm/launch.sh sets LOCAL_RANK=0 there).
+    """
+    if device_type == "cpu":
+        return torch.device("cpu")
+    if not 0 <= local_rank < device_count:
+        raise RuntimeError(f"LOCAL_RANK={local_rank}, but this process sees {device_count} {device_type} device(s) "
+                           f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); start one rank "
+                           "per device, or set LOCAL_RANK=0 when each task is bound to one device")
+    return torch.device(device_type, local_rank)
+
+
+def select_device(local_rank: int, accelerator: Any) -> torch.device:
+    """Make this rank's device the current one, before any collective (NCCL, object collectives use it)."""
+    global _device
+    _device = rank_device(local_rank, accelerator.device_name(), accelerator.device_count())
+    if _device.type != "cpu":
+        accelerator.set_device(_device.index)
+    return _device
+
+
 def init_distributed() -> DistInfo:
     import deepspeed  # imported here so config errors surface before DeepSpeed's start-up cost
+    from deepspeed.accelerator import get_accelerator
 
     if "RANK" not in os.environ:  # plain `python turbo_ds/train.py`: a one-process group, no launcher needed
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=os.environ.get("MASTER_PORT", str(free_port())))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = select_device(local_rank, get_accelerator())
     deepspeed.init_distributed()
     dist.barrier()  # every rank is past DeepSpeed's init, which maps every rank's shm buffer
     _unlink_shm_buffer(dist.get_rank())
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
 def free_port() -> int:
@@ -59,6 +97,14 @@ def _unlink_shm_buffer(rank: int) -> None:
     Path("/dev/shm", name).unlink(missing_ok=True)  # absent on GPU runs (NCCL) and without the shm op
 
 
+def shutdown() -> None:
+    """Leave the process group on every rank before exit, so its threads stop while the interpreter is
+    alive (left to interpreter teardown, ZeRO-3 runs sometimes ended in std::terminate, exit 250)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
@@ -73,7 +119,8 @@ def broadcast_from_main(obj: Any) -> Any:
 
 
 def all_reduce_sum(values: list[float]) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64)
+    """Elementwise sums over ranks (float64, on this rank's device: NCCL takes no CPU tensors)."""
+    t = torch.tensor(values, dtype=torch.float64, device=_device)
     if dist.is_initialized():
         dist.all_reduce(t)
     return t.tolist()

@@ -6,7 +6,7 @@
 
 Input: a manifest (CSV with a header, or JSONL) plus the folder its relative paths start
 from, or existing WebDataset/video2dataset shards (video member + txt/cls/json):
-  action_cls      path,label                           (labels -> ids in sorted order;
+  action_cls      path,label[,start,end]               (labels -> ids in sorted order;
                                                         integer labels are the ids)
   video_language  path,caption                         (repeat a path for more captions;
                                                         JSONL may give "caption": [...])
@@ -91,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="re-encode the first audio track as AAC (default: audio is dropped)")
     enc.add_argument("--no-transcode", action="store_true",
                      help="store each video's bytes as they are (any container, in the 'mp4' member; "
-                          "json records fps/size/frames probed from it); long_video ranges are recorded, not cut")
+                          "json records fps/size/frames probed from it); start/end ranges are recorded, not cut")
     return p
 
 

@@ -8,7 +8,7 @@ it keeps its slot and is reported, never silently dropped.
 
 Manifest columns per task (JSONL may also give ``captions`` as a list)::
 
-    action_cls      path,label
+    action_cls      path,label[,start,end]              (start/end: cut a clip from a longer video)
     video_language  path,caption        (repeated rows with the same path are grouped)
     long_video      path,label[,start,end][,segments]   (segments: [{start, end, label}, ...])
 """
@@ -38,7 +38,7 @@ class RowSchema:
     "rows may cut a start/end range and carry segment annotations"
 
 
-ROWS = {"action_cls": RowSchema(("path", "label")), "video_language": RowSchema(("path", "caption"), captions=True),
+ROWS = {"action_cls": RowSchema(("path", "label"), ranges=True), "video_language": RowSchema(("path", "caption"), captions=True),
         "long_video": RowSchema(("path", "label"), ranges=True)}
 TASKS = tuple(ROWS)
 VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov", "m4v", "mpg", "mpeg", "ogv", "flv", "ts", "3gp", "wmv")

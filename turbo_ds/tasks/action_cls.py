@@ -10,12 +10,13 @@ from torch import nn
 from turbo_ds.config import Config
 from turbo_ds.models.pretrained import load_pretrained
 from turbo_ds.models.vit import VideoClassifier, VideoViT
-from turbo_ds.tasks.base import Task, dummy_clip
+from turbo_ds.tasks.base import Task
 from turbo_ds.tasks.classification import Classification
 
 
 class ActionClassification(Task):
     targets = "label"
+    transformers_export = True  # one clip of model.num_frames per video, as transformers' pipeline samples it
 
     def __init__(self, cfg: Config, manifest: dict[str, Any]):
         super().__init__(cfg, manifest)
@@ -37,12 +38,8 @@ class ActionClassification(Task):
     def synthetic_batch(self, micro: int, device: torch.device | str) -> dict[str, Any]:
         return {**super().synthetic_batch(micro, device), "label": self.objective.synthetic_labels(micro, device)}
 
-    def eval_step(self, model: nn.Module, batch: dict[str, Any], dtype: torch.dtype) -> list[float]:
+    def eval_step(self, model: nn.Module, batch: dict[str, Any], dtype: torch.dtype) -> torch.Tensor:
         return self.objective.eval_step(model, batch, dtype)
 
-    @torch.no_grad()
-    def eval_padding(self, model: nn.Module, dtype: torch.dtype) -> None:
-        model(dummy_clip(model, self.clip_frames, self.cfg.model.img_size, dtype))
-
-    def eval_metrics(self, outputs: list[list[float]]) -> dict[str, Any]:
+    def eval_metrics(self, outputs: list[torch.Tensor]) -> dict[str, Any]:
         return self.objective.eval_metrics(outputs)

@@ -22,7 +22,7 @@ from torch import nn
 from turbo_ds.config import Config, ConfigError
 from turbo_ds.models.long_video import SegmentClassifier, build_long_video_model
 from turbo_ds.models.pretrained import load_pretrained
-from turbo_ds.tasks.base import Log, Task, dummy_clip
+from turbo_ds.tasks.base import Log, Task
 from turbo_ds.tasks.classification import Classification
 
 
@@ -79,13 +79,9 @@ class LongVideoClassification(Task):
     def synthetic_batch(self, micro: int, device: torch.device | str) -> dict[str, Any]:
         return {**super().synthetic_batch(micro, device), "label": self.objective.synthetic_labels(micro, device)}
 
-    def eval_step(self, model: nn.Module, batch: dict[str, Any], dtype: torch.dtype) -> list[float]:
+    def eval_step(self, model: nn.Module, batch: dict[str, Any], dtype: torch.dtype) -> torch.Tensor:
         return self.objective.eval_step(model, batch, dtype)
 
-    @torch.no_grad()
-    def eval_padding(self, model: nn.Module, dtype: torch.dtype) -> None:
-        model(dummy_clip(model, self.clip_frames, self.cfg.model.img_size, dtype))
-
-    def eval_metrics(self, outputs: list[list[float]]) -> dict[str, Any]:
+    def eval_metrics(self, outputs: list[torch.Tensor]) -> dict[str, Any]:
         return {**self.objective.eval_metrics(outputs), "eval/chunked": self.eval_chunked,
                 "eval/frames": self.clip_frames, "eval/segments": self.num_segments}
