@@ -338,3 +338,8 @@ def test_training_over_http_survives_an_outage_and_reports_skipped_shards(web, t
                  *run_dir.glob("checkpoints/*/trainer_state.json")]:
         assert SECRET not in path.read_text(), path
     assert "ann:***@" in (run_dir / "config.yaml").read_text()
+    # only the deepspeed launcher's echo of its own command line shows it (README: prefer ~/.netrc)
+    launcher = ("[launch.py:", "[runner.py:")  # deepspeed's launcher logs its command line
+    leaked = [line for line in (proc.stdout + proc.stderr).splitlines()
+              if SECRET in line and not any(name in line for name in launcher)]
+    assert not leaked, leaked
