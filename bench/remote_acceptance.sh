@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Issue #13's acceptance on the demo: the same 2-rank run from local disk, from nginx on 127.0.0.1,
-# and from nginx stopped for OUTAGE_S seconds once the run logs step OUTAGE_STEP (mid-epoch: an
-# epoch of the demo is 64 steps) and started again; then a summary (final eval top-1, whether
-# the losses match the disk run, data/read_retries, data/skipped_shards, the log's data: lines).
+# Issue #13's acceptance on the demo: the same 2-rank run from nginx on 127.0.0.1 with nginx stopped
+# for OUTAGE_S seconds once the run logs step OUTAGE_STEP and started again, from nginx, and from
+# local disk; then a summary (eval top-1, whether the losses match the disk run, data/read_retries,
+# data/skipped_shards, the outage run's data: log lines). Outage run first: its figures come soonest.
 #
-#   bench/remote_acceptance.sh                 # 600 steps, outage at step 250 for 20 s (~30 min, 2 cores)
-#   STEPS=150 OUTAGE_STEP=100 EVAL_EVERY=150 bench/remote_acceptance.sh   # a shorter check
+# A demo epoch is 64 steps (2048 clips / 32 a step), and prefetch fetches an epoch's last shards
+# ~10 steps before it ends, so an outage hits reads when it spans an epoch start: OUTAGE_STEP (a
+# multiple of train.log_every, 50) a few steps before one, e.g. 250 (epoch 4 starts at step 256).
 #
-# Runs go to $OUT/{disk,http,outage} (default runs/remote_acceptance, replaced); needs nginx
+#   bench/remote_acceptance.sh                 # 600 steps, outage at step 250 for 20 s (~45 min on 2 busy cores)
+#   STEPS=150 OUTAGE_STEP=50 EVAL_EVERY=150 bench/remote_acceptance.sh   # shorter (eval still near chance)
+#
+# Runs go to $OUT/{outage,http,disk} (default runs/remote_acceptance, replaced); needs nginx
 # (apt-get install nginx-light) and the demo data (generated here if data/demo is missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,9 +60,9 @@ for _ in $(seq 100); do [ -f "$OUT/nginx/url" ] && break; sleep 0.1; done
 URL=$(cat "$OUT/nginx/url")
 echo "demo shards served at $URL"
 
-train disk
-train http --set "data.train=$URL/train" --set "data.val=$URL/val"
 train outage --set "data.train=$URL/train" --set "data.val=$URL/val"
+train http --set "data.train=$URL/train" --set "data.val=$URL/val"
+train disk
 
 python - "$OUT" <<'EOF'
 import json, sys
@@ -66,7 +70,7 @@ from pathlib import Path
 
 out = Path(sys.argv[1])
 runs = {}
-for run in ("disk", "http", "outage"):
+for run in ("disk", "http", "outage"):  # disk first: the others compare with it
     path = out / run / "metrics.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
     runs[run] = records
