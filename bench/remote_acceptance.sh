@@ -82,7 +82,8 @@ for run in ("disk", "http", "outage"):  # disk first: the others compare with it
           f"{'identical to disk' if same else 'differ from disk'} | data/read_retries {last.get('data/read_retries')} "
           f"| data/skipped_shards {last.get('data/skipped_shards')} | COMPLETED {(out / run / 'COMPLETED').exists()}")
 log = out / "outage" / "train.log"
-for line in log.read_text().splitlines() if log.is_file() else []:
-    if line.startswith("data") or line.startswith("step ") and "shard" in line:
-        print("  outage log:", line)
+lines = log.read_text().splitlines() if log.is_file() else []
+steps = [line for line in lines if line.startswith("step ")]
+for line in [line for line in lines if line.startswith("data")] + steps[-1:]:  # its reader events, its last step
+    print("  outage log:", line)
 EOF
