@@ -23,7 +23,7 @@ from conftest import read_metrics, run_train, tiny_overrides
 from servers import NGINX_INSTALL, S3_INSTALL, MotoS3, Nginx
 from turbo_ds.config import ConfigError, DataConfig, ModelConfig, load_config
 from turbo_ds.data.locations import join, redact, redacted
-from turbo_ds.data.pipeline import StreamPosition, TrainStream, make_loader, shuffled
+from turbo_ds.data.pipeline import StreamPosition, TrainStream, make_loader, run, shuffled
 from turbo_ds.data.storage import ReadPolicy, ShardReadError, ShardSource, SourceError, read_with_retries
 
 MODEL = ModelConfig()
@@ -129,6 +129,8 @@ def test_http_stream_equals_local_and_resumes_exactly(web, tiny_demo):
     assert [b["key"] for b in got] == [b["key"] for b in expected]
     assert all(torch.equal(g["video"], e["video"]) for g, e in zip(got, expected))
     assert got[-1]["position"]["epoch"] == 1 and got[-1]["position"]["skipped_shards"] == 0
+    # positions name shards as the manifest does (what an elastic resume regroups), not by URL
+    assert [b["position"] for b in got] == [b["position"] for b in expected]
     resumed = keys_and_positions(http, world=4, batches=2, resume={got[2]["stream"]: got[2]["position"]})
     assert [b["key"] for b in resumed] == [b["key"] for b in got[3:5]]  # across the epoch boundary
 
@@ -158,6 +160,11 @@ def test_failing_and_missing_shards_are_skipped_counted_and_keep_positions(web, 
     assert len(raw) == 32 and [k for k in raw if not k.startswith("lost-")] == \
         [k for k in expected if not 16 <= int(k[5:]) < 32]
     assert [k for b in got for k in b["key"]] == [k for k in expected if not 16 <= int(k[5:]) < 32]
+    # the placeholders are numbered in their shard: the whole epoch is recorded as done, the lost shard too
+    pos = StreamPosition()
+    assert len(list(run(TrainStream(flaky, MODEL, rank, 2, 4, seed=1).stages(0, 0, 1, pos)))) == 16
+    assert pos.state()["done"] == {f"train-{s:06d}.tar": "0:16" for s in range(4) if reader(s) == rank}
+    assert pos.skipped == 16 and pos.skipped_shards == 1
 
     # A shard in the manifest that the server lacks (404): not retried, skipped, named
     gappy = data_config(f"{web.url}/gappy/train", f"{web.url}/val", max_skipped_shard_fraction=0.5, **FAST)

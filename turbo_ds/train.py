@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -57,6 +59,15 @@ def check_data(cfg: Config) -> None:
             ShardSource.from_config(cfg.data, split)
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(str(e) if str(e).startswith(key) else f"data: {e}") from e
+
+
+def check_compiler(cfg: Config) -> None:
+    """model.compile builds kernels with the C++ compiler torch's inductor uses ($CXX, else g++): without one the
+    first step would fail deep inside torch."""
+    compiler = os.environ.get("CXX", "g++")
+    if cfg.model.compile and not shutil.which(compiler):
+        raise ConfigError(f"model.compile=true: torch.compile needs a C++ compiler and {compiler} ($CXX, else g++) "
+                          "is not on PATH; install one (e.g. apt-get install g++) or set model.compile=false")
 
 
 def config_error(e: ConfigError, show: bool = True) -> int:
@@ -111,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         ds = load_ds_config(args.ds_config)
         plan = plan_batches(cfg, ds, world_from_env())
         check_data(cfg)
+        check_compiler(cfg)
     except ConfigError as e:
         return config_error(e)
 
@@ -145,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
 
     log.info(f"turbo_ds: task {cfg.task} | run_dir {run_dir} | {dist_info.world} rank(s) | "
              f"keep_ratio {cfg.turbo.keep_ratio} (eval {cfg.turbo.eval_keep_ratio})")
+    if cfg.model.compile:  # bounded by torch's recompile limit (then eager); each recompilation's reason on stderr
+        torch._logging.set_logs(recompiles=True)
+        log.info("model.compile: the encoder blocks compile at their first steps (cached on disk for later runs)")
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     try:
         task = build_task(cfg, ShardSource.from_config(cfg.data, "train").manifest)
@@ -152,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         return config_error(e, dist_info.is_main)
     if task.pretrained_report:
         log.info(str(task.pretrained_report))
-    trainer = Trainer(cfg, ds, plan, dist_info, task, checkpoints, log)
+    try:
+        trainer = Trainer(cfg, ds, plan, dist_info, task, checkpoints, log)
+    except ConfigError as e:  # a checkpoint that does not fit this run (another model shape or ZeRO stage)
+        return config_error(e, dist_info.is_main)
     try:
         trainer.fit()
     except ShardReadError as e:  # the store lost too much of an epoch: one line, not a traceback

@@ -46,6 +46,8 @@ class ModelConfig:
     "stochastic depth rate of the last block, increasing linearly from 0 over depth"
     activation_checkpointing: bool = False
     "recompute each block in the backward pass instead of storing its activations"
+    compile: bool = False
+    "torch.compile the encoder blocks: faster steps after a one-time compilation (cached on disk); needs a C++ compiler"
     pretrained: str | None = None
     "local weights to start from: a transformers VideoMAE directory or an original VideoMAE .pth"
 
@@ -120,6 +122,8 @@ class DataConfig:
     "per-channel mean used to normalise pixels in [0, 1]"
     std: list[float] = field(default_factory=lambda: [0.225, 0.225, 0.225])
     "per-channel standard deviation used to normalise pixels"
+    repeat_batch: bool = False
+    "benchmark only: train on the loader's first batch over and over from memory (the step's speed without the loader)"
 
 
 @dataclass
@@ -146,6 +150,8 @@ class TrainConfig:
     "keep only the newest N complete checkpoints (None = keep all); the newest complete one is never deleted"
     stop_at_step: int | None = None
     "checkpoint and stop this invocation at step N (split a run over several jobs); rerun to continue"
+    log_samples: bool = False
+    "write the keys of the clips every rank trained on at each step to <run_dir>/samples.jsonl (a data audit)"
     layer_decay: float = 1.0
     "layer-wise LR decay: block i of L gets lr * layer_decay^(L + 1 - i); 1.0 = off (VideoMAE fine-tuning: 0.75)"
     label_smoothing: float = 0.0

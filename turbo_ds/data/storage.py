@@ -371,8 +371,9 @@ def _match_shards(expanded: list[str], names: list[str], where: str) -> list[str
 
 
 def lost_samples(url: str, count: int) -> Iterator[dict]:
-    """The placeholders of an unreadable shard's ``count`` samples (so later samples keep their positions)."""
-    return ({"__key__": f"lost-{i:06d}", LOST: url} for i in range(count))
+    """The placeholders of an unreadable shard's ``count`` samples (so later samples keep their positions);
+    ``__url__`` as a read sample's, so that they are numbered in their shard like its samples would be."""
+    return ({"__key__": f"lost-{i:06d}", "__url__": url, LOST: url} for i in range(count))
 
 
 def check_not_lost(sample: dict) -> dict:
@@ -405,6 +406,12 @@ class ShardSource:
             else:
                 self.shards = [join(location, name) for name in names]
         self.counts = {url: s["num_samples"] for url, s in zip(self.shards, self.manifest["shards"])}
+        # A sample's __url__ (redacted: samples reach logs) -> its shard's name in the manifest, which is
+        # what a stream position records, so a resume does not depend on where the shards are served from.
+        self.names = {redact(url): s["name"] for url, s in zip(self.shards, self.manifest["shards"])}
+        if len(self.names) != len(self.shards):
+            raise SourceError(f"{where}: two shard URLs differ only in their credentials; give each shard its own "
+                              "path")
 
     def _read_manifest(self, location: str, manifest_location: str | None, where: str) -> dict:
         key = self.manifest_key

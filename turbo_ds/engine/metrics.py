@@ -31,6 +31,7 @@ class RunLog:
     def __init__(self, run_dir: str | Path, enabled: bool):
         self.enabled = enabled
         self.metrics_path = Path(run_dir) / "metrics.jsonl"
+        self.samples_path = Path(run_dir) / "samples.jsonl"
         self.text = open(Path(run_dir) / "train.log", "a") if enabled else None
         self.monitors: Monitors | None = None
 
@@ -48,23 +49,33 @@ class RunLog:
             self.text.write(message + "\n")
             self.text.flush()
 
+    def _append(self, path: Path, record: dict[str, Any]) -> None:
+        with open(path, "a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+
     def metrics(self, record: dict[str, Any]) -> None:
         if self.enabled:
-            with open(self.metrics_path, "a") as f:
-                f.write(json.dumps(record, sort_keys=True) + "\n")
+            self._append(self.metrics_path, record)
             if self.monitors is not None:
                 self.monitors.write(record)
+
+    def samples(self, step: int, keys: list[list[str]]) -> None:
+        """The keys of the clips each rank trained on at ``step`` (``train.log_samples``); not a metric, so
+        no monitor sees them."""
+        if self.enabled:
+            self._append(self.samples_path, {"step": step, "keys": keys})
 
     def rewind(self, step: int) -> None:
         """Drop records past ``step`` (written after the checkpoint we resume from): no duplicated steps."""
         if self.monitors is not None:
             self.monitors.rewind(step)
-        if not (self.enabled and self.metrics_path.is_file()):
-            return
-        lines = self.metrics_path.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
-        if len(kept) != len(lines):
-            atomic_write_bytes(self.metrics_path, "".join(kept).encode())
+        for path in (self.metrics_path, self.samples_path):
+            if not (self.enabled and path.is_file()):
+                continue
+            lines = path.read_text().splitlines(keepends=True)
+            kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+            if len(kept) != len(lines):
+                atomic_write_bytes(path, "".join(kept).encode())
 
     def close(self) -> None:
         if self.monitors is not None:
