@@ -4,6 +4,8 @@
     python bench/loader_speed.py --shards DIR_OR_GLOB --json out.json [--workers 2 --batches 100 --batch-size 8]
     python bench/loader_speed.py --make-long /tmp/long --json long.json [--sampling dense --stride 2]
     python bench/loader_speed.py --make-real /tmp/real --json real.json --model-clips-per-s 1800 --skip-raw
+    python bench/loader_speed.py --shards URL --local DIR --json out.json     # a store vs the same shards on disk
+    python bench/loader_speed.py --shards DIR --nginx --json out.json          # DIR served by nginx on loopback
 
 Loader: TrainStream through make_loader with W workers (decode only the picked frames +
 sample + crop/resize/normalise + collate), decoded cache off. Raw: W processes, each
@@ -22,11 +24,20 @@ frames; with it the model input defaults to 16 x 224 with K400's dense 16x4 samp
 The GPU user's units: decode cost per clip per core (CPU ms per clip of the loader, all
 its processes' time) and, with ``--model-clips-per-s R`` (the clips/s one GPU's training
 step consumes), the *cores per GPU needed* = R x CPU s per clip.
+
+Remote shards: ``--shards URL`` (https://, s3://, gs://, pipe:) times the loader reading
+them (whole shards prefetched, ``--prefetch-shards``); raw decoding reads the same clips
+first, so it measures decoding only. ``--local DIR`` adds loader runs on the same dataset
+from disk, alternating with the URL runs, and reports URL / disk. ``--nginx`` serves the
+``--shards`` folder through nginx on 127.0.0.1 (a temp config, stopped at the end;
+``--limit-rate`` caps each connection, e.g. 2m, to act as a slower store) and compares it
+with the folder itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import glob
 import io
@@ -48,7 +59,9 @@ import numpy as np  # noqa: E402
 
 from turbo_ds.config import DataConfig, ModelConfig  # noqa: E402
 from turbo_ds.data.pipeline import TrainStream, make_loader  # noqa: E402
-from turbo_ds.data.shards import MANIFEST, read_manifest, shard_name, write_manifest, write_shard  # noqa: E402
+from turbo_ds.data.locations import is_remote, redact  # noqa: E402
+from turbo_ds.data.shards import MANIFEST, shard_name, write_manifest, write_shard  # noqa: E402
+from turbo_ds.data.storage import ShardSource, read_bytes  # noqa: E402
 from turbo_ds.data.video import decode_frames  # noqa: E402
 from turbo_ds.prep.demo import CLASS_NAMES, DemoSettings, render_clip  # noqa: E402
 from turbo_ds.prep.transcode import TranscodeSettings, encode_mp4, transcode  # noqa: E402
@@ -112,10 +125,10 @@ def make_real_clips(folder: Path, clips: int, seconds: float, fps: int = 30, sha
     return folder
 
 
-def dataset_folder(spec: str) -> Path:
-    """A dataset folder as given, or a temporary one (links + manifest) for a glob of tar shards."""
-    if (Path(spec) / MANIFEST).is_file():
-        return Path(spec)
+def dataset_folder(spec: str) -> str:
+    """A dataset folder or URL as given, or a temporary folder (links + manifest) for a glob of tar shards."""
+    if is_remote(spec) or (Path(spec) / MANIFEST).is_file():
+        return spec
     tars = sorted(glob.glob(spec))
     if not tars:
         sys.exit(f"--shards {spec}: neither a dataset folder with {MANIFEST} nor a glob matching tar shards")
@@ -126,13 +139,13 @@ def dataset_folder(spec: str) -> Path:
         with tarfile.open(path) as tar:
             shards.append({"name": Path(path).name, "num_samples": sum(m.name.endswith(".mp4") for m in tar)})
     write_manifest(folder, task="action_cls", shards=shards, class_names=None)
-    return folder
+    return str(folder)
 
 
-def read_clips(folder: Path, count: int) -> list[bytes]:
+def read_clips(location: str, count: int) -> list[bytes]:
     clips = []
-    for shard in read_manifest(folder)["shards"]:
-        with tarfile.open(folder / shard["name"]) as tar:
+    for url in ShardSource(location).shards:
+        with tarfile.open(fileobj=io.BytesIO(read_bytes(url))) as tar:
             clips += [tar.extractfile(m).read() for m in tar if m.name.endswith(".mp4")]
         if len(clips) >= count:
             break
@@ -199,7 +212,8 @@ def loader_rate(data: DataConfig, model: ModelConfig, batch_size: int, batches: 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--shards", help="dataset folder (tar shards + manifest.json) or a glob of tar shards")
+    src.add_argument("--shards", help="dataset folder (tar shards + manifest.json), a glob of tar shards, or a URL "
+                                      "(https://, s3://, gs://, pipe:) of a dataset")
     src.add_argument("--make-long", metavar="DIR", help="write 64-frame 128x128 gop-8 clips to DIR/train and use them")
     src.add_argument("--make-real", metavar="DIR", help="write camera-like clips transcoded as build_shards does (256 "
                                                          "short side, keyframe every 16) to DIR/train and use them")
@@ -223,39 +237,66 @@ def main(argv=None) -> None:
                                                             "loader cores that GPU needs")
     p.add_argument("--skip-raw", action="store_true", help="time only the loader (raw runs decode every frame of "
                                                            "every clip: slow on long clips)")
+    p.add_argument("--local", metavar="DIR", help="the same dataset on local disk: also time the loader on it, "
+                                                  "alternating with the --shards runs, and report the ratio")
+    p.add_argument("--nginx", action="store_true",
+                   help="serve the --shards folder with nginx on 127.0.0.1 and compare it with the folder itself")
+    p.add_argument("--limit-rate", default=None, help="--nginx: nginx limit_rate per connection, e.g. 2m (bytes/s)")
+    p.add_argument("--prefetch-shards", type=int, default=2, help="data.prefetch_shards for remote shards")
     a = p.parse_args(argv)
     if a.model_clips_per_s is not None and a.model_clips_per_s <= 0:
         p.error(f"--model-clips-per-s={a.model_clips_per_s}: must be > 0")
 
     if a.make_long:
-        folder = Path(a.make_long) / "train"
-        if not (folder / MANIFEST).is_file():
-            make_long_clips(folder, a.long_clips)
+        folder = str(Path(a.make_long) / "train")
+        if not (Path(folder) / MANIFEST).is_file():
+            make_long_clips(Path(folder), a.long_clips)
     elif a.make_real:
-        folder = Path(a.make_real) / "train"
-        if not (folder / MANIFEST).is_file():
+        folder = str(Path(a.make_real) / "train")
+        if not (Path(folder) / MANIFEST).is_file():
             print(f"writing {a.real_clips} camera-like {a.real_seconds:g}-s clips to {folder}", flush=True)
-            make_real_clips(folder, a.real_clips, a.real_seconds)
+            make_real_clips(Path(folder), a.real_clips, a.real_seconds)
         a.size, a.sampling = a.size or 224, a.sampling or "dense"
     else:
         folder = dataset_folder(a.shards)
-    clips = read_clips(folder, a.batches * a.batch_size)
+    if not a.nginx:
+        return run(a, folder)
+    if is_remote(folder):
+        p.error("--nginx serves a local --shards folder")
+    from tests.servers import Nginx  # the nginx the tests use: temp config, free port
+
+    limit = f"limit_rate {a.limit_rate};" if a.limit_rate else ""
+    with tempfile.TemporaryDirectory(prefix="loader_speed_nginx_") as tmp, \
+            Nginx(Path(folder).resolve().parent, Path(tmp), f"location / {{ {limit} }}") as web:
+        a.local, url = folder, f"{web.url}/{Path(folder).resolve().name}"
+        print(f"serving {folder} at {url} with nginx" + (f", limit_rate {a.limit_rate}" if limit else ""))
+        run(a, url)
+
+
+def run(a: argparse.Namespace, folder: str) -> None:
+    clips = read_clips(a.local or folder, a.batches * a.batch_size)
     first = decode_frames(clips[0])  # (T, H, W, 3)
     frames_per_clip, height, width = first.shape[:3]
     size = a.size or min(height, width)
     a.sampling = a.sampling or "uniform"
-    data = DataConfig(train=str(folder), val=str(folder), num_workers=a.workers, decoded_cache_clips=0,
-                      sampling=a.sampling, frame_stride=a.stride, decode_threads=a.decode_threads, shuffle_buffer=64)
+    data = DataConfig(train=folder, val=folder, num_workers=a.workers, decoded_cache_clips=0,
+                      sampling=a.sampling, frame_stride=a.stride, decode_threads=a.decode_threads, shuffle_buffer=64,
+                      prefetch_shards=a.prefetch_shards)
+    local = dataclasses.replace(data, train=a.local, val=a.local) if a.local else None
     model = ModelConfig(num_frames=a.frames, img_size=size)
     warmup = 2 * max(1, a.workers) if a.warmup is None else a.warmup
     procs = max(1, a.workers)
 
-    runs = {"loader": []} if a.skip_raw else {"raw": [], "tuned": [], "loader": []}
-    for _ in range(a.repeats):
+    runs = {"loader": [], **({"loader_local": []} if local else {})}
+    if not a.skip_raw:
+        runs.update(raw=[], tuned=[])
+    loaders = [("loader", data)] + ([("loader_local", local)] if local else [])
+    for repeat in range(a.repeats):
         if not a.skip_raw:
             runs["raw"].append(raw_rate(clips, procs, plain_decode))
             runs["tuned"].append(raw_rate(clips, procs, functools.partial(tuned_decode, threads=a.decode_threads)))
-        runs["loader"].append(loader_rate(data, model, a.batch_size, a.batches, warmup))
+        for name, config in loaders[::-1] if repeat % 2 else loaders:  # URL and disk take turns going first
+            runs[name].append(loader_rate(config, model, a.batch_size, a.batches, warmup))
     med = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
     loader = med["loader"]
     # One core's share: CPU time is the work done, whatever else runs on the machine (wall clips/s is not).
@@ -269,8 +310,11 @@ def main(argv=None) -> None:
         "workers": a.workers, "batch_size": a.batch_size, "batches": a.batches, "repeats": a.repeats,
         "frames": a.frames, "size": size, "sampling": a.sampling, "frame_stride": a.stride,
         "decode_threads": a.decode_threads, "clip_frames": frames_per_clip, "clip_hw": [height, width],
-        "shards": str(folder), "runs": runs,
+        "shards": redact(folder), "prefetch_shards": a.prefetch_shards, "runs": runs,
     }
+    if local:
+        result.update(local_loader_clips_per_s=med["loader_local"]["clips_per_s"], local=a.local,
+                      remote_vs_local=loader["clips_per_s"] / med["loader_local"]["clips_per_s"])
     if not a.skip_raw:
         raw, tuned = med["raw"], med["tuned"]
         result.update({
@@ -285,9 +329,15 @@ def main(argv=None) -> None:
     print(f"{'':30s}{'clips/s':>9s}{'frames/s':>10s}{'vs raw':>8s}{'CPU ms/clip':>13s}")
     rows = [] if a.skip_raw else [("raw PyAV decode (all frames)", raw, raw["frames_per_s"]),
                                   ("tuned decode (all frames)", tuned, tuned["frames_per_s"])]
-    for name, m, frames_s in rows + [("loader (picked frames)", loader, result["loader_frames_per_s"])]:
+    rows.append(("loader (picked frames)", loader, result["loader_frames_per_s"]))
+    if local:
+        rows.append(("loader, local disk", med["loader_local"], med["loader_local"]["clips_per_s"] * a.frames))
+    for name, m, frames_s in rows:
         vs_raw = "-" if a.skip_raw else f"{m['clips_per_s'] / raw['clips_per_s']:.2f}x"
         print(f"{name:30s}{m['clips_per_s']:9.1f}{frames_s:10.0f}{vs_raw:>8s}{m['cpu_ms_per_clip']:13.2f}")
+    if local:
+        print(f"loader from {redact(folder)} / from local disk: {result['remote_vs_local']:.2f}x "
+              f"(prefetch_shards {a.prefetch_shards})")
     print(f"loader: {loader['cpu_ms_per_clip']:.1f} CPU ms per {a.frames}x{size} clip = {per_core:.1f} clips/s per core")
     if a.model_clips_per_s:
         print(f"cores per GPU needed at {a.model_clips_per_s:g} model clips/s: {result['cores_per_gpu']:.1f}")

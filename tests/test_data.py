@@ -140,7 +140,8 @@ def test_bad_samples_are_skipped_and_counted(bad_samples, targets, bad):
     batches = iter(make_loader(stream, 0))
     epoch = [next(batches) for _ in range(15)]  # 60 good clips: 15 batches of 4
     done = {f"train-{i:06d}.tar": "0:16" for i in range(4)}  # a skipped sample was read: it counts as done
-    assert epoch[-1]["position"] == {"epoch": 0, "consumed": 64, "skipped": 4, "short": 0, "done": done}
+    assert epoch[-1]["position"] == {"epoch": 0, "consumed": 64, "skipped": 4, "short": 0, "skipped_shards": 0,
+                                     "read_retries": 0, "done": done}
     keys = {k for b in epoch for k in b["key"]}
     assert keys == {f"train{i:07d}" for i in range(64)} - {f"train{i:07d}" for i in bad}
 

@@ -136,9 +136,15 @@ def test_resampled_and_old_positions_start_a_fresh_epoch():
 # ------------------------------------------------------------------ real loader streams
 
 
-def read_ranks(demo: Path, layout: Layout, steps: int, batch: int, resume=None, resume_layout=None):
-    """What each rank of ``layout`` trains on in ``steps`` steps: its keys and every stream's last position."""
-    data = DataConfig(train=str(demo / "train"), val=str(demo / "val"), shuffle_buffer=8,
+def read_ranks(demo: Path, layout: Layout, steps: int, batch: int, resume=None, resume_layout=None,
+               source: str = "folder"):
+    """What each rank of ``layout`` trains on in ``steps`` steps: its keys and every stream's last position.
+
+    ``source`` "pipe": the shards as URLs (``pipe:cat ...``, manifest given), read as remote shards are."""
+    train = {"folder": {"train": str(demo / "train")},
+             "pipe": {"train": f"pipe:cat {demo}/train/train-{{000000..000003}}.tar",
+                      "train_manifest": str(demo / "train" / "manifest.json")}}[source]
+    data = DataConfig(**train, val=str(demo / "val"), shuffle_buffer=8,
                       num_workers=layout.workers if layout.workers > 1 else 0)
     keys, positions, epochs = [], {}, []
     for rank in range(layout.ranks):
@@ -156,20 +162,23 @@ def read_ranks(demo: Path, layout: Layout, steps: int, batch: int, resume=None, 
 
 
 @pytest.mark.unit
-def test_real_streams_resume_exactly_at_another_layout(tiny_demo):
+@pytest.mark.parametrize("source", ["folder", "pipe"])
+def test_real_streams_resume_exactly_at_another_layout(tiny_demo, source):
     """64 clips in 4 shards, batches of 4: 4 ranks read 1 batch each, 2 ranks x 2 workers read 2 (the epoch's
-    rest: 12 clips a stream), then 2 ranks x 1 worker (a second change inside the same epoch) read the rest."""
+    rest: 12 clips a stream), then 2 ranks x 1 worker (a second change inside the same epoch) read the rest.
+    Shards read from URLs are recorded by their manifest names, as local ones."""
     every = {f"train{i:07d}" for i in range(64)}
-    first, pos, layout, _ = read_ranks(tiny_demo, Layout(4, 1), 1, 4)
-    second, pos, layout, epochs = read_ranks(tiny_demo, Layout(2, 2), 2, 4, pos, layout)
+    first, pos, layout, _ = read_ranks(tiny_demo, Layout(4, 1), 1, 4, source=source)
+    assert set(pos["rank0/worker0"]["done"]) <= {f"train-{i:06d}.tar" for i in range(4)}
+    second, pos, layout, epochs = read_ranks(tiny_demo, Layout(2, 2), 2, 4, pos, layout, source=source)
     assert epochs == [0] * 4 and layout["taken"]["0"]  # 16 clips taken before the first change
-    third, *_, epochs = read_ranks(tiny_demo, Layout(2, 1), 4 + 1, 4, pos, layout)
+    third, *_, epochs = read_ranks(tiny_demo, Layout(2, 1), 4 + 1, 4, pos, layout, source=source)
     assert epochs == [0] * 4 + [1] + [0] * 4 + [1]  # the epoch's rest (16 clips a rank), then epoch 1
     trained = first + second + third[:16] + third[20:36]
     assert key_counts(trained, every) == exact(every)
     # Inside that epoch, a resume at the same layout is exact as always: stop after 2 batches a rank, go on.
-    _, pos, layout, _ = read_ranks(tiny_demo, Layout(2, 1), 2, 4, pos, layout)
-    resumed, *_ = read_ranks(tiny_demo, Layout(2, 1), 3, 4, pos, layout)
+    _, pos, layout, _ = read_ranks(tiny_demo, Layout(2, 1), 2, 4, pos, layout, source=source)
+    resumed, *_ = read_ranks(tiny_demo, Layout(2, 1), 3, 4, pos, layout, source=source)
     assert resumed == third[8:20] + third[28:40]
 
 

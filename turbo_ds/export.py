@@ -71,7 +71,7 @@ def optimizer_groups(model: torch.nn.Module, cfg: Config) -> list[list[str]]:
 
 def from_run(run_dir: str | Path, step: int | None = None) -> Consolidated:
     """Rebuild the run's model from its latest checkpoint (or the one at ``step``) with float32 weights."""
-    from turbo_ds.data.shards import read_manifest
+    from turbo_ds.data.storage import ShardSource
 
     checkpoints = CheckpointManager.reader(run_dir)
     checkpoint = checkpoints.find(step)
@@ -81,7 +81,8 @@ def from_run(run_dir: str | Path, step: int | None = None) -> Consolidated:
     tree["eval"]["zero_shot_data"] = None  # an evaluation during training: rebuilding the model needs none of it
     try:
         cfg = config_from_dict(tree)
-        manifest = read_manifest(cfg.data.train)  # class names (and what building the task reads)
+        # class names (and what building the task reads), from a folder or URL as in training
+        manifest = ShardSource.from_config(cfg.data, "train").manifest
         task = build_task(cfg, manifest)
     except (ConfigError, OSError, ValueError) as e:
         raise ExportError(f"cannot rebuild the model of {run_dir}: {e}; run from the directory the run was "

@@ -44,7 +44,7 @@ from typing import Any, Callable
 import yaml
 
 from turbo_ds.config import Config, ConfigError, DeepSpeedConfig, load_config, load_ds_config, plan_batches, to_dict
-from turbo_ds.data.shards import read_manifest
+from turbo_ds.data.storage import ShardSource
 from turbo_ds.memory import available_bytes, peak_rss_bytes, reset_peak_rss, rss_bytes
 
 KEEP_RATIOS = (1.0, 0.5, 0.25, 0.125)
@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         micro = plan_batches(cfg, ds, args.ranks).micro
         device = args.device or _default_device()
         try:  # the head's size: the dataset's class count when it is there
-            num_classes = len(read_manifest(cfg.data.train)["class_names"] or []) or 10
+            num_classes = len(ShardSource.from_config(cfg.data, "train").manifest["class_names"] or []) or 10
         except (OSError, ValueError):
             num_classes = 10
         planner = Planner(cfg, ds, args.memory_gb, device, args.steps, args.ranks, num_classes, log=print)

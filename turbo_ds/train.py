@@ -22,6 +22,7 @@ if __package__ in (None, ""):  # run as a script (the deepspeed launcher does): 
 
 from turbo_ds.config import (Config, ConfigError, DeepSpeedConfig, load_config, load_ds_config,  # noqa: E402
                              plan_batches, to_dict)
+from turbo_ds.data.locations import is_remote, redact, redacted  # noqa: E402
 from turbo_ds.data.shards import MANIFEST, check_readers, read_manifest  # noqa: E402
 from turbo_ds.engine.distributed import world_from_env  # noqa: E402
 
@@ -42,22 +43,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_data(cfg: Config, world: int) -> None:
-    """The dataset folders are complete (and feed every rank), or missing but generated at start-up (the demo)."""
-    for key, folder in (("data.train", cfg.data.train), ("data.val", cfg.data.val),
-                        ("eval.zero_shot_data", cfg.eval.zero_shot_data)):
-        if folder is None:
+    """The datasets are complete (and the training set feeds every rank), or local and missing but generated at
+    start-up (the demo); a URL's manifest is read (with the configured retries), so an unreachable store stops
+    the run here."""
+    from turbo_ds.data.storage import ShardSource
+
+    for key, location in (("data.train", cfg.data.train), ("data.val", cfg.data.val),
+                          ("eval.zero_shot_data", cfg.eval.zero_shot_data)):
+        if location is None:
             continue
-        if not (Path(folder) / MANIFEST).is_file():
+        split = key.removeprefix("data.") if key.startswith("data.") else None
+        given = split is not None and getattr(cfg.data, f"{split}_manifest") is not None  # a manifest named apart
+        if not is_remote(location) and not given and not (Path(location) / MANIFEST).is_file():
             if cfg.data.generate_demo:
                 continue
             raise ConfigError(f"{key}={folder}: no dataset there ({MANIFEST} missing); build shards with "
                               "data_prep/ or set data.generate_demo=true for the demo data")
         try:
-            manifest = read_manifest(folder)
+            manifest = ShardSource.from_config(cfg.data, split).manifest if split else read_manifest(location)
             if key == "data.train":
                 check_readers(cfg.data, manifest, world)
         except (FileNotFoundError, ValueError) as e:
-            raise ConfigError(f"data: {e}") from e
+            raise ConfigError(str(e) if str(e).startswith(key) else f"data: {e}") from e
 
 
 def check_compiler(cfg: Config) -> None:
@@ -72,7 +79,7 @@ def check_compiler(cfg: Config) -> None:
 def config_error(e: ConfigError, show: bool = True) -> int:
     """One line on stderr (from one rank once the ranks exist), exit status 2."""
     if show:
-        print(f"config error: {e}", file=sys.stderr)
+        print(f"config error: {redact(str(e))}", file=sys.stderr)
     return 2
 
 
@@ -127,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from turbo_ds.data.storage import ShardReadError, ShardSource
     from turbo_ds.engine.checkpoint import CheckpointManager
     from turbo_ds.engine.distributed import barrier, init_distributed, is_collective_failure, shutdown
     from turbo_ds.engine.metrics import RunLog
@@ -148,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve_keep_ratio(cfg, ds, dist_info, log, checkpoints)
     except ConfigError as e:
         return config_error(e, dist_info.is_main)
-    checkpoints.record_configs(to_dict(cfg), ds.resolved(plan))
+    checkpoints.record_configs(redacted(to_dict(cfg)), ds.resolved(plan))  # no credentials in the run dir
     if dist_info.is_main and ds.monitors:
         from turbo_ds.engine.monitors import Monitors
 
@@ -164,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("model.compile: the encoder blocks compile at their first steps (cached on disk for later runs)")
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     try:
-        task = build_task(cfg, read_manifest(cfg.data.train))
+        task = build_task(cfg, ShardSource.from_config(cfg.data, "train").manifest)
     except ConfigError as e:  # checks that need the data or the tokenizer (e.g. vocab vs text model)
         return config_error(e, dist_info.is_main)
     if task.pretrained_report:
@@ -175,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
         return config_error(e, dist_info.is_main)
     try:
         trainer.fit()
+    except ShardReadError as e:  # the store lost too much of an epoch: one line, not a traceback
+        log.info(f"data error: {e}")
+        print(f"data error (rank {dist_info.rank}): {redact(str(e))}", file=sys.stderr)
+        return 3
     except RuntimeError as e:
         if not is_collective_failure(e):
             raise

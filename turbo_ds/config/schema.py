@@ -83,9 +83,23 @@ class TurboConfig:
 @dataclass
 class DataConfig:
     train: str = "data/demo/train"
-    "training dataset folder (tar shards + manifest.json)"
+    "training dataset: a folder or URL (https://, s3://, gs://, pipe:) of tar shards + manifest.json"
     val: str = "data/demo/val"
-    "validation dataset folder (tar shards + manifest.json)"
+    "validation dataset: a folder or URL (https://, s3://, gs://, pipe:) of tar shards + manifest.json"
+    train_manifest: str | None = None
+    "data.train's manifest.json (path or URL) when it is not next to the shards (pipe: commands, brace patterns)"
+    val_manifest: str | None = None
+    "data.val's manifest.json (path or URL) when it is not next to the shards (pipe: commands, brace patterns)"
+    read_timeout_s: float = 60.0
+    "seconds a shard or manifest read may wait for a byte before that attempt is abandoned and retried"
+    read_retries: int = 5
+    "retries of a failed or stalled read (backoff read_backoff_s, doubling); then the shard is skipped and counted"
+    read_backoff_s: float = 1.0
+    "wait before the first retry of a read, in seconds; it doubles with each further retry (at most 60 s)"
+    max_skipped_shard_fraction: float = 0.1
+    "stop with an error when a loader stream cannot read more than this fraction of its shards in one epoch"
+    prefetch_shards: int = 2
+    "remote shards each loader stream downloads whole ahead of the decoder (memory: about this + 1 shards per stream)"
     generate_demo: bool = False
     "generate the demo dataset into the parent of train/ and val/ when it is missing"
     num_workers: int = 0

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from turbo_ds.config.schema import (Config, ConfigError, DataConfig, EvalConfig, LongVideoConfig, ModelConfig,
                                     TextConfig, TrainConfig, TurboConfig)
+from turbo_ds.data.locations import is_remote
 
 
 def _at_least(minimum: int, values: dict[str, int | float]) -> None:
@@ -69,7 +70,15 @@ def check_data(d: DataConfig) -> None:
         raise ConfigError(f"data.crop_scale={d.crop_scale}: must be [min, max] with 0 < min <= max <= 1")
     if len(d.mean) != 3 or len(d.std) != 3:
         raise ConfigError("data.mean and data.std: need 3 values (RGB)")
-    if d.generate_demo and Path(d.train).parent != Path(d.val).parent:
+    _at_least(0, {"data.read_retries": d.read_retries, "data.read_backoff_s": d.read_backoff_s,
+                  "data.prefetch_shards": d.prefetch_shards})
+    if d.read_timeout_s <= 0:
+        raise ConfigError(f"data.read_timeout_s={d.read_timeout_s}: must be > 0 (seconds without a byte before a retry)")
+    if not 0 <= d.max_skipped_shard_fraction <= 1:
+        raise ConfigError(f"data.max_skipped_shard_fraction={d.max_skipped_shard_fraction}: must be in [0, 1] "
+                          "(0: any shard that cannot be read stops the run)")
+    local = not (is_remote(d.train) or is_remote(d.val))  # the demo is generated into local folders only
+    if d.generate_demo and local and Path(d.train).parent != Path(d.val).parent:
         raise ConfigError(f"data.generate_demo: data.train={d.train} and data.val={d.val} must share a parent "
                           "folder (the demo is written to PARENT/train and PARENT/val)")
 

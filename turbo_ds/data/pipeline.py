@@ -1,21 +1,23 @@
 """WebDataset loaders: each split's stream is one ordered, commented list of stages.
 
 As in open_clip's ``get_wds_dataset``, ``TrainStream.stages`` and ``EvalStream.stages``
-list the whole pipeline in order: a source (shard paths), then stages, each a function
+list the whole pipeline in order: a source (shard paths or URLs), then stages, each a function
 from an iterator to an iterator; ``run`` chains them. Training, one epoch of one
 rank/worker (epoch e is a deterministic function of the seed)::
 
     this stream's share of the shards (shuffled by (seed, e), split by rank and worker; see
-    data/position.py) -> tar samples -> number samples in their shard -> keep the share -> shuffle buffer
+    data/position.py) -> tar samples (remote shards prefetched and retried) -> number samples in their
+    shard -> keep the share -> shuffle buffer
     (data.resampled: shards drawn with replacement by (seed, e, rank, worker) -> tar samples -> take its share
-    -> shuffle buffer) -> count -> drop first (resume) -> seed per sample -> parse targets -> decode
-    -> choose views
+    -> shuffle buffer) -> count -> drop first (resume) -> skip lost shards' placeholders -> seed per sample
+    -> parse targets -> decode -> choose views
 
 and the epochs one after another -> batch (uint8; a batch may span the end of an epoch: no sample is dropped)
 || in the training process: to_device -> normalise (float32).
 
 Evaluation: every shard in order -> tar samples -> split by rank (sample i goes to rank
-i % world) -> split by worker ((i // world) % workers) -> count -> parse targets -> decode
+i % world) -> split by worker ((i // world) % workers) -> count -> skip lost shards' placeholders
+-> parse targets -> decode
 -> choose views (num_clips x num_crops, no randomness) -> batch (the last one partial) || to_device
 -> normalise.
 
@@ -32,7 +34,11 @@ decodes it.
 Bad data is skipped and counted (``StreamPosition.skipped``), never fatal: an unreadable
 tar file or member through ``StreamPosition.tar_handler``, a sample that raises
 ``DataError`` (corrupt mp4, missing or unparsable member, no caption) through
-``each_or_skip``. Any other exception is a bug and propagates.
+``each_or_skip``. Any other exception is a bug and propagates. Shards are located and read
+by ``storage.ShardSource`` (a local folder or a URL): a shard that cannot be read after
+retries is counted in ``StreamPosition.skipped_shards`` and its samples become placeholders
+(numbered in their shard like real ones), skipped and counted after the stream has counted
+them, so no later sample moves and its ``done`` ranges stay whole.
 """
 
 from __future__ import annotations
@@ -52,13 +58,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.filters import _shuffle
-from webdataset.tariterators import tarfile_samples
 
 from turbo_ds.config import DataConfig, EvalConfig, ModelConfig
 from turbo_ds.data import transforms as T
 from turbo_ds.data.errors import DataError
 from turbo_ds.data.position import Layout, Ranges, regroup, share
-from turbo_ds.data.shards import check_readers, read_manifest, shard_paths
+from turbo_ds.data.shards import check_readers
+from turbo_ds.data.storage import ShardSource, check_not_lost
 from turbo_ds.data.video import decode_frames, dense_indices, read_frames, sample_indices
 
 Stage = Callable[[Iterator[Any]], Iterator[Any]]  # one step of a pipeline: samples in, samples out
@@ -146,17 +152,20 @@ TAR_READ_ERRORS = (OSError, EOFError, ValueError, tarfile.TarError, zlib.error)
 class StreamPosition:
     """Where a stream stands: epoch, raw samples consumed in it and which ones (``done``: per shard,
     sample indices as ranges), bad samples skipped and short videos (fewer frames than the clip
-    needs: frames repeat) so far.
+    needs: frames repeat) so far, shards that could not be read and retried shard reads so far.
 
     It travels with every batch, so a checkpoint records exactly what training consumed
     and a resumed stream continues from there instead of restarting its epoch (at another
-    world size too: data/position.py).
+    world size too: data/position.py). ``events`` (what the shard reader did: retries, skipped
+    shards) is not state: it leaves with the next batch for the log (``take_events``).
     """
 
     def __init__(self, epoch: int = 0, consumed: int = 0, skipped: int = 0, short: int = 0,
-                 done: dict[str, str] | None = None):
+                 skipped_shards: int = 0, read_retries: int = 0, done: dict[str, str] | None = None):
         self.epoch, self.consumed, self.skipped, self.short = epoch, consumed, skipped, short
+        self.skipped_shards, self.read_retries = skipped_shards, read_retries
         self.done = {shard: Ranges.parse(r) for shard, r in (done or {}).items()}
+        self.events: list[str] = []
 
     def count(self, samples: Iterator[dict]) -> Iterator[dict]:
         for sample in samples:
@@ -177,7 +186,12 @@ class StreamPosition:
 
     def state(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "consumed": self.consumed, "skipped": self.skipped, "short": self.short,
+                "skipped_shards": self.skipped_shards, "read_retries": self.read_retries,
                 "done": {shard: str(r) for shard, r in self.done.items()}}
+
+    def take_events(self) -> list[str]:
+        events, self.events = self.events, []
+        return events
 
 
 class DecodedCache:
@@ -240,11 +254,6 @@ def take(count: int) -> Stage:
 def drop_first(count: int) -> Stage:
     """All items but the first ``count`` (which are read, not processed)."""
     return lambda items: itertools.islice(items, count, None)
-
-
-def tar_samples(handler: Callable[[Exception], bool]) -> Stage:
-    """Shard paths/URLs -> samples (dicts of tar members by extension); read failures go to ``handler``."""
-    return lambda urls: tarfile_samples(({"url": u} for u in urls), handler=handler)
 
 
 def number_samples(names: dict[str, str]) -> Stage:
@@ -387,7 +396,8 @@ def collate(samples: list[dict], spec: ClipSpec, stream: str, position: StreamPo
     targets = ({"label": torch.tensor([s["label"] for s in samples])} if spec.targets == "label"  # (B,)
                else {"captions": [s["captions"] for s in samples], "text": [s["text"] for s in samples]})
     return {"video": video if spec.views > 1 else video.flatten(0, 1),  # (B, V, C, T, H, W) or (B, C, T, H, W)
-            **targets, "key": [s["__key__"] for s in samples], "stream": stream, "position": position.state()}
+            **targets, "key": [s["__key__"] for s in samples], "stream": stream, "position": position.state(),
+            "events": position.take_events()}
 
 
 def to_device(batch: dict[str, Any], device: torch.device, normalize: T.Normalizer) -> dict[str, Any]:
@@ -420,8 +430,8 @@ class TrainStream(IterableDataset):
     def __init__(self, data: DataConfig, model: ModelConfig, rank: int, world: int, batch_size: int, seed: int,
                  resume: dict[str, dict[str, Any]] | None = None, frames: int | None = None,
                  targets: Targets = "label", resume_layout: dict[str, Any] | None = None):
-        self.manifest = read_manifest(data.train)
-        self.shards = shard_paths(data.train, self.manifest)
+        self.source = ShardSource.from_config(data, "train")  # a folder or URL: manifest, shard URLs, reading
+        self.manifest, self.shards = self.source.manifest, self.source.shards
         self.names = [s["name"] for s in self.manifest["shards"]]
         self.counts = [s["num_samples"] for s in self.manifest["shards"]]
         check_readers(data, self.manifest, world)
@@ -449,9 +459,9 @@ class TrainStream(IterableDataset):
         self.regrouped = regroup(self.resume, old, taken, self.order, self.counts, index_of, self.data.resampled)
         self.regrouped.note = f"data: {old} -> {self.layout}: {self.regrouped.note}"
         self.taken = self.regrouped.taken
-        # The old totals of bad and short samples go on with the first stream, so logged sums continue.
-        first = {"skipped": self.regrouped.skipped, "short": self.regrouped.short}
-        self.resume = {name: {"epoch": self.regrouped.epoch, **(first if k == 0 else {})}
+        # The old totals (bad and short samples, lost shards, read retries) go on with the first stream,
+        # so logged sums continue.
+        self.resume = {name: {"epoch": self.regrouped.epoch, **(self.regrouped.totals if k == 0 else {})}
                        for k, name in enumerate(self.layout.names())}
 
     def order(self, epoch: int) -> list[int]:
@@ -482,9 +492,11 @@ class TrainStream(IterableDataset):
             # world size; its epoch is its share of the manifest. A good shard yields at least
             # one sample, so that many draws suffice (fewer samples only if shards are broken).
             quota = self.manifest["num_samples"] // (self.world * workers)
+            shards_per_epoch = math.ceil(quota * len(self.shards) / self.manifest["num_samples"])
             pipeline = [
                 resampled(self.shards, quota, random.Random(f"resample-{self.seed}-{epoch}-{self.rank}-{worker}")),
-                tar_samples(pos.tar_handler),  # tar members -> samples; unreadable ones skipped and counted
+                # tar members -> samples (remote shards prefetched); unreadable members and shards skipped, counted
+                self.source.samples(pos, shards_per_epoch),
                 take(quota),  # this stream's share of an epoch
             ]
         else:
@@ -493,9 +505,11 @@ class TrainStream(IterableDataset):
             part = share(self.order(epoch), self.counts, self.taken.get(epoch), self.rank + self.world * worker,
                          self.world * workers)
             pipeline = [
-                [self.shards[i] for i in part],  # this stream's shards, in the epoch's order
-                tar_samples(pos.tar_handler),  # tar members -> samples; unreadable ones skipped and counted
-                number_samples(dict(zip(self.shards, self.names))),  # __shard__, __index__: what a position records
+                [self.shards[i] for i in part],  # this stream's shards (paths or URLs), in the epoch's order
+                # tar members -> samples (remote shards prefetched); unreadable members and shards skipped, counted;
+                # a lost shard gives its manifest count of placeholders, so its indices still line up
+                self.source.samples(pos),
+                number_samples(self.source.names),  # __shard__, __index__: what a position records
                 keep({self.names[i]: r for i, r in part.items()}),  # only its part of partly read shards
             ]
         order = random.Random(f"{self.seed}-{epoch}-{self.rank}-{worker}")
@@ -506,6 +520,7 @@ class TrainStream(IterableDataset):
         return pipeline + [
             pos.count,  # raw samples consumed this epoch, and which: what a checkpoint records
             drop_first(resume_at),  # resume mid-epoch: drop what was already trained on, without decoding
+            each_or_skip(check_not_lost, pos),  # placeholders of a shard that could not be read: skipped, counted
             each(seed_per_sample(self.seed, epoch)),  # per-sample rng from (seed, epoch, key)
             each_or_skip(parse_targets(spec.targets), pos),  # label or captions; bad ones skipped and counted
             each_or_skip(decode(spec, cache, pos), pos),  # only the picked frames; a corrupt mp4 is skipped, counted
@@ -544,8 +559,8 @@ class EvalStream(IterableDataset):
     def __init__(self, data: DataConfig, model: ModelConfig, rank: int, world: int, batch_size: int,
                  evaluation: EvalConfig | None = None, num_workers: int = 0, frames: int | None = None,
                  targets: Targets = "label"):
-        self.manifest = read_manifest(data.val)
-        self.shards = shard_paths(data.val, self.manifest)
+        self.source = ShardSource.from_config(data, "val")  # a folder or URL: manifest, shard URLs, reading
+        self.manifest, self.shards = self.source.manifest, self.source.shards
         self.spec = ClipSpec.from_config(data, model, train=False, evaluation=evaluation, frames=frames,
                                          targets=targets)
         self.data, self.rank, self.world, self.batch_size = data, rank, world, batch_size
@@ -564,10 +579,13 @@ class EvalStream(IterableDataset):
         spec = self.spec
         return [
             self.shards,  # every shard, in manifest order
-            tar_samples(pos.tar_handler),  # tar members -> samples; unreadable ones skipped and counted
+            # tar members -> samples (remote shards prefetched); an unreadable shard gives placeholders, so that
+            # every rank still agrees on each sample's index
+            self.source.samples(pos),
             split_by(self.rank, self.world),  # sample i -> rank i % world
             split_by(worker, workers),  # then -> worker (i // world) % workers
             pos.count,
+            each_or_skip(check_not_lost, pos),  # placeholders of a shard that could not be read: skipped, counted
             each_or_skip(parse_targets(spec.targets), pos),  # label or captions; bad ones skipped and counted
             each_or_skip(decode(spec, DecodedCache(0, self.data.decode_threads), pos), pos),  # corrupt: skipped
             each(choose_views(spec)),  # num_clips x num_crops fixed views

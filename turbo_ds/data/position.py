@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 Share = dict[int, "Ranges | None"]  # shard index -> the sample indices to read (None: all of them)
+# A position's running totals (bad and short samples, lost shards, shard read retries): summed over
+# the old streams when the layout changes, so that the logged sums go on.
+TOTALS = ("skipped", "short", "skipped_shards", "read_retries")
 
 
 class Ranges:
@@ -174,8 +177,7 @@ class Regrouped:
 
     epoch: int
     taken: dict[int, dict[int, Ranges]] = field(default_factory=dict)
-    skipped: int = 0
-    short: int = 0
+    totals: dict[str, int] = field(default_factory=dict)  # TOTALS summed over the old streams
     note: str = ""
 
 
@@ -190,14 +192,14 @@ def regroup(states: dict[str, dict[str, Any]], old: Layout, taken: dict[int, dic
     """
     missing = [n for n in old.names() if n not in states]
     epochs = [s["epoch"] for s in states.values()]
-    skipped, short = sum(s.get("skipped", 0) for s in states.values()), sum(s.get("short", 0) for s in states.values())
+    totals = {key: sum(s.get(key, 0) for s in states.values()) for key in TOTALS}
     if resampled or missing or any("done" not in s for s in states.values()):
         # Draws with replacement have no "rest of the epoch"; positions without `done` (older
         # checkpoints) do not say which samples were read. Either way: a fresh epoch.
         why = ("data.resampled draws with replacement" if resampled else
                "the checkpoint does not record which samples each stream read")
         epoch = max(epochs, default=-1) + 1
-        return Regrouped(epoch, {}, skipped, short, f"{why}: the new streams start fresh at epoch {epoch}")
+        return Regrouped(epoch, {}, totals, f"{why}: the new streams start fresh at epoch {epoch}")
     # From the oldest epoch a stream is in to the newest one any stream has read from (an earlier
     # layout may have run ahead of the last one: what it took of later epochs stays taken).
     first, last = min(epochs), max(epochs + list(taken))
@@ -216,6 +218,6 @@ def regroup(states: dict[str, dict[str, Any]], old: Layout, taken: dict[int, dic
                 got[i] = got[i] | r if i in got else r
         out[epoch] = got
     left = sum(counts) - sum(len(r) for r in out[first].values())
-    return Regrouped(first, out, skipped, short, f"epoch {first} continues with the {left} of {sum(counts)} samples "
+    return Regrouped(first, out, totals, f"epoch {first} continues with the {left} of {sum(counts)} samples "
                                                  "no stream had read" + (f" (epochs up to {last} were in progress)"
                                                                          if last > first else ""))

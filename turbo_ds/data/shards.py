@@ -82,6 +82,18 @@ def write_manifest(folder: str | os.PathLike, *, task: str, shards: list[dict[st
     return manifest
 
 
+def check_manifest(manifest: Any, where: str) -> dict[str, Any]:
+    """``manifest`` (parsed JSON) if it is one of ours; ValueError naming ``where`` otherwise."""
+    found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+    if found != FORMAT:
+        raise ValueError(f"{where}: format {found!r} is not {FORMAT!r}")
+    return manifest
+
+
+def missing_shards(folder: str | os.PathLike, manifest: dict[str, Any]) -> list[str]:
+    return [s["name"] for s in manifest["shards"] if not (Path(folder) / s["name"]).is_file()]
+
+
 def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
     """Load and check a dataset folder's manifest; errors name the folder and the fix."""
     path = Path(folder) / MANIFEST
@@ -89,10 +101,8 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(
             f"no {MANIFEST} in {folder}: build the shards with data_prep/ (e.g. "
             f"python data_prep/make_demo_data.py --out DIR) or point the config at a dataset folder")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r}")
-    missing = [s["name"] for s in manifest["shards"] if not (Path(folder) / s["name"]).is_file()]
+    manifest = check_manifest(json.loads(path.read_text()), str(path))
+    missing = missing_shards(folder, manifest)
     if missing:
         raise FileNotFoundError(f"{folder}: shards listed in {MANIFEST} are missing: {missing[:3]}")
     return manifest

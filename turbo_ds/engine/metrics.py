@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from turbo_ds.data.locations import redact
 from turbo_ds.fileio import atomic_write_bytes
 from turbo_ds.memory import peak_rss_bytes
 
@@ -42,6 +43,7 @@ class RunLog:
         if self.enabled:
             from tqdm import tqdm
 
+            message = redact(message)  # a dataset URL's password or signature never reaches the log
             tqdm.write(message, file=sys.stdout)  # above the progress bar, when there is one
             sys.stdout.flush()
             self.text.write(message + "\n")

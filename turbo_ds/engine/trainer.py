@@ -73,10 +73,13 @@ def param_groups(model: torch.nn.Module, base_lr: float, layer_decay: float = 1.
 
 @torch.no_grad()
 def run_evaluation(evaluation: Evaluation, model: torch.nn.Module, cfg: Config, dist_info: DistInfo,
-                   dtype: torch.dtype, pin_memory: bool = False) -> dict[str, Any]:
+                   dtype: torch.dtype, pin_memory: bool = False, events: list[str] | None = None) -> dict[str, Any]:
     """One evaluation's metrics over every clip of its data, each rank a share (``model``: an engine or a module
-    in eval mode); ranks out of clips run padding batches so collectives match."""
-    data = dataclasses.replace(cfg.data, val=evaluation.eval_data)
+    in eval mode); ranks out of clips run padding batches so collectives match. ``events``: gets what this
+    rank's shard readers reported (retries, lost shards)."""
+    own_data = evaluation.eval_data == cfg.data.val  # another dataset (zero-shot) has no data.val_manifest
+    data = dataclasses.replace(cfg.data, val=evaluation.eval_data,
+                               val_manifest=cfg.data.val_manifest if own_data else None)
     workers = cfg.data.num_workers  # decoding in worker processes, as in training
     stream = EvalStream(data, cfg.model, dist_info.rank, dist_info.world, cfg.eval.batch_size, cfg.eval,
                         num_workers=workers, frames=evaluation.clip_frames, targets=evaluation.targets)
@@ -91,11 +94,16 @@ def run_evaluation(evaluation: Evaluation, model: torch.nn.Module, cfg: Config, 
             continue
         outputs.append(evaluation.eval_step(model, to_device(batch, device, stream.spec.normalize), dtype))
         positions[batch["stream"]] = batch["position"]  # each worker counts its own part
+        if events is not None:
+            events += [f"{batch['stream']}: {e}" for e in batch["events"]]
     metrics = evaluation.eval_metrics(outputs)  # reduces over ranks
     skipped, short = all_reduce_sum([sum(p["skipped"] for p in positions.values()),
                                      sum(p["short"] for p in positions.values())])
+    # Every eval reader (rank x worker) reads every shard and counts the ones it lost: the most any lost.
+    shards = max(all_gather_objects(max((p["skipped_shards"] for p in positions.values()), default=0)))
     prefix = evaluation.eval_prefix
-    return {**metrics, f"{prefix}skipped_samples": int(skipped), f"{prefix}short_videos": int(short)}
+    return {**metrics, f"{prefix}skipped_samples": int(skipped), f"{prefix}short_videos": int(short),
+            f"{prefix}skipped_shards": int(shards)}
 
 
 def use_deterministic_kernels() -> None:
@@ -159,6 +167,7 @@ class Trainer:
         self.preemption = PreemptionFlag()
         self.data_position: dict[str, dict[str, Any]] = {}  # this rank's streams
         self.data_layout: dict[str, Any] | None = None  # the layout that wrote the positions resumed from
+        self.data_events: list[str] = []  # what this rank's shard readers reported since the last log line
         self.stream: TrainStream | None = None
         self.step = 0
         self.keep_ratio: float | None = None
@@ -233,6 +242,7 @@ class Trainer:
                 self.engine.backward(loss)
                 self.engine.step()
                 self.data_position[batch["stream"]] = batch["position"]
+                self.data_events += [f"{batch['stream']}: {e}" for e in batch["events"]]
                 window.add(loss)
             window.steps += 1
             window.flops += TRAIN_FACTOR * self._forward_flops() * self.plan.global_size
@@ -282,16 +292,21 @@ class Trainer:
 
     def _log_train(self, window: LogWindow) -> None:
         elapsed = time.perf_counter() - window.start
-        loss, skipped, short = all_reduce_sum([float(window.loss_sum) / max(window.micro_steps, 1),  # one host sync
-                                               sum(p["skipped"] for p in self.data_position.values()),
-                                               sum(p.get("short", 0) for p in self.data_position.values())])
+        positions = self.data_position.values()
+        loss, skipped, short, shards, retries, events = all_reduce_sum(
+            [float(window.loss_sum) / max(window.micro_steps, 1),  # the window's one host sync
+             sum(p["skipped"] for p in positions), sum(p.get("short", 0) for p in positions),
+             sum(p.get("skipped_shards", 0) for p in positions), sum(p.get("read_retries", 0) for p in positions),
+             len(self.data_events)])
+        self._log_data_events(events)
         record = {
             "step": self.step, "train/loss": loss / self.dist.world, "train/lr": self.engine.get_lr()[0],
             "train/clips_per_s": window.steps * self.plan.global_size / elapsed,
             "train/tflops": window.flops / elapsed / 1e12,  # achieved, all ranks, kept tokens' FLOPs
             "train/keep_ratio": self.keep_ratio, "train/tokens_kept": self.task.tokens_kept,
             "train/tokens_total": self.task.tokens_total, "train/peak_mem_mb": peak_memory_mb(),
-            "data/skipped_samples": int(skipped), "data/short_videos": int(short), "wall_s": self.wall_s(),
+            "data/skipped_samples": int(skipped), "data/short_videos": int(short),
+            "data/skipped_shards": int(shards), "data/read_retries": int(retries), "wall_s": self.wall_s(),
         }
         counters = self.task.counters  # task-specific running totals, e.g. truncated captions
         record.update(zip(counters, map(int, all_reduce_sum(list(counters.values())))))
@@ -302,7 +317,18 @@ class Trainer:
                       f"{record['train/tflops']:.3g} TFLOP/s | tokens {self.task.tokens_kept}/"
                       f"{self.task.tokens_total} | peak mem {record['train/peak_mem_mb']:.0f} MB | eta {self.eta()}"
                       + (f" | skipped {int(skipped)} bad samples" if skipped else "")
+                      + (f" | {int(shards)} shards unreadable, skipped" if shards else "")
+                      + (f" | {int(retries)} shard reads retried" if retries else "")
                       + (f" | {int(short)} videos shorter than the clip (frames repeated)" if short else ""))
+
+    def _log_data_events(self, count: float) -> None:
+        """Rank 0 logs every rank's shard-reader events (retries, skipped shards with their URLs);
+        ``count`` is their number summed over ranks, so that every rank joins the gather or none."""
+        if count:
+            for events in all_gather_objects(self.data_events):
+                for event in events:
+                    self.log.info(f"data: {event}")
+        self.data_events = []
 
     # ------------------------------------------------------------- evaluation
 
@@ -313,8 +339,9 @@ class Trainer:
         self.engine.eval()
         for evaluation in (self.task, *self.task.extra_evaluations()):
             record.update(run_evaluation(evaluation, self.engine, self.cfg, self.dist, self.dtype,
-                                         self.pin_memory))
+                                         self.pin_memory, self.data_events))
         self.engine.train()
+        self._log_data_events(all_reduce_sum([len(self.data_events)])[0])
         record.update({"eval/keep_ratio": self.cfg.turbo.eval_keep_ratio, "eval/seconds": time.perf_counter() - start,
                        "wall_s": self.wall_s()})
         self.log.metrics(record)

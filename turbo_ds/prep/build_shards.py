@@ -2,6 +2,7 @@
 
     python data_prep/build_shards.py --task action_cls --manifest train.csv --video-root videos/ --out data/k400/train
     python data_prep/build_shards.py --task video_language --input-shards 'webvid/*.tar' --out data/webvid/train
+    python data_prep/build_shards.py --task video_language --input-shards 'webvid/*.tar' --out s3://bucket/webvid/train
 
 Input: a manifest (CSV with a header, or JSONL) plus the folder its relative paths start
 from, or existing WebDataset/video2dataset shards (video member + txt/cls/json):
@@ -19,18 +20,29 @@ Each video is re-encoded to H.264 mp4 (resampled by timestamps to --fps, downsca
 when started again with the same command. Unusable rows (missing file, undecodable
 video, missing field) are skipped and listed in OUT/errors.jsonl; the run ends with
 "N written, M skipped" and exits 1 only when nothing was written.
+
+A URL --out (s3://, gs://, or http(s):// on a server that accepts PUT) is built in a local
+staging folder (--staging) and then uploaded: the shards and errors.jsonl first, manifest.json
+last, so a reader never sees a manifest before its shards. A rerun resumes the build and uploads
+only what the store lacks (same name and size). Delete the staging folder once it is uploaded.
 """
 
 import argparse
 import hashlib
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
+from turbo_ds.data.locations import is_remote, join, redact
+from turbo_ds.data.shards import MANIFEST
+from turbo_ds.data.storage import ReadFailed, delete, remote_size, write_bytes
 from turbo_ds.prep.manifest_rows import (ROWS, TASKS, ManifestError, assign_classes, read_class_names,
                                          read_input_shard_items, read_manifest_items)
-from turbo_ds.prep.shard_builder import BuildError, BuildSettings, build
+from turbo_ds.prep.shard_builder import ERRORS, BuildError, BuildSettings, build
 from turbo_ds.prep.transcode import TranscodeSettings
 
 ENCODING_OPTIONS = ("fps", "short_side", "max_seconds", "crf", "gop", "keep_audio")
@@ -53,7 +65,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="existing shards to re-shard/re-encode: a folder of .tar files or a quoted glob")
     p.add_argument("--video-root", type=Path,
                    help="folder the manifest paths are relative to (default: the manifest's folder)")
-    p.add_argument("--out", required=True, type=Path, help="output dataset folder (created; rerun to resume)")
+    p.add_argument("--out", required=True,
+                   help="output dataset folder (created; rerun to resume), or a URL: s3://, gs://, or http(s):// "
+                        "on a server that accepts PUT (built in --staging, then uploaded, manifest.json last)")
+    p.add_argument("--staging", type=Path,
+                   help="with a URL --out: the local folder to build in before uploading (default: "
+                        "TMPDIR/turbo_ds_build/<hash of the URL>); rerun with the same one to resume")
     p.add_argument("--class-names", type=Path,
                    help="fixed class list: a text file (one name a line) or another dataset folder/manifest.json, "
                         "so that e.g. train and val share label ids (default: the sorted labels of this manifest)")
@@ -107,9 +124,41 @@ def _inputs(a: argparse.Namespace):
     return items, (("input_shards", a.input_shards), ("input_shards_sha256", signature)), None
 
 
+def _staging(a: argparse.Namespace) -> Path:
+    if a.staging is not None:
+        return a.staging
+    digest = hashlib.sha256(a.out.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / "turbo_ds_build" / digest
+
+
+def check_writable(url: str) -> None:
+    """Fail before the build, not after it, when the store refuses uploads (a probe object, then removed)."""
+    probe = join(url, ".turbo_ds_upload_probe")
+    write_bytes(probe, b"build_shards upload check\n")
+    delete(probe)
+
+
+def upload(folder: Path, url: str, manifest: dict) -> int:
+    """Copy the built shards and errors.jsonl to ``url``, then manifest.json; returns how many were sent
+    (files the store holds already with the same size are kept)."""
+    names = [s["name"] for s in manifest["shards"]] + [ERRORS]
+    sent = 0
+    for name in tqdm(names, unit="file", desc="upload", file=sys.stderr, mininterval=1.0):
+        target = join(url, name)
+        if remote_size(target) != (folder / name).stat().st_size:
+            write_bytes(target, (folder / name).read_bytes())
+            sent += 1
+    write_bytes(join(url, MANIFEST), (folder / MANIFEST).read_bytes())  # last: the dataset is complete
+    return sent + 1
+
+
 def main(argv=None) -> int:
     p = _parser()
     a = p.parse_args(argv)
+    remote = is_remote(a.out)
+    if a.staging is not None and not remote:
+        p.error("--staging is for a URL --out (a local --out is built in place)")
+    out = _staging(a) if remote else Path(a.out)
     if a.shard_size < 1 or a.workers < 1:
         p.error("--shard-size and --workers must be at least 1")
     transcode = _transcode_settings(a, p)
@@ -121,14 +170,24 @@ def main(argv=None) -> int:
         settings = BuildSettings(task=a.task, inputs=identity, video_root=root, shard_size=a.shard_size,
                                  prefix=a.prefix, transcode=transcode,
                                  class_names=tuple(given) if given is not None else None)
-        result = build(items, settings, class_names, a.out, workers=a.workers)
+        if remote:
+            check_writable(a.out)
+        result = build(items, settings, class_names, out, workers=a.workers)
+        if remote and result.written:
+            sent = upload(out, a.out, result.manifest)
+            print(f"uploaded {sent} files to {redact(a.out)} (built in {out}; delete it when no longer needed)")
     except (ManifestError, BuildError) as e:
         print(f"build_shards: error: {e}", file=sys.stderr)
         return 2
-    print(f"{result.written} written, {result.skipped} skipped ({a.out}, {time.time() - start:.1f} s"
-          f"{'; see ' + str(a.out / 'errors.jsonl') if result.skipped else ''})")
+    except ReadFailed as e:
+        print(f"build_shards: error: cannot upload to --out: {e}; build into a local folder and copy it, or use a "
+              "store that accepts uploads (s3://, gs://, an http server with PUT enabled, e.g. nginx dav_methods PUT)",
+              file=sys.stderr)
+        return 2
+    print(f"{result.written} written, {result.skipped} skipped ({redact(a.out)}, {time.time() - start:.1f} s"
+          f"{'; see ' + str(out / 'errors.jsonl') if result.skipped else ''})")
     if not result.written:
-        print(f"build_shards: nothing was written; the reasons are in {a.out / 'errors.jsonl'}", file=sys.stderr)
+        print(f"build_shards: nothing was written; the reasons are in {out / 'errors.jsonl'}", file=sys.stderr)
         return 1
     return 0
 

@@ -1,25 +1,33 @@
-"""Summarise a shard folder and draw a contact sheet of a few samples.
+"""Summarise a shard folder (or URL) and draw a contact sheet of a few samples.
 
     python data_prep/inspect_shards.py data/k400/train [--png sheet.png --samples 4]
+    python data_prep/inspect_shards.py s3://bucket/k400/train        # also https://..., gs://..., pipe:...
 
 Prints samples per shard and in total (checked against manifest.json when present), the
 class histogram (names from the manifest) or the caption-length histogram,
 duration/fps/frames/resolution statistics, and how many videos do not decode (every
 video is decoded unless --no-decode). --png writes K rows x 8 evenly spaced frames of
-the first K decodable samples.
+the first K decodable samples. A URL is read shard by shard (each downloaded to a temp file, with
+retries; one that cannot be read is listed as unreadable and the rest go on); it needs its
+manifest.json next to the shards, or --manifest.
 """
 
 import argparse
 import json
 import struct
 import sys
+import tempfile
 import zlib
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
+from turbo_ds.data.locations import is_remote, redact
 from turbo_ds.data.shards import MANIFEST, shard_paths
+from turbo_ds.data.storage import ReadFailed, ShardSource, read_bytes
 from turbo_ds.data.video import CorruptVideo, decode_frames, sample_indices
 from turbo_ds.fileio import atomic_write_bytes
 from turbo_ds.prep.manifest_rows import VIDEO_EXTS, read_member, tar_samples
@@ -62,12 +70,38 @@ def contact_sheet(videos: list[np.ndarray]) -> np.ndarray:
 
 # ---------------------------------------------------------------- statistics
 
-def _shards(folder: Path) -> tuple[list[Path], dict]:
+@dataclass
+class Unreadable:
+    """A shard of a URL that could not be downloaded (after retries)."""
+
+    name: str
+    reason: str
+
+
+def _shards(location: str, manifest_location: str | None = None) -> tuple[Iterator[Path | Unreadable], dict]:
+    """Local paths of the shards (a URL's are downloaded one at a time), or why one cannot be read."""
+    if is_remote(location) or manifest_location is not None:
+        source = ShardSource(location, manifest_location, key="FOLDER", manifest_key="--manifest")
+        return _downloaded(source), source.manifest
+    folder = Path(location)
     manifest_path = folder / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     if manifest:
-        return [Path(p) for p in shard_paths(folder, manifest)], manifest
-    return sorted(folder.glob("*.tar")), manifest
+        return iter([Path(p) for p in shard_paths(folder, manifest)]), manifest
+    return iter(sorted(folder.glob("*.tar"))), manifest
+
+
+def _downloaded(source: ShardSource) -> Iterator[Path | Unreadable]:
+    with tempfile.TemporaryDirectory(prefix="inspect_shards_") as tmp:
+        for url, entry in zip(source.shards, source.manifest["shards"]):
+            path = Path(tmp) / entry["name"]
+            try:
+                path.write_bytes(read_bytes(url, source.policy))
+            except ReadFailed as e:
+                yield Unreadable(entry["name"], str(e))
+                continue
+            yield path
+            path.unlink()
 
 
 def _stat(values: list[float]) -> str:
@@ -94,15 +128,19 @@ def _caption_bins(lengths: list[int]) -> dict[str, int]:
             for a, b in zip(edges, edges[1:])}
 
 
-def inspect(folder: Path, decode: bool, keep: int) -> tuple[dict, list[np.ndarray]]:
+def inspect(location: str | Path, decode: bool, keep: int,
+            manifest_location: str | None = None) -> tuple[dict, list[np.ndarray]]:
     """Statistics of every sample, plus the decoded frames of the first ``keep`` decodable ones."""
-    paths, manifest = _shards(folder)
+    paths, manifest = _shards(str(location), manifest_location)
     stats = {"task": manifest.get("task"), "shards": {}, "total": 0, "classes": Counter(), "caption_words": [],
              "captions_per_video": [], "duration": [], "fps": [], "frames": [], "resolution": Counter(),
-             "undecodable": [], "sheet_keys": []}
+             "undecodable": [], "sheet_keys": [], "class_names": manifest.get("class_names")}
     listed = {s["name"]: s["num_samples"] for s in manifest.get("shards", [])}
     videos = []
     for path in paths:
+        if isinstance(path, Unreadable):
+            stats["shards"][path.name] = {"samples": 0, "manifest": listed.get(path.name), "unreadable": path.reason}
+            continue
         count = 0
         for group in tar_samples(path):
             count += 1
@@ -152,6 +190,7 @@ def report(stats: dict, manifest_names: list[str] | None) -> str:
     lines = [f"task: {stats['task'] or 'unknown (no manifest)'}", "samples per shard:"]
     for name, s in stats["shards"].items():
         note = "" if s["manifest"] in (None, s["samples"]) else f"  (manifest says {s['manifest']}!)"
+        note += f"  (unreadable: {s['unreadable']})" if "unreadable" in s else ""
         lines.append(f"  {name:<28} {s['samples']:>7}{note}")
     lines.append(f"total: {stats['total']} samples in {len(stats['shards'])} shards")
     if stats["classes"]:
@@ -169,19 +208,24 @@ def report(stats: dict, manifest_names: list[str] | None) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folder", type=Path, help="dataset folder (tar shards, manifest.json optional)")
+    p.add_argument("folder", help="dataset folder (tar shards, manifest.json optional) or URL (https://, s3://, "
+                                  "gs://, pipe:; manifest.json next to the shards or --manifest)")
+    p.add_argument("--manifest", help="the dataset's manifest.json (path or URL) when it is not in FOLDER")
     p.add_argument("--png", type=Path, help="write a contact sheet of --samples rows x 8 frames here")
     p.add_argument("--samples", type=int, default=4, help="rows of the contact sheet (default 4)")
     p.add_argument("--no-decode", action="store_true", help="skip the decodability check (much faster)")
     p.add_argument("--json", type=Path, help="also write the statistics as JSON here")
     a = p.parse_args(argv)
-    stats, videos = inspect(a.folder, decode=not a.no_decode, keep=a.samples if a.png else 0)
+    try:
+        stats, videos = inspect(a.folder, decode=not a.no_decode, keep=a.samples if a.png else 0,
+                                manifest_location=a.manifest)
+    except ValueError as e:  # a URL without a readable manifest
+        print(f"inspect_shards: error: {redact(str(e))}", file=sys.stderr)
+        return 2
     if not stats["shards"]:
         print(f"inspect_shards: error: no .tar shards in {a.folder}", file=sys.stderr)
         return 2
-    manifest_path = a.folder / MANIFEST
-    names = json.loads(manifest_path.read_text()).get("class_names") if manifest_path.is_file() else None
-    print(report(stats, names))
+    print(report(stats, stats.pop("class_names")))
     if a.png:
         if not videos:
             print("inspect_shards: no decodable sample for the contact sheet", file=sys.stderr)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from turbo_ds.config import Config, ConfigError
+from turbo_ds.data.locations import is_remote
 from turbo_ds.data.pipeline import Targets
 from turbo_ds.data.shards import MANIFEST
 from turbo_ds.models.flops import num_weights, vit_flops
@@ -99,8 +100,9 @@ class Task(Evaluation):
     @classmethod
     def prepare(cls, cfg: Config, log: Log) -> None:
         """Rank 0, before any rank builds the task: create what the run reads but may not exist yet."""
-        data = cfg.data
-        if data.generate_demo and not all((Path(p) / MANIFEST).is_file() for p in (data.train, data.val)):
+        data, folders = cfg.data, (cfg.data.train, cfg.data.val)
+        if data.generate_demo and not any(map(is_remote, folders)) and not all((Path(p) / MANIFEST).is_file()
+                                                                              for p in folders):
             cls.generate_demo(Path(data.train).parent, log)
         if cfg.model.generate_demo_clip and cfg.model.pretrained and not Path(cfg.model.pretrained).exists():
             from turbo_ds.prep.demo_clip import make_demo_clip
