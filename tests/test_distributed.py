@@ -64,7 +64,7 @@ def test_more_ranks_than_shards_stops_before_any_engine(tiny_demo, tmp_path, mon
             *tiny_overrides(tiny_demo, tmp_path / "run")]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"config error: data: data.train={tiny_demo}/train: 4 shards cannot feed 6 ranks x 1 "
+    assert err.startswith(f"config error: data.train={tiny_demo}/train: 4 shards cannot feed 6 ranks x 1 "
                           "workers") and "data.resampled=true" in err and not (tmp_path / "run").exists()
     monkeypatch.setenv("WORLD_SIZE", "4")
     assert main([*args, "--set", "data.num_workers=2"]) == 2  # 4 ranks x 2 workers = 8 readers

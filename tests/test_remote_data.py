@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -185,7 +186,17 @@ def test_cut_and_stalled_connections_are_retried_and_resumed(web, tiny_demo):
 
     # /slow/ sends 64 kB at once, then 64 kB/s: killing the worker cuts the 130 kB shard; nginx starts
     # a new worker and the retry asks for the rest only (HTTP 206)
-    threading.Timer(0.4, lambda: [os.kill(pid, signal.SIGKILL) for pid in web.workers()]).start()
+    def cut_when_sending() -> None:  # once the reader's connection is up (a loaded machine may start it late)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not subprocess.run(
+                ["ss", "-tnH", "state", "established", f"( sport = :{web.port} )"],
+                capture_output=True, text=True).stdout.strip():
+            time.sleep(0.02)
+        time.sleep(0.4)  # the first 64 kB are out, the rest trickles
+        for pid in web.workers():
+            os.kill(pid, signal.SIGKILL)
+
+    threading.Thread(target=cut_when_sending).start()
     read = read_with_retries(f"{web.url}/slow/{name}", ReadPolicy(timeout_s=2.5, retries=4, backoff_s=0.1))
     assert read.error is None and read.retries >= 1 and read.data.getvalue() == want
     assert any('" 206 ' in line for line in web.requests(f"/slow/{name}"))

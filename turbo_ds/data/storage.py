@@ -146,7 +146,7 @@ def _read_http(url: str, buf: io.BytesIO, timeout: float) -> None:
         if have and response.status != 206:  # the server ignored the range: start over
             buf.seek(0)
             buf.truncate()
-        while chunk := response.read(CHUNK):
+        while chunk := response.read1(CHUNK):  # what has arrived: a reset connection keeps the bytes read so far
             buf.write(chunk)
         if response.length:  # http.client returns b"" when a connection ends before Content-Length
             raise ReadFailed(f"connection closed with {response.length} bytes still to come")
