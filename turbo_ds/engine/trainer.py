@@ -1,4 +1,5 @@
-"""The training loop on a DeepSpeed engine: steps, logging, evaluation, checkpoints, preemption."""
+"""The training loop on a DeepSpeed engine: steps, logging, evaluation, checkpoints, preemption, and the
+divergence guard (``engine/guard.py``): a bad step is skipped, a run of them stops the run."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import math
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -14,8 +15,10 @@ from torch.optim.lr_scheduler import LambdaLR
 from turbo_ds.config import BatchPlan, Config, DeepSpeedConfig
 from turbo_ds.data.pipeline import EvalStream, TrainStream, make_loader
 from turbo_ds.engine.checkpoint import CheckpointManager
-from turbo_ds.engine.distributed import DistInfo, all_reduce_sum, any_rank
+from turbo_ds.engine.distributed import DistInfo, all_reduce_sum
+from turbo_ds.engine.errors import DivergenceError
 from turbo_ds.engine.gather import all_gather_objects
+from turbo_ds.engine.guard import DivergenceGuard, finish_step
 from turbo_ds.engine.metrics import RunLog, peak_memory_mb, progress_bar
 from turbo_ds.models.vit import VideoViT
 from turbo_ds.tasks.base import Task
@@ -85,10 +88,10 @@ class PreemptionFlag:
 
 @dataclass
 class LogWindow:
-    """What this rank trained since the last log line."""
+    """What was trained since the last log line."""
 
-    loss_sum: float = 0.0
-    micro_steps: int = 0
+    loss_sum: float = 0.0  # of the good steps' losses, averaged over ranks
+    good_steps: int = 0
     steps: int = 0
     start: float = field(default_factory=time.perf_counter)
 
@@ -107,6 +110,9 @@ class Trainer:
         # Every token selector (video towers, segment encoders) follows the keep-ratio schedule.
         self.selectors = [m for m in task.model.modules() if isinstance(m, TokenSelector)]
         self.checkpoints = checkpoints
+        self.guard = DivergenceGuard(cfg.train.divergence_factor, cfg.train.max_bad_steps, dist_info.world,
+                                     overflow_is_bad=ds.precision != "fp16")
+        self.can_skip = ds.skips_nonfinite_steps  # else a bad step stops the run before it is applied
         self.preemption = PreemptionFlag()
         self.data_position: dict[str, dict[str, int]] = {}
         self.step = 0
@@ -119,13 +125,17 @@ class Trainer:
             self.log.info(f"starting a new run in {self.cfg.run_dir}")
             return
         self.step, self.data_position = state["step"], state["data_position"]
+        self.guard.load_state_dict(state.get("guard", {}))
         self.log.info(f"resuming from checkpoint {self.checkpoints.latest} at step {self.step}")
 
-    def save(self) -> None:
+    def save(self, last: bool) -> bool:
         positions = all_gather_objects(self.data_position)  # every rank's streams into rank 0's file
         merged = {k: v for p in positions for k, v in p.items()}
-        path = self.checkpoints.save(self.engine, self.step, {"data_position": merged})
-        self.log.info(f"saved checkpoint {path}")
+        path = self.checkpoints.save(self.engine, self.step, {"data_position": merged, "guard": self.guard.state_dict()},
+                                     self.log, last)
+        if path is not None:
+            self.log.info(f"saved checkpoint {path}")
+        return path is not None
 
     # --------------------------------------------------------------- training
 
@@ -143,40 +153,69 @@ class Trainer:
                       f"accumulation x {self.plan.world} ranks = {self.plan.global_size} clips/step, "
                       f"{self.task.tokens_kept}/{self.task.tokens_total} tokens kept, dtype {self.dtype}")
         bar = progress_bar(total, self.step, self.dist.is_main)
-        window = LogWindow()
+        window, save_pending = LogWindow(), False
         self.engine.train()
         while self.step < total:
             self.step += 1
             self._set_keep_ratio(keep_ratio_at(cfg.turbo, self.step - 1, total))
             # Randomness (token choice) depends on (seed, step, rank) only, so a resumed run repeats it.
             torch.manual_seed(cfg.train.seed * 1_000_003 + self.step * 1009 + self.dist.rank)
-            for _ in range(self.plan.accumulation):
+            losses = []
+            for micro in range(self.plan.accumulation):
                 batch = next(batches)
                 loss = self.task.loss(self.engine, to_device(batch, self.engine.device), self.dtype)
-                self.engine.backward(loss)
-                self.engine.step()
                 self.data_position[batch["stream"]] = batch["position"]
-                window.loss_sum += loss.item()
-                window.micro_steps += 1
+                losses.append(loss.detach())
+                if micro + 1 < self.plan.accumulation:  # the last micro-batch waits for the verdict
+                    self.engine.backward(loss)
+                    self.engine.step()
+            # Every rank's verdict before the optimizer step: the step's one collective (also the stop signals).
+            verdict = self.guard.verdict(torch.stack(losses).mean(), self.preemption.signal is not None)
+            skip = verdict.problem is not None
+            applied = finish_step(self.engine, loss, skip) if self.can_skip or not skip else False
+            problem = self.guard.record(self.step, verdict, applied)
+            if problem is not None:
+                self.log.info(f"step {self.step}: skipped, {problem} ({self.guard.bad_in_row}/"
+                              f"{cfg.train.max_bad_steps} bad in a row)")
+                if self.guard.diverged or not self.can_skip or self.step == total:
+                    self._diverged(problem)
+            else:
+                window.loss_sum += verdict.loss
+                window.good_steps += 1
             window.steps += 1
             bar.update(1)
             if self.step % cfg.train.log_every == 0 or self.step == total:
                 self._log_train(window)
                 window = LogWindow()
-            stop = any_rank(self.preemption.signal is not None) or self.step == cfg.train.stop_at_step
+            stop = verdict.stop_signal or self.step == cfg.train.stop_at_step
             if self.step % cfg.train.eval_every == 0 or self.step == total:
                 self.evaluate()
-            if self.checkpoints.due(self.step, total, stop):
-                self.save()
+            saved = False
+            if self.checkpoints.due(self.step, total, stop) or save_pending:
+                # Never from weights that just gave a bad loss: the next good step saves instead.
+                save_pending = problem is not None
+                saved = not save_pending and self.save(last=stop or self.step == total)
             if stop:
                 reason = "train.stop_at_step" if self.step == cfg.train.stop_at_step else (
                     self.preemption.signal or "a peer rank's signal")
-                self.log.info(f"stopping at step {self.step} on {reason}: checkpoint saved; "
+                saved_note = "checkpoint saved" if saved else f"no checkpoint (step {self.step} was bad)"
+                self.log.info(f"stopping at step {self.step} on {reason}: {saved_note}; "
                               "rerun with the same run_dir to resume")
                 break
         bar.close()
         if self.step >= total:
             self.checkpoints.finish(self.step)
+
+    def _diverged(self, problem: str) -> NoReturn:
+        """Stop: checkpoints of the weights that gave the bad losses are set aside, the last good one is named."""
+        start = self.guard.streak_start
+        good = self.checkpoints.roll_back(start - 1)  # the weights of step start-1 gave step start's loss
+        steps = f"step {start} was bad" if start == self.step else f"steps {start}-{self.step} were bad"
+        where = (f"last good checkpoint {good} (rerunning resumes there)" if good is not None
+                 else "no good checkpoint yet (rerunning starts over)")
+        raise DivergenceError(f"divergence: {steps} ({problem}); stopped at step {self.step} without saving; "
+                              f"{where}; try a lower learning rate (ds_config optimizer.params.lr), more warmup "
+                              "(train.warmup_steps) or gradient clipping (ds_config gradient_clipping)")
 
     def _set_keep_ratio(self, ratio: float) -> None:
         self.keep_ratio = ratio
@@ -185,15 +224,16 @@ class Trainer:
 
     def _log_train(self, window: LogWindow) -> None:
         elapsed = time.perf_counter() - window.start
-        loss, skipped, short = all_reduce_sum([window.loss_sum / max(window.micro_steps, 1),
-                                               sum(p["skipped"] for p in self.data_position.values()),
-                                               sum(p.get("short", 0) for p in self.data_position.values())])
+        skipped, short = all_reduce_sum([sum(p["skipped"] for p in self.data_position.values()),
+                                         sum(p.get("short", 0) for p in self.data_position.values())])
+        loss = window.loss_sum / window.good_steps if window.good_steps else math.nan  # already over ranks
         record = {
-            "step": self.step, "train/loss": loss / self.dist.world, "train/lr": self.engine.get_lr()[0],
+            "step": self.step, "train/loss": loss, "train/lr": self.engine.get_lr()[0],
             "train/clips_per_s": window.steps * self.plan.global_size / elapsed,
             "train/keep_ratio": self.keep_ratio, "train/tokens_kept": self.task.tokens_kept,
             "train/tokens_total": self.task.tokens_total, "train/peak_mem_mb": peak_memory_mb(),
             "data/skipped_samples": int(skipped), "data/short_videos": int(short),
+            "train/skipped_steps": self.guard.skipped,
         }
         counters = self.task.counters  # task-specific running totals, e.g. truncated captions
         record.update(zip(counters, map(int, all_reduce_sum(list(counters.values())))))
@@ -202,6 +242,7 @@ class Trainer:
                       f"lr {record['train/lr']:.2e} | {record['train/clips_per_s']:.1f} clips/s | tokens "
                       f"{self.task.tokens_kept}/{self.task.tokens_total} | peak mem {record['train/peak_mem_mb']:.0f} MB"
                       + (f" | skipped {int(skipped)} bad samples" if skipped else "")
+                      + (f" | skipped steps {self.guard.skipped}" if self.guard.skipped else "")
                       + (f" | {int(short)} videos shorter than the clip (frames repeated)" if short else ""))
 
     # ------------------------------------------------------------- evaluation
