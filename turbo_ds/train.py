@@ -26,6 +26,7 @@ from turbo_ds.engine.distributed import world_from_env  # noqa: E402
 if TYPE_CHECKING:
     from turbo_ds.engine.checkpoint import CheckpointManager
     from turbo_ds.engine.distributed import DistInfo
+    from turbo_ds.engine.lock import RunDirLock
     from turbo_ds.engine.metrics import RunLog
 
 
@@ -108,20 +109,70 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         return config_error(e)
 
+    from turbo_ds.engine.checkpoint import CheckpointManager
+    from turbo_ds.engine.distributed import init_distributed, shutdown
+    from turbo_ds.engine.errors import EXIT_CODE, RunDirLocked, RunError
+    from turbo_ds.engine.quiet import show_repeated_warnings_once
+
+    show_repeated_warnings_once()
+    dist_info = init_distributed()
+    run_dir = Path(cfg.run_dir)
+    checkpoints = CheckpointManager(run_dir, dist_info, cfg.train)
+    lock = checkpoints.lock()
+    try:
+        code = train(cfg, ds, plan, dist_info, checkpoints, hold_run_dir(run_dir, lock, dist_info))
+    except RunError as e:  # decided on every rank: rank 0 says why in one line, every rank exits non-zero
+        if dist_info.is_main:
+            print(str(e), file=sys.stderr, flush=True)
+            if not isinstance(e, RunDirLocked):  # the run dir, and its train.log, are another trainer's
+                _append(run_dir / "train.log", str(e))
+        code = EXIT_CODE
+    finally:  # also on a crash (which leaves the process group alone: its peers may sit in a collective)
+        if dist_info.is_main:
+            lock.release()
+    shutdown()
+    return code
+
+
+def hold_run_dir(run_dir: Path, lock: "RunDirLock", dist_info: "DistInfo") -> str | None:
+    """Rank 0 takes the run dir's lock before anything is written there; every rank learns the outcome."""
+    from turbo_ds.engine.distributed import broadcast_from_main
+    from turbo_ds.engine.errors import RunDirLocked
+
+    outcome: str | RunDirLocked | None = None
+    if dist_info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            outcome = lock.acquire()
+        except RunDirLocked as e:
+            outcome = e
+    outcome = broadcast_from_main(outcome)
+    if isinstance(outcome, RunDirLocked):
+        raise outcome
+    return outcome
+
+
+def _append(path: Path, line: str) -> None:
+    try:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+    except OSError:
+        pass  # the line is on stderr already
+
+
+def train(cfg: Config, ds: DeepSpeedConfig, plan, dist_info: "DistInfo", checkpoints: "CheckpointManager",
+          lock_note: str | None) -> int:
     import torch
 
-    from turbo_ds.engine.checkpoint import CheckpointManager
-    from turbo_ds.engine.distributed import barrier, init_distributed, shutdown
+    from turbo_ds.engine.distributed import barrier
     from turbo_ds.engine.metrics import RunLog
     from turbo_ds.engine.trainer import Trainer
     from turbo_ds.tasks import build_task, task_type
 
-    dist_info = init_distributed()
     run_dir = Path(cfg.run_dir)
-    if dist_info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
     log = RunLog(run_dir, dist_info.is_main)
-    checkpoints = CheckpointManager(run_dir, dist_info, cfg.train)
+    if lock_note:
+        log.info(lock_note)
     if dist_info.is_main:
         task_type(cfg.task).prepare(cfg, log.info)  # e.g. demo data, a tokenizer trained on the captions
     try:
@@ -141,9 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     if task.pretrained_report:
         log.info(str(task.pretrained_report))
     trainer = Trainer(cfg, ds, plan, dist_info, task, checkpoints, log)
-    trainer.fit()
-    log.close()
-    shutdown()
+    try:
+        trainer.fit()
+    finally:
+        log.close()
     return 0
 
 

@@ -27,17 +27,26 @@ class RunLog:
         self.enabled = enabled
         self.metrics_path = Path(run_dir) / "metrics.jsonl"
         self.text = open(Path(run_dir) / "train.log", "a") if enabled else None
+        self.write_failed = False
 
     def info(self, message: str) -> None:
         if self.enabled:
             print(message, flush=True)
-            self.text.write(message + "\n")
-            self.text.flush()
+            self._append(lambda: (self.text.write(message + "\n"), self.text.flush()))
 
     def metrics(self, record: dict[str, Any]) -> None:
         if self.enabled:
-            with open(self.metrics_path, "a") as f:
-                f.write(json.dumps(record, sort_keys=True) + "\n")
+            self._append(lambda: _append_line(self.metrics_path, json.dumps(record, sort_keys=True)))
+
+    def _append(self, write) -> None:
+        """A full or failing disk must not stop training (checkpoints report their own failures): say so once."""
+        try:
+            write()
+        except OSError as e:
+            if not self.write_failed:
+                self.write_failed = True
+                print(f"warning: cannot write to {self.metrics_path.parent} ({e.strerror}); train.log and metrics.jsonl "
+                      "miss lines from here on (the printed log stays complete)", file=sys.stderr, flush=True)
 
     def rewind(self, step: int) -> None:
         """Drop records past ``step`` (written after the checkpoint we resume from): no duplicated steps."""
@@ -50,7 +59,12 @@ class RunLog:
 
     def close(self) -> None:
         if self.text:
-            self.text.close()
+            self._append(self.text.close)
+
+
+def _append_line(path: Path, line: str) -> None:
+    with open(path, "a") as f:
+        f.write(line + "\n")
 
 
 def progress_bar(total: int, initial: int, enabled: bool):
