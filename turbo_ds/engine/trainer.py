@@ -178,6 +178,8 @@ class Trainer:
                 self.log.info(f"step {self.step}: skipped, {problem} ({self.guard.bad_in_row}/"
                               f"{cfg.train.max_bad_steps} bad in a row)")
                 if self.guard.diverged or not self.can_skip or self.step == total:
+                    window.steps += 1
+                    self._log_train(window)  # the metrics show where it stopped
                     self._diverged(problem)
             else:
                 window.loss_sum += verdict.loss
