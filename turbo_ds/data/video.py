@@ -57,9 +57,9 @@ class DecodeTimeout(CorruptVideo):
 class DecodeLimits:
     """What decoding one video may cost (``data.max_decode_pixels``, ``data.decode_timeout_s``)."""
 
-    max_pixels: int = 1920 * 1080
+    max_pixels: int = 1920 * 1080  # the defaults of data.max_decode_pixels and data.decode_timeout_s
     "frames with more pixels are downscaled (aspect kept) while they are converted to RGB"
-    timeout_s: float = 0.0
+    timeout_s: float = 60.0
     "a video still decoding after this many seconds is abandoned (DecodeTimeout); 0 = no limit"
 
     def rgb_size(self, width: int, height: int) -> tuple[int, int] | None:
@@ -140,6 +140,8 @@ def iter_frames(data: bytes, threads: int = 1, limits: DecodeLimits = DecodeLimi
             for frame in _frames(container, _open_stream(container, threads, limits), deadline):
                 count += 1
                 yield _rgb(frame, limits.rgb_size(frame.width, frame.height)) if rgb else frame
+    except CorruptVideo:  # ours (also a ValueError): as raised
+        raise
     except DECODE_ERRORS as e:
         raise CorruptVideo(f"cannot decode video: {e}") from e
     if not count:
@@ -149,7 +151,9 @@ def iter_frames(data: bytes, threads: int = 1, limits: DecodeLimits = DecodeLimi
 def decode_frames(data: bytes, threads: int = 1, limits: DecodeLimits = DecodeLimits(),
                   max_bytes: int = DECODE_ALL_MAX_BYTES) -> np.ndarray:
     """Decode every frame of a video to (F, H, W, 3) uint8 RGB; raise CorruptVideo on failure, and
-    VideoTooLarge (having held at most ``max_bytes``) for a video whose frames would take more."""
+    VideoTooLarge for a video whose frames would take more than ``max_bytes`` (judged from its metadata
+    first, then while decoding: it never holds more)."""
+    _check_size_from_metadata(data, limits, max_bytes)
     frames, total = [], 0
     for frame in iter_frames(data, threads, limits):
         total += frame.nbytes
@@ -157,6 +161,21 @@ def decode_frames(data: bytes, threads: int = 1, limits: DecodeLimits = DecodeLi
             raise VideoTooLarge(f"decoded video exceeds {max_bytes / 2**20:.0f} MiB after {len(frames)} frames")
         frames.append(frame)
     return np.stack(frames)
+
+
+def _check_size_from_metadata(data: bytes, limits: DecodeLimits, max_bytes: int) -> None:
+    try:
+        with _open(data, _Deadline(limits.timeout_s)) as container:
+            stream = _open_stream(container, 1, limits)
+            timing = _frame_timing(stream)
+            width, height = stream.codec_context.width, stream.codec_context.height
+    except CorruptVideo:  # ours (also a ValueError): as raised
+        raise
+    except DECODE_ERRORS:
+        return  # decoding tells
+    width, height = limits.rgb_size(width, height) or (width, height)
+    if timing is not None and timing[0] * width * height * 3 > max_bytes:
+        raise VideoTooLarge(f"{timing[0]} frames of {width}x{height} exceed {max_bytes / 2**20:.0f} MiB")
 
 
 def read_frames(data: bytes, choose: Callable[[int], np.ndarray], threads: int = 1,
@@ -178,6 +197,8 @@ def read_frames(data: bytes, choose: Callable[[int], np.ndarray], threads: int =
                                        limits)
                 if frames is not None:
                     return frames
+    except CorruptVideo:  # ours (also a ValueError): as raised
+        raise
     except DECODE_ERRORS:
         pass  # decoding everything below tells a corrupt video from one that only resists seeking
     return _decode_picks_in_order(data, choose, threads, limits, deadline)
@@ -189,6 +210,8 @@ def _decode_picks_in_order(data: bytes, choose: Callable[[int], np.ndarray], thr
     try:
         with _open(data, deadline) as container:
             count = sum(1 for _ in _frames(container, _open_stream(container, threads, limits), deadline))
+    except CorruptVideo:  # ours (also a ValueError): as raised
+        raise
     except DECODE_ERRORS as e:
         raise CorruptVideo(f"cannot decode video: {e}") from e
     if not count:
@@ -202,6 +225,8 @@ def _decode_picks_in_order(data: bytes, choose: Callable[[int], np.ndarray], thr
                     got[i] = _rgb(frame, limits.rgb_size(frame.width, frame.height))
                     if len(got) == len(wanted):
                         break
+    except CorruptVideo:  # ours (also a ValueError): as raised
+        raise
     except DECODE_ERRORS as e:
         raise CorruptVideo(f"cannot decode video: {e}") from e
     return _in_pick_order(got, picks)
