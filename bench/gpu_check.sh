@@ -65,13 +65,12 @@ else
 fi
 
 # ---------------------------------------------------------------- env
-run env bash -c "nvidia-smi || true; $PY - <<'EOF'
-import json, torch, deepspeed
-info = {'torch': torch.__version__, 'cuda': torch.version.cuda, 'deepspeed': deepspeed.__version__,
-        'gpus': [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-        'nccl': '.'.join(map(str, torch.cuda.nccl.version())) if torch.cuda.is_available() else None}
-print(json.dumps(info))
-EOF"
+ENV_PY='import json, torch, deepspeed
+cuda = torch.cuda.is_available()
+print(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda, "deepspeed": deepspeed.__version__,
+                  "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+                  "nccl": ".".join(map(str, torch.cuda.nccl.version())) if cuda else None}))'
+run env bash -c 'nvidia-smi 2>/dev/null || echo "no nvidia-smi"; "$0" -c "$1"' "$PY" "$ENV_PY"
 
 # ---------------------------------------------------------------- demo training, one rank per GPU
 if ((SMOKE)); then
@@ -181,8 +180,11 @@ if report["turbo_speed"]:
                      + (f"  {base['step_s'] / r['step_s']:.2f}x faster, {r['peak_mem_mb'] / base['peak_mem_mb']:.2f}x "
                         f"memory than keep 1.0" if base and r is not base and base["peak_mem_mb"] > 0 else ""))
 if report["loader"]:
-    lines.append(f"  loader: see {out / 'loader.json'}"
-                 + (f" (model rate at keep 0.25: {rate} clips/s per GPU)" if rate else ""))
+    ms = report["loader"]["loader_cpu_ms_per_clip"]
+    lines.append(f"  loader: {report['loader']['loader_clips_per_s']:.0f} clips/s with {report['loader']['workers']} "
+                 f"worker(s), {ms:.1f} CPU ms per clip"
+                 + (f"; at the keep-0.25 model rate of {rate} clips/s per GPU that is {float(rate) * ms / 1e3:.1f} "
+                    "cores per GPU" if rate else ""))
 for k, v in status.items():
     if not v.startswith("ok"):
         lines.append(f"  {k}: {v}")

@@ -15,6 +15,7 @@ Default: a ViT-S/16-like encoder (width 384, depth 12, 6 heads) at 224 px in joi
 
     python bench/long_video_memory.py --json /tmp/lv_mem.json
     python bench/long_video_memory.py --budget-gb 20 --keep-ratios 1 0.25 --device cuda --json /tmp/lv_mem.json
+    python bench/long_video_memory.py --plot lv_mem.png                    # also draw the table
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
-from turbo_ds.config import Config, LongVideoConfig, ModelConfig  # noqa: E402
+from turbo_ds.config import Config, DeepSpeedConfig, LongVideoConfig, ModelConfig  # noqa: E402
 from turbo_ds.plan import KEEP_RATIOS, Planner  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", type=Path, help="write {'results': [{keep_ratio, max_frames, step_s, peak_gb}, ...]} here")
+    p.add_argument("--plot", type=Path, help="draw max frames (and step time) vs keep ratio into this PNG")
     p.add_argument("--budget-gb", type=float, default=1.0, help="memory budget of one training process, GiB")
     p.add_argument("--keep-ratios", type=float, nargs="+", default=list(KEEP_RATIOS))
     p.add_argument("--mode", choices=["joint", "segments"], default="joint")
@@ -59,8 +61,8 @@ def main(argv: list[str] | None = None) -> dict:
                         depth=a.depth, heads=a.heads, activation_checkpointing=a.checkpointing)
     cfg = Config(task="long_video", model=model, long_video=LongVideoConfig(frames=a.frame_unit, mode=a.mode,
                                                                             temporal_heads=a.heads))
-    ds_config = {"train_micro_batch_size_per_gpu": a.micro, "bf16": {"enabled": a.precision == "bf16"},
-                 "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "weight_decay": 0.05}}}
+    ds_config = DeepSpeedConfig({"train_micro_batch_size_per_gpu": a.micro, "bf16": {"enabled": a.precision == "bf16"},
+                                 "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "weight_decay": 0.05}}})
     planner = Planner(cfg, ds_config, a.budget_gb, a.device, a.steps, log=lambda msg: print(msg, flush=True))
     print(f"long-video memory: {a.mode} ViT {a.width}x{a.depth} at {a.size} px, patch {a.patch}, micro-batch {a.micro}, "
           f"{a.precision}, {a.device}, budget {a.budget_gb:g} GB", flush=True)
@@ -82,7 +84,34 @@ def main(argv: list[str] | None = None) -> dict:
            "micro_batch": a.micro, "precision": a.precision, "device": a.device, "results": results}
     if a.json:
         a.json.write_text(json.dumps(out, indent=2) + "\n")
+    if a.plot:
+        plot(out, a.plot)
+        print(f"wrote {a.plot}")
     return out
+
+
+def plot(out: dict, path: Path) -> None:
+    """Max frames per video vs keep ratio (bars, gain over keep 1 on top) and the step time at that length."""
+    from turbo_ds.plot import pyplot, save
+
+    rows = sorted(out["results"], key=lambda r: r["keep_ratio"])
+    labels = [f"{r['keep_ratio']:g}" for r in rows]
+    base = next((r["max_frames"] for r in rows if r["keep_ratio"] == 1.0), 0)
+    fig, (left, right) = pyplot().subplots(1, 2, figsize=(11, 4.2))
+    bars = left.bar(labels, [r["max_frames"] for r in rows], color="tab:blue")
+    left.bar_label(bars, [f"{r['max_frames']}" + (f" ({r['max_frames'] / base:.1f}x)" if base else "") for r in rows],
+                   fontsize=8)
+    left.set(xlabel="keep ratio", ylabel="frames", title=f"most frames per video within {out['budget_gb']:g} GB")
+    right.plot(labels, [r["step_s"] if r["step_s"] is not None else float("nan") for r in rows], marker="o")
+    right.set(xlabel="keep ratio", ylabel="s", title="training step time at that length")
+    for ax in (left, right):
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3, axis="y")
+    m = out["model"]
+    fig.suptitle(f"long video, {out['mode']} mode: ViT {m['width']}x{m['depth']} at {m['img_size']} px, patch "
+                 f"{m['patch']}, micro-batch {out['micro_batch']}, {out['precision']}, {out['device']}", fontsize=10)
+    fig.tight_layout()
+    save(fig, path)
 
 
 if __name__ == "__main__":

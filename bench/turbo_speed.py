@@ -18,6 +18,7 @@ Each (impl, keep ratio) runs in a fresh subprocess so memory figures do not mix:
     python bench/turbo_speed.py                                  # ViT-S/16, 16 x 224^2, batch 2, CPU
     python bench/turbo_speed.py --frames 8 --size 112 --repeats 2 --json /tmp/speed.json
     python bench/turbo_speed.py --device cuda --batch 8 --amp
+    python bench/turbo_speed.py --plot turbo_speed.png                     # also draw the table
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5, help="timed steps per setting; the median is reported")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="write {'results': [...]} here")
+    p.add_argument("--plot", type=Path, help="draw step time and peak memory vs keep ratio into this PNG")
     p.add_argument("--child", help=argparse.SUPPRESS)  # internal: 'impl:keep' measured in this process
     return p.parse_args(argv)
 
@@ -206,6 +208,38 @@ def main(argv: list[str] | None = None) -> None:
         args.json.write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k not in ("json", "child")},
                                          "results": results}, indent=1, default=str))
         print(f"wrote {args.json}")
+    if args.plot:
+        plot(results, args)
+        print(f"wrote {args.plot}")
+
+
+def plot(results: list[dict], args: argparse.Namespace) -> None:
+    """Step time and peak memory vs keep ratio, one line per impl, speed-ups over keep 1.0 annotated."""
+    from turbo_ds.plot import pyplot, save
+
+    fig, axes = pyplot().subplots(1, 2, figsize=(11, 4.2))
+    for n, impl in enumerate(args.impls):
+        rows = sorted((r for r in results if r["impl"] == impl), key=lambda r: r["keep_ratio"])
+        ref = next((r for r in rows if r["keep_ratio"] == 1.0), None)
+        for ax, key in zip(axes, ("step_s", "peak_mem_mb")):
+            xs, ys = [r["keep_ratio"] for r in rows], [r[key] for r in rows]
+            ax.plot(xs, ys, marker="o", label=impl)
+            for x, y in zip(xs, ys):
+                if ref and ref[key] > 0 and x != 1.0:
+                    ax.annotate(f"{ref[key] / y:.1f}x" if key == "step_s" else f"{y / ref[key]:.2f}x", (x, y),
+                                textcoords="offset points", xytext=(4, 6 if n == 0 else -12), fontsize=8)
+    for ax, title in zip(axes, ("training step time (s), speed-up over keep 1.0",
+                                "peak step memory (MB), fraction of keep 1.0")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(args.keep_ratios), [f"{k:g}" for k in sorted(args.keep_ratios)])
+        ax.set(xlabel="keep ratio (tokens kept in training)", title=title)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"width {args.width}, depth {args.depth}, {args.frames} x {args.size}^2, patch {args.patch}, "
+                 f"batch {args.batch}, {args.device}{' bf16' if args.amp else ''}", fontsize=10)
+    fig.tight_layout()
+    save(fig, args.plot)
 
 
 if __name__ == "__main__":

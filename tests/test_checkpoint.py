@@ -13,8 +13,9 @@ pytestmark = pytest.mark.e2e
 
 def test_keep_last_checkpoints_prunes_old_ones_and_resume_still_works(tiny_demo, tmp_path):
     run_dir = tmp_path / "run"
+    # train.deterministic rides along: torch's deterministic kernels must serve every op of a training step
     sets = tiny_overrides(tiny_demo, run_dir, "train.ckpt_every=1", "train.keep_last_checkpoints=2",
-                          "train.eval_every=100")
+                          "train.eval_every=100", "train.deterministic=true")
     proc = run_train(sets, ranks=None)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ckpts = run_dir / "checkpoints"

@@ -171,6 +171,7 @@ class RecordingAccelerator(CPU_Accelerator):
 
 def test_the_rank_selects_its_device_before_the_process_group_exists(monkeypatch):
     accelerator, previous = RecordingAccelerator(), get_accelerator()
+    monkeypatch.setattr(distributed, "_device", distributed._device)  # init_distributed sets it: restored after
     for key, value in dict(RANK="0", LOCAL_RANK="1", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                            MASTER_PORT=str(distributed.free_port())).items():
         monkeypatch.setenv(key, value)
@@ -182,5 +183,4 @@ def test_the_rank_selects_its_device_before_the_process_group_exists(monkeypatch
     finally:
         distributed.shutdown()
         set_accelerator(previous)
-        monkeypatch.setattr(distributed, "_device", torch.device("cpu"))
     assert os.environ["LOCAL_RANK"] == "1"

@@ -180,6 +180,11 @@ def train(cfg: Config, ds: DeepSpeedConfig, plan, dist_info: "DistInfo", checkpo
     except ConfigError as e:
         return config_error(e, dist_info.is_main)
     checkpoints.record_configs(to_dict(cfg), ds.resolved(plan))
+    if dist_info.is_main and ds.monitors:
+        from turbo_ds.engine.monitors import Monitors
+
+        log.attach(Monitors(ds.monitors, checkpoints.configs))
+        log.info(f"metrics also go to {'; '.join(log.monitors.destinations())} (x-axis: step)")
     barrier()  # demo data and run dir exist before any rank reads them
 
     log.info(f"turbo_ds: task {cfg.task} | run_dir {run_dir} | {dist_info.world} rank(s) | "

@@ -9,6 +9,7 @@ restates are cross-checked in ``plan_batches``, never silently overridden.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,15 @@ if TYPE_CHECKING:
     import torch
 
 Precision = Literal["bf16", "fp16", "fp32"]
+
+# DeepSpeed's monitor sections -> (the package the monitor imports, how to install it). turbo_ds feeds
+# them itself (engine/monitors.py), so a missing package must stop the run here, before any engine starts.
+MONITORS = {
+    "tensorboard": ("tensorboard", "pip install 'turbo_ds[tensorboard]'"),
+    "wandb": ("wandb", "pip install 'turbo_ds[wandb]'"),
+    "csv_monitor": (None, ""),
+    "comet": ("comet_ml", "pip install 'comet_ml>=3.41'"),
+}
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,14 @@ class DeepSpeedConfig:
         if not isinstance(ds.get("optimizer", {}).get("params", {}).get("lr"), (int, float)):
             raise ConfigError("ds_config optimizer.params.lr: missing; add e.g. \"optimizer\": {\"type\": \"AdamW\", "
                               "\"params\": {\"lr\": 1e-3}} (the peak LR of the YAML's warmup-cosine schedule)")
+        for section, (package, install) in MONITORS.items():
+            value = ds.get(section, {})
+            if not isinstance(value, dict):
+                raise ConfigError(f"ds_config {section}={value!r}: must be an object, e.g. \"{section}\": "
+                                  "{\"enabled\": true, \"output_path\": \"runs/x/monitor\"}")
+            if value.get("enabled") and package and importlib.util.find_spec(package) is None:
+                raise ConfigError(f"ds_config {section}.enabled=true: the {package} package is not installed; "
+                                  f"{install}, or set {section}.enabled to false")
 
     @property
     def micro(self) -> int:
@@ -115,9 +133,20 @@ class DeepSpeedConfig:
         sharded = sum(state[k] for k in ("optimizer", "grads", "params")[: self.zero_stage])
         return int(sharded * (1 - 1 / ranks))
 
+    @property
+    def monitors(self) -> dict[str, dict[str, Any]]:
+        """The enabled monitor sections (tensorboard, wandb, csv_monitor, comet) as the JSON gives them."""
+        return {k: self.raw[k] for k in MONITORS if self.raw.get(k, {}).get("enabled")}
+
     def resolved(self, plan: BatchPlan) -> dict[str, Any]:
-        """The JSON DeepSpeed runs, with the global batch written out (it goes to the run dir too)."""
+        """The JSON the run uses, with the global batch written out (it goes to the run dir)."""
         return {**self.raw, "train_batch_size": plan.global_size}
+
+    def engine_config(self, plan: BatchPlan) -> dict[str, Any]:
+        """What ``deepspeed.initialize`` gets: ``resolved`` without the monitor sections, which turbo_ds feeds
+        itself (engine/monitors.py). The engine's own events count samples, not steps, and would open a second
+        TensorBoard writer and W&B run on the same output."""
+        return {k: v for k, v in self.resolved(plan).items() if k not in MONITORS}
 
 
 def load_ds_config(path: str | Path) -> DeepSpeedConfig:

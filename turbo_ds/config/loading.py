@@ -89,6 +89,11 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     tree = yaml.safe_load(path.read_text()) or {}
     for assignment in overrides:
         _apply_override(tree, assignment)
+    return config_from_dict(tree)
+
+
+def config_from_dict(tree: dict[str, Any]) -> Config:
+    """The typed, validated tree from nested dicts (a recipe, a run's resolved config, an export's config)."""
     cfg = _build(Config, tree)
     validate(cfg)
     return cfg

@@ -124,6 +124,8 @@ class TrainConfig:
     "optional restatement of micro-batch x accumulation x ranks; checked against the JSON"
     seed: int = 0
     "seed for weights, token selection, data order and augmentation"
+    deterministic: bool = False
+    "ask torch for deterministic kernels: bitwise-exact resume on GPUs too (CPU kernels already are), slower"
     log_every: int = 20
     "log training metrics every N steps"
     eval_every: int = 500

@@ -32,6 +32,7 @@ from typing import Any, Callable
 import yaml
 
 from turbo_ds.config import TrainConfig
+from turbo_ds.engine.consolidate import fp32_state_dict
 from turbo_ds.engine.distributed import DistInfo, barrier
 from turbo_ds.engine.errors import CheckpointLoadError, CheckpointWriteError
 from turbo_ds.engine.gather import all_gather_objects
@@ -44,6 +45,10 @@ PARTIAL, DELETING, DIVERGED = ".partial", ".deleting", ".diverged"
 _STEP_DIR = re.compile(r"step_(\d{8})")
 
 
+class NoCheckpoint(FileNotFoundError):
+    """The run dir has no complete checkpoint (at the step asked for); the message lists what there is."""
+
+
 class CheckpointManager:
     """When to save, how to save and load, and what a resumed run keeps; every rank holds one."""
 
@@ -53,7 +58,40 @@ class CheckpointManager:
         self.dist, self.train = dist_info, train
         self.configs: dict[str, Any] = {}
 
+    @classmethod
+    def reader(cls, run_dir: str | Path) -> CheckpointManager:
+        """A manager that only reads checkpoints, in one process (export, predict)."""
+        return cls(run_dir, DistInfo(0, 1, 0), TrainConfig())
+
     # ------------------------------------------------------------ layout
+
+    def complete(self) -> dict[int, Path]:
+        """Every complete checkpoint by step, oldest first (an unfinished save is still ``step_X.partial``)."""
+        folders = sorted(self.dir.iterdir()) if self.dir.is_dir() else []
+        return {int(p.name[len("step_"):]): p for p in folders if p.is_dir() and _STEP_DIR.fullmatch(p.name)}
+
+    def find(self, step: int | None = None) -> Path:
+        """The complete checkpoint at ``step`` (default: the latest); NoCheckpoint names the ones there are."""
+        complete = self.complete()
+        if not complete:
+            raise NoCheckpoint(f"{self.run_dir}: no complete checkpoint in {self.dir} (a run saves one every "
+                               "train.ckpt_every steps and at its end; an interrupted save leaves only step_X.partial)")
+        if step is None:
+            return self.latest or complete[max(complete)]
+        if step not in complete:
+            raise NoCheckpoint(f"{self.run_dir}: no checkpoint at step {step}; complete checkpoints are at steps "
+                               f"{', '.join(map(str, complete))}")
+        return complete[step]
+
+    @staticmethod
+    def trainer_state(checkpoint: Path) -> dict[str, Any]:
+        """What the trainer saved with ``checkpoint``: step, data positions, the resolved configs."""
+        return json.loads((checkpoint / TRAINER_STATE).read_text())
+
+    @staticmethod
+    def fp32_weights(checkpoint: Path, groups: list[list[str]]) -> tuple[dict[str, Any], str]:
+        """The model's full float32 state from ``checkpoint``, any ZeRO stage and world size (``consolidate``)."""
+        return fp32_state_dict(checkpoint, groups)
 
     @property
     def latest(self) -> Path | None:

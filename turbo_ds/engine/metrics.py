@@ -1,16 +1,20 @@
-"""Run logging: human lines on stdout (+ train.log) and one JSON object per event in metrics.jsonl."""
+"""Run logging: human lines on stdout (+ train.log) and one JSON object per event in metrics.jsonl,
+which is the source of truth; the DeepSpeed JSON's monitors (TensorBoard, W&B, CSV) get a copy."""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from turbo_ds.fileio import atomic_write_bytes
 from turbo_ds.memory import peak_rss_bytes
+
+if TYPE_CHECKING:
+    from turbo_ds.engine.monitors import Monitors
 
 
 def peak_memory_mb() -> float:
@@ -28,15 +32,25 @@ class RunLog:
         self.metrics_path = Path(run_dir) / "metrics.jsonl"
         self.text = open(Path(run_dir) / "train.log", "a") if enabled else None
         self.write_failed = False
+        self.monitors: Monitors | None = None
+
+    def attach(self, monitors: Monitors) -> None:
+        """From now on every metrics record also goes to ``monitors`` (main rank)."""
+        self.monitors = monitors if self.enabled else None
 
     def info(self, message: str) -> None:
         if self.enabled:
-            print(message, flush=True)
+            from tqdm import tqdm
+
+            tqdm.write(message, file=sys.stdout)  # above the progress bar, when there is one
+            sys.stdout.flush()
             self._append(lambda: (self.text.write(message + "\n"), self.text.flush()))
 
     def metrics(self, record: dict[str, Any]) -> None:
         if self.enabled:
             self._append(lambda: _append_line(self.metrics_path, json.dumps(record, sort_keys=True)))
+            if self.monitors is not None:
+                self.monitors.write(record)
 
     def _append(self, write) -> None:
         """A full or failing disk must not stop training (checkpoints report their own failures): say so once."""
@@ -50,6 +64,8 @@ class RunLog:
 
     def rewind(self, step: int) -> None:
         """Drop records past ``step`` (written after the checkpoint we resume from): no duplicated steps."""
+        if self.monitors is not None:
+            self.monitors.rewind(step)
         if not (self.enabled and self.metrics_path.is_file()):
             return
         lines = self.metrics_path.read_text().splitlines(keepends=True)
@@ -58,6 +74,8 @@ class RunLog:
             atomic_write_bytes(self.metrics_path, "".join(kept).encode())
 
     def close(self) -> None:
+        if self.monitors is not None:
+            self.monitors.close()
         if self.text:
             self._append(self.text.close)
 

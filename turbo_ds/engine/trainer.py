@@ -3,7 +3,9 @@ divergence guard (``engine/guard.py``): a bad step is skipped, a run of them sto
 
 from __future__ import annotations
 
+import datetime
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from turbo_ds.engine.errors import DivergenceError
 from turbo_ds.engine.gather import all_gather_objects
 from turbo_ds.engine.guard import DivergenceGuard, finish_step
 from turbo_ds.engine.metrics import RunLog, peak_memory_mb, progress_bar
+from turbo_ds.models.flops import TRAIN_FACTOR
 from turbo_ds.models.vit import VideoViT
 from turbo_ds.tasks.base import Task
 from turbo_ds.turbo import TokenSelector, keep_ratio_at
@@ -74,6 +77,14 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def use_deterministic_kernels() -> None:
+    """Deterministic CUDA kernels (e.g. the scatter-add behind the gradient of the kept-token gather, cuBLAS
+    reductions), so a resumed GPU run repeats the per-step losses bit for bit, as CPU runs do."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: before the first matmul
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
 class PreemptionFlag:
     """Set by SIGUSR1 (Slurm's warning before preemption/time limit) or SIGTERM; checked between steps."""
 
@@ -93,6 +104,8 @@ class LogWindow:
     loss_sum: float = 0.0  # of the good steps' losses, averaged over ranks
     good_steps: int = 0
     steps: int = 0
+    flops: float = 0.0
+    "model FLOPs of the window's steps over all ranks (kept tokens only)"
     start: float = field(default_factory=time.perf_counter)
 
 
@@ -102,10 +115,12 @@ class Trainer:
         import deepspeed
 
         self.cfg, self.plan, self.dist, self.task, self.log = cfg, plan, dist_info, task, log
+        if cfg.train.deterministic:
+            use_deterministic_kernels()
         self.dtype = ds.dtype
         schedule = warmup_cosine(cfg.train.warmup_steps, cfg.train.steps, cfg.train.min_lr_ratio)
         groups = param_groups(task.model, ds.lr, cfg.train.layer_decay, cfg.model.depth)
-        self.engine, *_ = deepspeed.initialize(model=task.model, model_parameters=groups, config=ds.resolved(plan),
+        self.engine, *_ = deepspeed.initialize(model=task.model, model_parameters=groups, config=ds.engine_config(plan),
                                                lr_scheduler=lambda opt: LambdaLR(opt, schedule))
         # Every token selector (video towers, segment encoders) follows the keep-ratio schedule.
         self.selectors = [m for m in task.model.modules() if isinstance(m, TokenSelector)]
@@ -116,6 +131,8 @@ class Trainer:
         self.preemption = PreemptionFlag()
         self.data_position: dict[str, dict[str, int]] = {}
         self.step = 0
+        self.wall_before = 0.0  # training wall-clock seconds of the invocations this run resumed from
+        self.started, self.first_step = time.perf_counter(), 0
 
     # ------------------------------------------------------------------ state
 
@@ -126,13 +143,14 @@ class Trainer:
             return
         self.step, self.data_position = state["step"], state["data_position"]
         self.guard.load_state_dict(state.get("guard", {}))
+        self.wall_before = state.get("wall_s", 0.0)
         self.log.info(f"resuming from checkpoint {self.checkpoints.latest} at step {self.step}")
 
     def save(self, last: bool) -> bool:
         positions = all_gather_objects(self.data_position)  # every rank's streams into rank 0's file
         merged = {k: v for p in positions for k, v in p.items()}
-        path = self.checkpoints.save(self.engine, self.step, {"data_position": merged, "guard": self.guard.state_dict()},
-                                     self.log, last)
+        path = self.checkpoints.save(self.engine, self.step, {"data_position": merged, "guard": self.guard.state_dict(),
+                                                              "wall_s": self.wall_s()}, self.log, last)
         if path is not None:
             self.log.info(f"saved checkpoint {path}")
         return path is not None
@@ -152,7 +170,8 @@ class Trainer:
         self.log.info(f"training steps {self.step + 1}..{total}: {self.plan.micro} clips x {self.plan.accumulation} "
                       f"accumulation x {self.plan.world} ranks = {self.plan.global_size} clips/step, "
                       f"{self.task.tokens_kept}/{self.task.tokens_total} tokens kept, dtype {self.dtype}")
-        bar = progress_bar(total, self.step, self.dist.is_main)
+        self.bar = bar = progress_bar(total, self.step, self.dist.is_main)
+        self.started, self.first_step = time.perf_counter(), self.step
         window, save_pending = LogWindow(), False
         self.engine.train()
         while self.step < total:
@@ -185,6 +204,7 @@ class Trainer:
                 window.loss_sum += verdict.loss
                 window.good_steps += 1
             window.steps += 1
+            window.flops += TRAIN_FACTOR * self.task.forward_flops() * self.plan.global_size
             bar.update(1)
             if self.step % cfg.train.log_every == 0 or self.step == total:
                 self._log_train(window)
@@ -219,6 +239,16 @@ class Trainer:
                               f"{where}; try a lower learning rate (ds_config optimizer.params.lr), more warmup "
                               "(train.warmup_steps) or gradient clipping (ds_config gradient_clipping)")
 
+    def wall_s(self) -> float:
+        """Training wall-clock seconds of the whole run so far, across resumed invocations."""
+        return self.wall_before + time.perf_counter() - self.started
+
+    def eta(self) -> str:
+        """Time to the last step at this invocation's average pace so far (evaluations and checkpoints included)."""
+        done = self.step - self.first_step
+        left = (time.perf_counter() - self.started) / max(done, 1) * (self.cfg.train.steps - self.step)
+        return str(datetime.timedelta(seconds=round(left)))
+
     def _set_keep_ratio(self, ratio: float) -> None:
         self.keep_ratio = ratio
         for selector in self.selectors:
@@ -232,17 +262,20 @@ class Trainer:
         record = {
             "step": self.step, "train/loss": loss, "train/lr": self.engine.get_lr()[0],
             "train/clips_per_s": window.steps * self.plan.global_size / elapsed,
+            "train/tflops": window.flops / elapsed / 1e12,  # achieved, all ranks, kept tokens' FLOPs
             "train/keep_ratio": self.keep_ratio, "train/tokens_kept": self.task.tokens_kept,
             "train/tokens_total": self.task.tokens_total, "train/peak_mem_mb": peak_memory_mb(),
-            "data/skipped_samples": int(skipped), "data/short_videos": int(short),
+            "data/skipped_samples": int(skipped), "data/short_videos": int(short), "wall_s": self.wall_s(),
             "train/skipped_steps": self.guard.skipped,
         }
         counters = self.task.counters  # task-specific running totals, e.g. truncated captions
         record.update(zip(counters, map(int, all_reduce_sum(list(counters.values())))))
         self.log.metrics(record)
+        self.bar.set_postfix(loss=f"{record['train/loss']:.4f}", tflops=f"{record['train/tflops']:.3g}", refresh=False)
         self.log.info(f"step {self.step}/{self.cfg.train.steps} | loss {record['train/loss']:.4f} | "
-                      f"lr {record['train/lr']:.2e} | {record['train/clips_per_s']:.1f} clips/s | tokens "
-                      f"{self.task.tokens_kept}/{self.task.tokens_total} | peak mem {record['train/peak_mem_mb']:.0f} MB"
+                      f"lr {record['train/lr']:.2e} | {record['train/clips_per_s']:.1f} clips/s | "
+                      f"{record['train/tflops']:.3g} TFLOP/s | tokens {self.task.tokens_kept}/"
+                      f"{self.task.tokens_total} | peak mem {record['train/peak_mem_mb']:.0f} MB | eta {self.eta()}"
                       + (f" | skipped {int(skipped)} bad samples" if skipped else "")
                       + (f" | skipped steps {self.guard.skipped}" if self.guard.skipped else "")
                       + (f" | {int(short)} videos shorter than the clip (frames repeated)" if short else ""))
@@ -267,9 +300,10 @@ class Trainer:
         self.engine.train()
         skipped, short = all_reduce_sum([position.get("skipped", 0), position.get("short", 0)])
         record = {"step": self.step, **metrics, "eval/skipped_samples": int(skipped), "eval/short_videos": int(short),
-                  "eval/keep_ratio": self.cfg.turbo.eval_keep_ratio, "eval/seconds": time.perf_counter() - start}
+                  "eval/keep_ratio": self.cfg.turbo.eval_keep_ratio, "eval/seconds": time.perf_counter() - start,
+                  "wall_s": self.wall_s()}
         self.log.metrics(record)
         shown = " | ".join(f"{k.removeprefix('eval/')} {v:.4f}" if isinstance(v, float) else f"{k.removeprefix('eval/')} {v}"
-                           for k, v in record.items() if k != "step")
+                           for k, v in record.items() if k not in ("step", "wall_s"))
         self.log.info(f"eval @ step {self.step} | {shown}")
         return record

@@ -16,6 +16,7 @@ from turbo_ds.tasks.classification import Classification
 
 class ActionClassification(Task):
     targets = "label"
+    transformers_export = True  # one clip of model.num_frames per video, as transformers' pipeline samples it
 
     def __init__(self, cfg: Config, manifest: dict[str, Any]):
         super().__init__(cfg, manifest)

@@ -19,6 +19,7 @@ from torch import nn
 from turbo_ds.config import Config, ConfigError
 from turbo_ds.data.pipeline import Targets
 from turbo_ds.data.shards import MANIFEST
+from turbo_ds.models.flops import num_weights, vit_flops
 
 Log = Callable[[str], None]
 
@@ -32,9 +33,13 @@ class Task(ABC):
     "the config key that holds the frames the loader delivers per sample (the planner grows it)"
     plannable: ClassVar[bool] = True
     "whether the memory planner (and so ``turbo.keep_ratio: auto``) can measure this task"
+    transformers_export: ClassVar[bool] = False
+    "whether an export (``turbo_ds.export``) is also a transformers VideoMAEForVideoClassification folder"
 
     model: nn.Module
     "what DeepSpeed trains: video batch (and captions) -> outputs for ``loss``"
+    encoder: nn.Module
+    "the Turbo video tower inside ``model`` (a ``VideoViT``)"
     clip_frames: int
     "frames per sample the loader delivers"
     tokens_total: int
@@ -84,12 +89,25 @@ class Task(ABC):
         section, key = cls.frames_key.split(".")
         return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **{key: frames})})
 
+    def export_assets(self, out: Path) -> dict[str, str]:
+        """Write what rebuilding this task's model needs besides its weights and config (e.g. a tokenizer) into the
+        export folder ``out``; return the config keys (dotted) to point at them, as paths relative to ``out``."""
+        return {}
+
     # ------------------------------------------------------------ training
 
     @property
     @abstractmethod
     def tokens_kept(self) -> int:
         """Tokens kept per sample at the current training keep ratio."""
+
+    def forward_flops(self) -> float:
+        """Model FLOPs of one training sample's forward pass at the current keep ratio (``models/flops.py``):
+        the video tower on its kept tokens (once per encoder clip, e.g. long-video segments), the other
+        weights (heads, temporal model) once per sample."""
+        kept = self.encoder.turbo.num_kept(training=True)
+        rest = num_weights(self.model) - num_weights(self.encoder)
+        return self.tokens_kept // kept * vit_flops(self.encoder, kept) + 2.0 * rest
 
     @property
     def counters(self) -> dict[str, int]:

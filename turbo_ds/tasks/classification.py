@@ -43,14 +43,17 @@ class Classification:
         logits = model(video.to(dtype))  # (B, classes)
         return F.cross_entropy(logits.float(), targets)
 
+    @staticmethod
     @torch.no_grad()
+    def scores(model: nn.Module, video: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Class probabilities (B, classes) of clips (B, C, T, H, W) or views (B, V, C, T, H, W), softmax-averaged."""
+        views = video.shape[1] if video.ndim == 6 else 1
+        probs = model(video.flatten(0, 1).to(dtype) if video.ndim == 6 else video.to(dtype)).float().softmax(-1)
+        return probs.unflatten(0, (-1, views)).mean(1)  # (B*V, classes) -> (B, classes)
+
     def eval_step(self, model: nn.Module, batch: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-        """(top-1 hits, top-5 hits, videos) of one batch, (3,) on the model's device (no host sync per batch);
-        several views per video are softmax-averaged."""
-        video = batch["video"]
-        views = video.shape[1] if video.ndim == 6 else 1  # (B, V, C, T, H, W) for multi-view testing
-        probs = model(video.flatten(0, 1).to(dtype) if views > 1 else video.to(dtype)).float().softmax(-1)
-        scores = probs.unflatten(0, (-1, views)).mean(1)  # (B, classes)
+        """(top-1 hits, top-5 hits, videos) of one batch, (3,) on the model's device (no host sync per batch)."""
+        scores = self.scores(model, batch["video"], dtype)  # (B, classes)
         top5 = scores.topk(min(5, scores.shape[1]), dim=1).indices  # (B, 5)
         hits = top5 == batch["label"][:, None]  # (B, 5)
         return torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(), hits.new_tensor(len(scores), dtype=torch.long)])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from turbo_ds.config import Config, ConfigError, TextConfig
 from turbo_ds.data.tokenizer import TextTokenizer, load_tokenizer
 from turbo_ds.engine.distributed import all_reduce_sum
 from turbo_ds.engine.gather import all_gather_objects, all_gather_with_grad
+from turbo_ds.models.flops import num_weights, transformer_flops, vit_flops
 from turbo_ds.models.pretrained import load_pretrained
 from turbo_ds.models.text import TextEncoder, VideoTextModel
 from turbo_ds.models.vit import VideoViT
@@ -123,9 +125,31 @@ class VideoLanguage(Task):
         super().prepare(cfg, log)  # the demo captions come with the demo data
         prepare_tokenizer(cfg, log)
 
+    def export_assets(self, out: Path) -> dict[str, str]:
+        """The tokenizer (file or folder, as trained with) and the text tower as a transformers folder
+        (``text_encoder/``: config + weights, loads with ``AutoModel``), which also rebuilds its architecture."""
+        source = Path(self.cfg.text.tokenizer)
+        if source.is_dir():
+            shutil.copytree(source, out / "tokenizer")
+            tokenizer = "tokenizer"
+        else:
+            shutil.copyfile(source if source.is_file() else source.with_name(source.name + ".model"),
+                            out / "tokenizer.model")
+            tokenizer = "tokenizer.model"
+        self.model.text.bert.save_pretrained(out / "text_encoder")
+        return {"text.tokenizer": tokenizer, "text.pretrained": "text_encoder"}
+
     @property
     def tokens_kept(self) -> int:
         return self.encoder.turbo.num_kept(training=True)
+
+    def forward_flops(self) -> float:
+        """The video tower on its kept tokens, the text tower on ``text.max_length`` tokens (captions are padded to
+        it), both projections."""
+        text, layers = self.model.text, self.model.text.layers()
+        return (vit_flops(self.encoder, self.tokens_kept)
+                + transformer_flops(num_weights(layers), len(layers), self.cfg.text.max_length, text.width)
+                + 2.0 * num_weights(self.model.video_proj, self.model.text_proj))
 
     @property
     def counters(self) -> dict[str, int]:
