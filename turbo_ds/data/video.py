@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable, Iterator
@@ -104,6 +105,17 @@ def _rgb(frame: av.VideoFrame, size: tuple[int, int] | None = None) -> np.ndarra
     return _RGB.reformat(frame, *size, format="rgb24", interpolation="AREA", **_RGB_OPTIONS).to_ndarray()
 
 
+@contextmanager
+def _decoding() -> Iterator[None]:
+    """FFmpeg's and PyAV's errors as CorruptVideo; ours (a CorruptVideo is also a ValueError) as raised."""
+    try:
+        yield
+    except CorruptVideo:
+        raise
+    except DECODE_ERRORS as e:
+        raise CorruptVideo(f"cannot decode video: {e}") from e
+
+
 def _open(data: bytes, deadline: _Deadline) -> av.container.InputContainer:
     return av.open(_TimedBytes(data, deadline))
 
@@ -135,15 +147,10 @@ def iter_frames(data: bytes, threads: int = 1, limits: DecodeLimits = DecodeLimi
     """Every frame of a video, one at a time (RGB (H, W, 3) uint8, or FFmpeg's frame when not ``rgb``),
     so that a caller that keeps none holds one frame at a time. Raises CorruptVideo on failure."""
     deadline, count = _Deadline(limits.timeout_s), 0
-    try:
-        with _open(data, deadline) as container:
-            for frame in _frames(container, _open_stream(container, threads, limits), deadline):
-                count += 1
-                yield _rgb(frame, limits.rgb_size(frame.width, frame.height)) if rgb else frame
-    except CorruptVideo:  # ours (also a ValueError): as raised
-        raise
-    except DECODE_ERRORS as e:
-        raise CorruptVideo(f"cannot decode video: {e}") from e
+    with _decoding(), _open(data, deadline) as container:
+        for frame in _frames(container, _open_stream(container, threads, limits), deadline):
+            count += 1
+            yield _rgb(frame, limits.rgb_size(frame.width, frame.height)) if rgb else frame
     if not count:
         raise CorruptVideo("video has no decodable frames")
 
@@ -207,28 +214,18 @@ def read_frames(data: bytes, choose: Callable[[int], np.ndarray], threads: int =
 def _decode_picks_in_order(data: bytes, choose: Callable[[int], np.ndarray], threads: int, limits: DecodeLimits,
                            deadline: _Deadline) -> np.ndarray:
     """Without usable metadata: one pass counts the frames, a second keeps the picked ones (memory: the picks)."""
-    try:
-        with _open(data, deadline) as container:
-            count = sum(1 for _ in _frames(container, _open_stream(container, threads, limits), deadline))
-    except CorruptVideo:  # ours (also a ValueError): as raised
-        raise
-    except DECODE_ERRORS as e:
-        raise CorruptVideo(f"cannot decode video: {e}") from e
+    with _decoding(), _open(data, deadline) as container:
+        count = sum(1 for _ in _frames(container, _open_stream(container, threads, limits), deadline))
     if not count:
         raise CorruptVideo("video has no decodable frames")
     picks = np.asarray(choose(count))  # outside the try: an error in choose is a bug, not bad data
     wanted, got = set(picks.tolist()), {}
-    try:
-        with _open(data, deadline) as container:
-            for i, frame in enumerate(_frames(container, _open_stream(container, threads, limits), deadline)):
-                if i in wanted:
-                    got[i] = _rgb(frame, limits.rgb_size(frame.width, frame.height))
-                    if len(got) == len(wanted):
-                        break
-    except CorruptVideo:  # ours (also a ValueError): as raised
-        raise
-    except DECODE_ERRORS as e:
-        raise CorruptVideo(f"cannot decode video: {e}") from e
+    with _decoding(), _open(data, deadline) as container:
+        for i, frame in enumerate(_frames(container, _open_stream(container, threads, limits), deadline)):
+            if i in wanted:
+                got[i] = _rgb(frame, limits.rgb_size(frame.width, frame.height))
+                if len(got) == len(wanted):
+                    break
     return _in_pick_order(got, picks)
 
 
