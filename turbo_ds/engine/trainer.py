@@ -193,18 +193,17 @@ class Trainer:
             skip = verdict.problem is not None
             applied = finish_step(self.engine, loss, skip) if self.can_skip or not skip else False
             problem = self.guard.record(self.step, verdict, applied)
+            window.steps += 1
+            window.flops += TRAIN_FACTOR * self.task.forward_flops() * self.plan.global_size
             if problem is not None:
                 self.log.info(f"step {self.step}: skipped, {problem} ({self.guard.bad_in_row}/"
                               f"{cfg.train.max_bad_steps} bad in a row)")
                 if self.guard.diverged or not self.can_skip or self.step == total:
-                    window.steps += 1
                     self._log_train(window)  # the metrics show where it stopped
                     self._diverged(problem)
             else:
                 window.loss_sum += verdict.loss
                 window.good_steps += 1
-            window.steps += 1
-            window.flops += TRAIN_FACTOR * self.task.forward_flops() * self.plan.global_size
             bar.update(1)
             if self.step % cfg.train.log_every == 0 or self.step == total:
                 self._log_train(window)
