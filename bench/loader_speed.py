@@ -3,6 +3,7 @@
 
     python bench/loader_speed.py --shards DIR_OR_GLOB --json out.json [--workers 2 --batches 100 --batch-size 8]
     python bench/loader_speed.py --make-long /tmp/long --json long.json [--sampling dense --stride 2]
+    python bench/loader_speed.py --make-real /tmp/real --json real.json --model-clips-per-s 1800 --skip-raw
 
 Loader: TrainStream through make_loader with W workers (decode only the picked frames +
 sample + crop/resize/normalise + collate), decoded cache off. Raw: W processes, each
@@ -14,7 +15,14 @@ reference. Runs alternate (raw, tuned, loader) ``--repeats`` times; medians are 
 so load from other processes hits all three alike. CPU ms/clip (all processes' user +
 system time) shows the work done, which other processes on the machine do not distort.
 ``--make-long DIR`` first writes 64-frame 128x128 clips with 1-s GOPs (gop 8 at 8 fps) to
-DIR/train and benchmarks those.
+DIR/train and benchmarks those. ``--make-real DIR`` writes clips as a user's shards hold
+them: camera-like 480x360 30 fps sources (a panning textured scene, a moving object, sensor
+noise) transcoded by build_shards' own ``transcode`` to 256 short side, a keyframe every 16
+frames; with it the model input defaults to 16 x 224 with K400's dense 16x4 sampling.
+
+The GPU user's units: decode cost per clip per core (CPU ms per clip of the loader, all
+its processes' time) and, with ``--model-clips-per-s R`` (the clips/s one GPU's training
+step consumes), the *cores per GPU needed* = R x CPU s per clip.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain checkout
 
@@ -43,7 +52,7 @@ from turbo_ds.data.pipeline import TrainStream, make_loader  # noqa: E402
 from turbo_ds.data.shards import MANIFEST, read_manifest, shard_name, write_manifest, write_shard  # noqa: E402
 from turbo_ds.data.video import iter_frames  # noqa: E402
 from turbo_ds.prep.demo import CLASS_NAMES, DemoSettings, render_clip  # noqa: E402
-from turbo_ds.prep.transcode import encode_mp4  # noqa: E402
+from turbo_ds.prep.transcode import TranscodeSettings, encode_mp4, transcode  # noqa: E402
 
 
 def make_long_clips(folder: Path, clips: int, frames: int = 64, size: int = 128, gop: int = 8,
@@ -61,6 +70,46 @@ def make_long_clips(folder: Path, clips: int, frames: int = 64, size: int = 128,
         shards.append({"name": shard_name("long", k), "num_samples": len(samples)})
     write_manifest(folder, task="action_cls", shards=shards, class_names=CLASS_NAMES,
                    build={"tool": "bench/loader_speed.py", "frames": frames, "size": size, "gop": gop})
+    return folder
+
+
+def real_looking_frames(rng: np.random.Generator, frames: int, width: int = 480,
+                        height: int = 360) -> Iterator[np.ndarray]:
+    """(H, W, 3) uint8 frames: a camera panning over a textured scene (detail at several scales) with a moving
+    object and sensor noise, so the codec spends bits and motion vectors as on real footage."""
+    scene = np.zeros((2 * height, 2 * width, 3), np.float32)  # panned over with wrap-around: any length
+    for cell, weight in ((64, 60.0), (16, 40.0), (4, 25.0)):  # coarse shapes, mid detail, fine texture
+        grid = rng.uniform(-1, 1, (2 * height // cell + 1, 2 * width // cell + 1, 3)).astype(np.float32)
+        scene += weight * np.repeat(np.repeat(grid, cell, 0), cell, 1)[:2 * height, :2 * width]
+    scene += 128
+    ys, xs = np.mgrid[:height, :width]
+    for t in range(frames):
+        rows, cols = np.arange(t // 2, t // 2 + height) % (2 * height), np.arange(2 * t, 2 * t + width) % (2 * width)
+        frame = scene[np.ix_(rows, cols)]  # pan right and down
+        cy, cx = height / 2 + height / 4 * np.sin(t / 15), width / 2 + width / 3 * np.cos(t / 20)
+        frame[(ys - cy) ** 2 + (xs - cx) ** 2 < (height / 8) ** 2] = (220, 60, 40)  # a moving object
+        frame += rng.normal(0, 3, frame.shape).astype(np.float32)  # sensor noise
+        yield np.clip(frame, 0, 255).astype(np.uint8)
+
+
+def make_real_clips(folder: Path, clips: int, seconds: float, fps: int = 30, shard_size: int = 8) -> Path:
+    """Camera-like sources transcoded as build_shards does: 256 short side, a keyframe every 16 frames."""
+    folder.mkdir(parents=True, exist_ok=True)
+    settings, shards = TranscodeSettings(short_side=256, gop=16), []
+    for k, start in enumerate(range(0, clips, shard_size)):
+        samples = []
+        for i in range(start, min(start + shard_size, clips)):
+            frames = np.stack(list(real_looking_frames(np.random.default_rng([9, i]), round(seconds * fps))))
+            source = encode_mp4(frames, fps, crf=18)  # (T, H, W, 3) -> a camera original
+            data, info = transcode(source, settings)
+            samples.append({"__key__": f"real{i:07d}", "mp4": data, "json": info, "cls": i % len(CLASS_NAMES)})
+            print(f"  clip {i + 1}/{clips}: {info['frames']} frames of {info['width']}x{info['height']}, "
+                  f"{len(data) / 1e6:.2f} MB", flush=True)
+        write_shard(folder / shard_name("real", k), samples)
+        shards.append({"name": shard_name("real", k), "num_samples": len(samples)})
+    write_manifest(folder, task="action_cls", shards=shards, class_names=CLASS_NAMES,
+                   build={"tool": "bench/loader_speed.py --make-real", "seconds": seconds, "fps": fps,
+                          "short_side": settings.short_side, "gop": settings.gop})
     return folder
 
 
@@ -162,6 +211,8 @@ def main(argv=None) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--shards", help="dataset folder (tar shards + manifest.json) or a glob of tar shards")
     src.add_argument("--make-long", metavar="DIR", help="write 64-frame 128x128 gop-8 clips to DIR/train and use them")
+    src.add_argument("--make-real", metavar="DIR", help="write camera-like clips transcoded as build_shards does (256 "
+                                                         "short side, keyframe every 16) to DIR/train and use them")
     p.add_argument("--json", required=True, help="write the figures here")
     p.add_argument("--workers", type=int, default=2, help="loader workers = raw decode processes")
     p.add_argument("--batches", type=int, default=100, help="timed batches per loader run (and clips for raw runs)")
@@ -169,58 +220,86 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=None, help="untimed batches first (default 2 x workers)")
     p.add_argument("--repeats", type=int, default=3, help="alternating raw/loader runs; medians are reported")
     p.add_argument("--frames", type=int, default=16, help="model.num_frames")
-    p.add_argument("--size", type=int, default=None, help="model.img_size (default: the clips' size)")
-    p.add_argument("--sampling", choices=["uniform", "dense"], default="uniform")
+    p.add_argument("--size", type=int, default=None, help="model.img_size (default: 224 with --make-real, else the "
+                                                          "clips' size)")
+    p.add_argument("--sampling", choices=["uniform", "dense"], help="default: dense with --make-real (K400's 16x4), "
+                                                                     "else uniform")
     p.add_argument("--stride", type=int, default=4, help="data.frame_stride for dense sampling")
     p.add_argument("--decode-threads", type=int, default=1)
     p.add_argument("--long-clips", type=int, default=64, help="clips written by --make-long")
+    p.add_argument("--real-clips", type=int, default=8, help="clips written by --make-real")
+    p.add_argument("--real-seconds", type=float, default=10.0, help="length of the --make-real clips")
+    p.add_argument("--model-clips-per-s", type=float, help="clips/s one GPU's training step consumes: prints the "
+                                                            "loader cores that GPU needs")
+    p.add_argument("--skip-raw", action="store_true", help="time only the loader (raw runs decode every frame of "
+                                                           "every clip: slow on long clips)")
     a = p.parse_args(argv)
+    if a.model_clips_per_s is not None and a.model_clips_per_s <= 0:
+        p.error(f"--model-clips-per-s={a.model_clips_per_s}: must be > 0")
 
     if a.make_long:
         folder = Path(a.make_long) / "train"
         if not (folder / MANIFEST).is_file():
             make_long_clips(folder, a.long_clips)
+    elif a.make_real:
+        folder = Path(a.make_real) / "train"
+        if not (folder / MANIFEST).is_file():
+            print(f"writing {a.real_clips} camera-like {a.real_seconds:g}-s clips to {folder}", flush=True)
+            make_real_clips(folder, a.real_clips, a.real_seconds)
+        a.size, a.sampling = a.size or 224, a.sampling or "dense"
     else:
         folder = dataset_folder(a.shards)
     clips = read_clips(folder, a.batches * a.batch_size)
     frames_per_clip, height, width = clip_shape(clips[0])
     size = a.size or min(height, width)
+    a.sampling = a.sampling or "uniform"
     data = DataConfig(train=str(folder), val=str(folder), num_workers=a.workers, decoded_cache_clips=0,
                       sampling=a.sampling, frame_stride=a.stride, decode_threads=a.decode_threads, shuffle_buffer=64)
     model = ModelConfig(num_frames=a.frames, img_size=size)
     warmup = 2 * max(1, a.workers) if a.warmup is None else a.warmup
     procs = max(1, a.workers)
 
-    runs = {"raw": [], "tuned": [], "loader": []}
+    runs = {"loader": []} if a.skip_raw else {"raw": [], "tuned": [], "loader": []}
     for _ in range(a.repeats):
-        runs["raw"].append(raw_rate(clips, procs, plain_decode))
-        runs["tuned"].append(raw_rate(clips, procs, functools.partial(tuned_decode, threads=a.decode_threads)))
+        if not a.skip_raw:
+            runs["raw"].append(raw_rate(clips, procs, plain_decode))
+            runs["tuned"].append(raw_rate(clips, procs, functools.partial(tuned_decode, threads=a.decode_threads)))
         runs["loader"].append(loader_rate(data, model, a.batch_size, a.batches, warmup))
     med = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
-    raw, tuned, loader = med["raw"], med["tuned"], med["loader"]
+    loader = med["loader"]
+    # One core's share: CPU time is the work done, whatever else runs on the machine (wall clips/s is not).
+    per_core = 1e3 / loader["cpu_ms_per_clip"]
     result = {
-        "loader_clips_per_s": loader["clips_per_s"], "raw_decode_clips_per_s": raw["clips_per_s"],
-        "ratio": loader["clips_per_s"] / raw["clips_per_s"],
+        "loader_clips_per_s": loader["clips_per_s"],
         "loader_frames_per_s": loader["clips_per_s"] * a.frames,  # frames delivered (decoded: these + GOP lead-ins)
-        "raw_decode_frames_per_s": raw["frames_per_s"],  # every frame of every clip
-        "tuned_decode_clips_per_s": tuned["clips_per_s"],
-        "ratio_vs_tuned": loader["clips_per_s"] / tuned["clips_per_s"],
-        "loader_cpu_ms_per_clip": loader["cpu_ms_per_clip"], "raw_decode_cpu_ms_per_clip": raw["cpu_ms_per_clip"],
-        "tuned_decode_cpu_ms_per_clip": tuned["cpu_ms_per_clip"],
+        "loader_cpu_ms_per_clip": loader["cpu_ms_per_clip"], "clips_per_s_per_core": per_core,
+        "model_clips_per_s": a.model_clips_per_s,
+        "cores_per_gpu": a.model_clips_per_s / per_core if a.model_clips_per_s else None,
         "workers": a.workers, "batch_size": a.batch_size, "batches": a.batches, "repeats": a.repeats,
         "frames": a.frames, "size": size, "sampling": a.sampling, "frame_stride": a.stride,
         "decode_threads": a.decode_threads, "clip_frames": frames_per_clip, "clip_hw": [height, width],
         "shards": str(folder), "runs": runs,
     }
+    if not a.skip_raw:
+        raw, tuned = med["raw"], med["tuned"]
+        result.update({
+            "raw_decode_clips_per_s": raw["clips_per_s"], "ratio": loader["clips_per_s"] / raw["clips_per_s"],
+            "raw_decode_frames_per_s": raw["frames_per_s"],  # every frame of every clip
+            "tuned_decode_clips_per_s": tuned["clips_per_s"],
+            "ratio_vs_tuned": loader["clips_per_s"] / tuned["clips_per_s"],
+            "raw_decode_cpu_ms_per_clip": raw["cpu_ms_per_clip"], "tuned_decode_cpu_ms_per_clip": tuned["cpu_ms_per_clip"]})
     Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
     print(f"clips: {frames_per_clip} frames of {height}x{width}; model {a.frames} frames at {size} px, "
           f"{a.sampling} sampling; {a.workers} workers / processes; medians of {a.repeats} runs")
     print(f"{'':30s}{'clips/s':>9s}{'frames/s':>10s}{'vs raw':>8s}{'CPU ms/clip':>13s}")
-    for name, m, frames_s in [("raw PyAV decode (all frames)", raw, raw["frames_per_s"]),
-                              ("tuned decode (all frames)", tuned, tuned["frames_per_s"]),
-                              ("loader (picked frames)", loader, result["loader_frames_per_s"])]:
-        print(f"{name:30s}{m['clips_per_s']:9.1f}{frames_s:10.0f}{m['clips_per_s'] / raw['clips_per_s']:7.2f}x"
-              f"{m['cpu_ms_per_clip']:13.2f}")
+    rows = [] if a.skip_raw else [("raw PyAV decode (all frames)", raw, raw["frames_per_s"]),
+                                  ("tuned decode (all frames)", tuned, tuned["frames_per_s"])]
+    for name, m, frames_s in rows + [("loader (picked frames)", loader, result["loader_frames_per_s"])]:
+        vs_raw = "-" if a.skip_raw else f"{m['clips_per_s'] / raw['clips_per_s']:.2f}x"
+        print(f"{name:30s}{m['clips_per_s']:9.1f}{frames_s:10.0f}{vs_raw:>8s}{m['cpu_ms_per_clip']:13.2f}")
+    print(f"loader: {loader['cpu_ms_per_clip']:.1f} CPU ms per {a.frames}x{size} clip = {per_core:.1f} clips/s per core")
+    if a.model_clips_per_s:
+        print(f"cores per GPU needed at {a.model_clips_per_s:g} model clips/s: {result['cores_per_gpu']:.1f}")
 
 if __name__ == "__main__":
     main()

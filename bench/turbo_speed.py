@@ -8,6 +8,8 @@ followed by the same head (mean pool, LayerNorm, Linear).
 
 Each (impl, keep ratio) runs in a fresh subprocess so memory figures do not mix:
   step_s       median step time over --repeats steps after --warmup steps
+  cpu_s        CPU time (user + system, all threads) per step: the work done, which other load on a
+               shared machine distorts less than wall time (compare at --threads 1: idle threads spin)
   peak_mem_mb  peak memory of the steps above a baseline taken once weights, inputs,
                gradients and AdamW state exist, i.e. the per-step transient memory
                (activations and temporaries) that token dropout shrinks. CPU: peak RSS
@@ -15,9 +17,15 @@ Each (impl, keep ratio) runs in a fresh subprocess so memory figures do not mix:
                CUDA: torch.cuda.max_memory_allocated.
   state_mb     memory of gradients + AdamW state (the same at every keep ratio)
 
+--runs N repeats the whole table N times (settings alternating within each run) and reports each
+figure as the median over runs with its spread [min - max]. --compile builds turbo_ds with
+``model.compile: true`` (torch.compile of the encoder blocks; the first warm-up step compiles, or loads
+the compiled kernels from torch's on-disk cache); VideoMAE runs eager, as transformers runs it.
+
     python bench/turbo_speed.py                                  # ViT-S/16, 16 x 224^2, batch 2, CPU
     python bench/turbo_speed.py --frames 8 --size 112 --repeats 2 --json /tmp/speed.json
     python bench/turbo_speed.py --device cuda --batch 8 --amp
+    python bench/turbo_speed.py --compile --runs 3 --keep-ratios 1.0 0.25      # the acceptance figures
     python bench/turbo_speed.py --plot turbo_speed.png                     # also draw the table
 """
 
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -62,13 +71,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--amp", action="store_true", help="bf16 autocast")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps first (allocator, thread pools)")
+    p.add_argument("--compile", action="store_true", help="turbo_ds with model.compile: true (torch.compile of its "
+                                                          "encoder blocks); VideoMAE stays eager")
+    p.add_argument("--runs", type=int, default=1, help="repeat the whole table; figures are medians with [min - max]")
+    p.add_argument("--warmup", type=int, help="untimed steps first (allocator, thread pools, compilation); "
+                                              "default 1, 2 with --compile")
     p.add_argument("--repeats", type=int, default=5, help="timed steps per setting; the median is reported")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="write {'results': [...]} here")
     p.add_argument("--plot", type=Path, help="draw step time and peak memory vs keep ratio into this PNG")
     p.add_argument("--child", help=argparse.SUPPRESS)  # internal: 'impl:keep' measured in this process
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.warmup = args.warmup if args.warmup is not None else 2 if args.compile else 1
+    return args
 
 
 # ------------------------------------------------------------------ models
@@ -100,7 +115,7 @@ def build(impl: str, keep: float, args: argparse.Namespace):
         from turbo_ds.config import ModelConfig, TurboConfig
         from turbo_ds.models.vit import VideoClassifier, VideoViT
         cfg = ModelConfig(num_frames=args.frames, img_size=args.size, patch_size=args.patch, tubelet_size=args.tubelet,
-                          width=args.width, depth=args.depth, heads=args.heads)
+                          width=args.width, depth=args.depth, heads=args.heads, compile=args.compile)
         model = VideoClassifier(VideoViT(cfg, TurboConfig(strategy=args.strategy, keep_ratio=keep)), args.classes)
         video = torch.randn(args.batch, 3, args.frames, args.size, args.size, device=args.device)  # (B, C, T, H, W)
         return model, lambda: (video,)
@@ -155,17 +170,24 @@ def measure(impl: str, keep: float, args: argparse.Namespace) -> dict:
         base = torch.cuda.memory_allocated()
     else:
         base = rss_bytes() if reset_peak_rss() else peak_rss_bytes()
-    times = []
+    times, cpu = [], 0.0
     for i in range(args.warmup + args.repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         step()
         if cuda:
             torch.cuda.synchronize()
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
+            cpu += cpu_seconds() - c0
     peak = torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes()
     return {"impl": impl, "keep_ratio": keep, "step_s": statistics.median(times), "peak_mem_mb": (peak - base) / 2**20,
-            "state_mb": state / 2**20, "times_s": times, "threads": torch.get_num_threads()}
+            "state_mb": state / 2**20, "cpu_s": cpu / args.repeats, "times_s": times,
+            "threads": torch.get_num_threads(), "compile": args.compile and impl == "turbo_ds"}
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_child(impl: str, keep: float, argv: list[str]) -> dict:
@@ -188,29 +210,69 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.patch}, tubelet {args.tubelet}: {grid[0] * grid[1] * grid[2]} tokens | batch {args.batch} | "
           f"{args.device}{' bf16' if args.amp else ''} | threads {args.threads or 'default'} | warmup {args.warmup}, "
           f"repeats {args.repeats} | turbo_ds strategy {args.strategy}", flush=True)
-    print(f"{'impl':<10} {'keep':>6} {'step s':>9} {'speedup':>8} {'peak MB':>9} {'vs 1.0':>7} {'state MB':>9}", flush=True)
-    results, refs = [], {}
-    for keep in args.keep_ratios:  # impls alternate, so a noisy spell on a shared machine hits both
-        for impl in args.impls:
-            r = run_child(impl, keep, argv)  # the child re-parses the same options
-            refs[impl] = r if keep == 1.0 else refs.get(impl)
-            ref = refs[impl]
-            speedup = f"{ref['step_s'] / r['step_s']:.2f}x" if ref else "-"
-            mem = f"{r['peak_mem_mb'] / ref['peak_mem_mb']:.2f}x" if ref and ref["peak_mem_mb"] > 0 else "-"
-            print(f"{impl:<10} {keep:>6.3f} {r['step_s']:>9.3f} {speedup:>8} {r['peak_mem_mb']:>9.0f} {mem:>7} "
-                  f"{r['state_mb']:>9.0f}", flush=True)
-            results.append(r)
-    by = {(r["impl"], r["keep_ratio"]): r["step_s"] for r in results}
-    for keep in args.keep_ratios:
-        if ("turbo_ds", keep) in by and ("videomae", keep) in by:
-            print(f"turbo_ds / videomae step time at keep {keep}: {by['turbo_ds', keep] / by['videomae', keep]:.2f}")
+    print(f"{'impl':<10} {'keep':>6} {'step s':>9} {'speedup':>8} {'peak MB':>9} {'vs 1.0':>7} {'state MB':>9} "
+          f"{'CPU s':>7}", flush=True)
+    results = []
+    for run in range(args.runs):
+        if args.runs > 1:
+            print(f"run {run + 1}/{args.runs}", flush=True)
+        refs = {}
+        for keep in args.keep_ratios:  # impls alternate, so a noisy spell on a shared machine hits both
+            for impl in args.impls:
+                r = {**run_child(impl, keep, argv), "run": run}  # the child re-parses the same options
+                refs[impl] = r if keep == 1.0 else refs.get(impl)
+                ref = refs[impl]
+                speedup = f"{ref['step_s'] / r['step_s']:.2f}x" if ref else "-"
+                mem = f"{r['peak_mem_mb'] / ref['peak_mem_mb']:.2f}x" if ref and ref["peak_mem_mb"] > 0 else "-"
+                print(f"{impl:<10} {keep:>6.3f} {r['step_s']:>9.3f} {speedup:>8} {r['peak_mem_mb']:>9.0f} {mem:>7} "
+                      f"{r['state_mb']:>9.0f} {r['cpu_s']:>7.2f}", flush=True)
+                results.append(r)
+    summary = summarize(results, args)
+    print(f"over {args.runs} run(s): median [min - max]" if args.runs > 1 else "")
+    for row in summary:
+        print(f"{row['impl']:<10} keep {row['keep_ratio']:<6g} step {spread(row['step_s'], '.3f')} s"
+              + (f" | speed-up {spread(row['speedup'], '.2f')}x | memory {spread(row['memory_ratio'], '.2f')}x of keep 1.0"
+                 if "speedup" in row else "")
+              + (f" | / videomae {spread(row['vs_videomae'], '.2f')}" if "vs_videomae" in row else ""))
     if args.json:
         args.json.write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k not in ("json", "child")},
-                                         "results": results}, indent=1, default=str))
+                                         "results": results, "summary": summary}, indent=1, default=str))
         print(f"wrote {args.json}")
     if args.plot:
-        plot(results, args)
+        plot([{"impl": row["impl"], "keep_ratio": row["keep_ratio"], "step_s": row["step_s"][0],
+               "peak_mem_mb": row["peak_mem_mb"][0]} for row in summary], args)
         print(f"wrote {args.plot}")
+
+
+def summarize(results: list[dict], args: argparse.Namespace) -> list[dict]:
+    """Per (impl, keep ratio): [median, min, max] over runs of the step time, peak memory, the speed-up and memory
+    ratio over the same run's keep 1.0, and the step time over VideoMAE's in the same run."""
+    at = {(r["impl"], r["keep_ratio"], r["run"]): r for r in results}
+
+    def stats(values: list[float]) -> list[float]:
+        return [statistics.median(values), min(values), max(values)]
+
+    summary = []
+    for keep in args.keep_ratios:
+        for impl in args.impls:
+            runs = [at[impl, keep, n] for n in range(args.runs)]
+            row = {"impl": impl, "keep_ratio": keep, "step_s": stats([r["step_s"] for r in runs]),
+                   "peak_mem_mb": stats([r["peak_mem_mb"] for r in runs]), "cpu_s": stats([r["cpu_s"] for r in runs])}
+            refs = [at.get((impl, 1.0, n)) for n in range(args.runs)]
+            if keep != 1.0 and all(refs):
+                row["speedup"] = stats([ref["step_s"] / r["step_s"] for ref, r in zip(refs, runs)])
+                if all(ref["peak_mem_mb"] > 0 for ref in refs):
+                    row["memory_ratio"] = stats([r["peak_mem_mb"] / ref["peak_mem_mb"] for ref, r in zip(refs, runs)])
+            if impl == "turbo_ds" and "videomae" in args.impls:
+                row["vs_videomae"] = stats([r["step_s"] / at["videomae", keep, n]["step_s"] for n, r in enumerate(runs)])
+            summary.append(row)
+    return summary
+
+
+def spread(values: list[float], fmt: str) -> str:
+    """'median [min - max]', or the value alone for one run."""
+    median, low, high = values
+    return f"{median:{fmt}}" if low == high else f"{median:{fmt}} [{low:{fmt}} - {high:{fmt}}]"
 
 
 def plot(results: list[dict], args: argparse.Namespace) -> None:

@@ -40,12 +40,13 @@ def main(run_dir: str) -> None:
     model = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.GELU(), torch.nn.Linear(1024, 256))  # 0.5M
     ds = json.loads((REPO / "ds_configs" / "zero2_bf16.json").read_text())
     ds.update(train_micro_batch_size_per_gpu=4, train_batch_size=4)
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds,
-                                      lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0))
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     log = RunLog(run_dir, True)
     manager = CheckpointManager(run_dir, dist_info, TrainConfig(keep_last_checkpoints=2))
-    state = manager.restore(engine, log)
+    resume = manager.prepare_resume(model, ds, log.info)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds,
+                                      lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0))
+    state = manager.restore(engine, log, resume)
     step = 0 if state is None else state["step"]
     if state is not None:
         saved = json.loads((manager.latest / TRAINER_STATE).read_text())["checksum"]

@@ -365,3 +365,20 @@ def test_kill_and_resume_gives_identical_shards(tmp_path):
     assert len(json.loads((reference / "manifest.json").read_text())["shards"]) == 12
     with tarfile.open(reference / "shard-000011.tar") as tar:
         assert sorted(tar.getnames()) == [f"0000000{i}.{ext}" for i in (22, 23) for ext in ("cls", "json", "mp4")]
+
+
+@pytest.mark.e2e
+def test_fewer_videos_than_one_shard_still_use_every_worker_with_identical_bytes(tmp_path):
+    """The items of one shard are transcoded by all workers (then written in manifest order): same bytes as one
+    worker, including a skipped row between them."""
+    root = tmp_path / "videos"
+    root.mkdir()
+    for i in range(4):
+        make_video(root / f"v{i}.mp4", "mp4", "libx264", size=(64, 48), frames=30, fps=30, texture=i)
+    rows = ["v0.mp4,a", "v1.mp4,b", "gone.mp4,a", "v2.mp4,a", "v3.mp4,b"]
+    args = ["--task", "action_cls", "--manifest", write_csv(tmp_path / "m.csv", "path,label", rows),
+            "--video-root", root, "--short-side", 32, "--fps", 30]  # default --shard-size: one shard
+    run_build(*args, "--out", tmp_path / "one", "--workers", 1)
+    run_build(*args, "--out", tmp_path / "three", "--workers", 3)
+    assert build_files(tmp_path / "three") == build_files(tmp_path / "one")
+    assert [s["__key__"] for s in read_samples(tmp_path / "three")] == [f"{i:09d}" for i in (0, 1, 3, 4)]

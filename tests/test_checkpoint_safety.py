@@ -17,6 +17,10 @@ import pytest
 import torch
 
 from conftest import REPO, free_port, read_metrics, run_train, tiny_overrides
+from turbo_ds.config import TrainConfig
+from turbo_ds.engine.checkpoint import CheckpointManager
+from turbo_ds.engine.distributed import DistInfo
+from turbo_ds.engine.errors import CheckpointLoadError
 
 pytestmark = pytest.mark.e2e
 
@@ -169,3 +173,20 @@ def test_a_second_trainer_is_refused_and_a_kill_mid_save_resumes(tiny_demo, tmp_
     assert f"took over from a dead trainer (PID {holder['pid']}" in rerun.stdout
     assert f"resuming from checkpoint {run_dir / 'checkpoints' / f'step_{last:08d}'} at step {last}" in rerun.stdout
     assert [r["step"] for r in read_metrics(run_dir) if "train/loss" in r] == list(range(1, last + 3))
+
+
+def test_a_failed_universal_conversion_stops_with_one_line_and_keeps_the_checkpoint(tmp_path):
+    """An elastic resume whose conversion fails (DeepSpeed's ds_to_universal, for real, on a checkpoint whose
+    files are gone) leaves the checkpoint and `latest` as they were and no partial universal copy."""
+    ckpts = tmp_path / "checkpoints"
+    (ckpts / "step_00000004").mkdir(parents=True)
+    zero2 = {"zero_optimization": {"stage": 2}, "train_batch_size": 8}
+    (ckpts / "step_00000004" / "trainer_state.json").write_text(json.dumps({"step": 4, "world_size": 2,
+                                                                            "ds_config": zero2}))
+    (ckpts / "latest").write_text("step_00000004")
+    manager = CheckpointManager(tmp_path, DistInfo(0, 1, 0), TrainConfig())
+    with pytest.raises(CheckpointLoadError, match=r"^checkpoint error: converting checkpoint .*step_00000004 to a "
+                                                  r"universal checkpoint failed: [^\n]*; fix the cause and rerun"):
+        manager.prepare_resume(torch.nn.Linear(2, 2), {**zero2, "train_batch_size": 4}, print)
+    assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_00000004"]
+    assert (ckpts / "latest").read_text() == "step_00000004"

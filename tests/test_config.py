@@ -99,3 +99,23 @@ def test_manifest_without_class_names_is_a_config_error(tiny_demo, tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith(f"config error: data.train={train}: its manifest has no class_names"), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.unit
+def test_compile_is_refused_with_zero3_only():
+    cfg = Config()
+    cfg.model.compile = True
+    plan_batches(cfg, load_ds_config(REPO / "ds_configs/zero2_bf16.json"), world=1)
+    with pytest.raises(ConfigError, match="model.compile=true: not with ZeRO stage 3"):
+        plan_batches(cfg, load_ds_config(REPO / "ds_configs/zero3_bf16.json"), world=1)
+
+
+@pytest.mark.unit
+def test_compile_without_a_cxx_compiler_is_a_config_error(monkeypatch):
+    from turbo_ds.train import check_compiler
+    cfg = Config()
+    monkeypatch.setenv("CXX", "/nonexistent/g++")
+    check_compiler(cfg)  # not asked to compile: no compiler needed
+    cfg.model.compile = True
+    with pytest.raises(ConfigError, match=r"model.compile=true: .*/nonexistent/g\+\+"):
+        check_compiler(cfg)

@@ -65,7 +65,7 @@ def test_train_stream_batches(tiny_demo):
     stream = TrainStream(data_config(tiny_demo), MODEL, rank=0, world=2, batch_size=4, seed=0)
     batches = iter(make_loader(stream, 0))
     first = next(batches)
-    assert first["video"].shape == (4, 3, 16, 64, 64) and first["video"].dtype == torch.float32
+    assert first["video"].shape == (4, 3, 16, 64, 64) and first["video"].dtype == torch.uint8  # normalised on the device
     assert first["label"].shape == (4,) and first["position"]["epoch"] == 0
     for _ in range(8):  # 32 clips per rank per epoch: two epochs' worth
         last = next(batches)
@@ -139,7 +139,8 @@ def test_bad_samples_are_skipped_and_counted(bad_samples, targets, bad):
                          seed=0, targets=targets)
     batches = iter(make_loader(stream, 0))
     epoch = [next(batches) for _ in range(15)]  # 60 good clips: 15 batches of 4
-    assert epoch[-1]["position"] == {"epoch": 0, "consumed": 64, "skipped": 4, "short": 0}
+    done = {f"train-{i:06d}.tar": "0:16" for i in range(4)}  # a skipped sample was read: it counts as done
+    assert epoch[-1]["position"] == {"epoch": 0, "consumed": 64, "skipped": 4, "short": 0, "done": done}
     keys = {k for b in epoch for k in b["key"]}
     assert keys == {f"train{i:07d}" for i in range(64)} - {f"train{i:07d}" for i in bad}
 

@@ -16,6 +16,7 @@ from conftest import REPO
 from turbo_ds.config import DataConfig, ModelConfig
 from turbo_ds.data.pipeline import DecodedCache, TrainStream, make_loader
 from turbo_ds.data.shards import shard_name, write_manifest, write_shard
+from turbo_ds.data import video
 from turbo_ds.data.video import DecodeLimits, DecodeTimeout, VideoTooLarge, read_frames, sample_indices
 from turbo_ds.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
 from turbo_ds.prep import inspect_shards
@@ -148,3 +149,30 @@ def test_tools_that_decode_stay_bounded(monster_shards, tmp_path, capsys):
         counts = []
         grew = peak_growth_mb(lambda: counts.extend(decode(c) for c in clips))
         assert counts == [6, 1800, 1800] and grew < 150, (decode.__name__, f"{grew:.0f} MB")
+
+
+def test_downscaling_holds_where_the_decoder_skips_unneeded_frames(monkeypatch):
+    """The bounds compose with skipping the non-reference frames no pick needs (x264's default B-frames):
+    the picks come out downscaled, equal to the same frames of a full decode, with fewer frames decoded."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 640, 480, "yuv420p"
+        stream.options = {"g": "8", "keyint_min": "8", "bf": "3", "threads": "1"}  # B-frames between references
+        for frame in moving_bar(32, 480, 640):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    data, limits = buf.getvalue(), DecodeLimits(max_pixels=320 * 240)
+    every = read_frames(data, lambda n: np.arange(n), limits=limits)
+    decoded, real = [], video._decode_needed
+
+    def counting(*args):
+        for frame in real(*args):
+            decoded.append(frame.pts)
+            yield frame
+
+    monkeypatch.setattr(video, "_decode_needed", counting)
+    picks = np.arange(7, 32, 8)  # the last frame of each keyframe interval: its lead-in has B-frames to skip
+    got = read_frames(data, lambda n: picks, limits=limits)
+    assert got.shape == (4, 240, 320, 3) and np.array_equal(got, every[picks])
+    assert len(decoded) < 32, len(decoded)  # no seek between these picks: all 32 without the skipping

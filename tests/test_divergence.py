@@ -13,6 +13,9 @@ import torch
 import torch.multiprocessing as mp
 
 from conftest import REPO, free_port, read_metrics, run_train, tiny_overrides
+from turbo_ds.config import TrainConfig
+from turbo_ds.engine.checkpoint import CheckpointManager
+from turbo_ds.engine.distributed import DistInfo
 from turbo_ds.engine.guard import WINDOW, DivergenceGuard
 
 
@@ -120,6 +123,18 @@ def _skip_on_every_stage(rank: int, world: int, port: int) -> dict:
         moved = all(torch.isfinite(t).all() for t in state()) and not torch.equal(state()[0], before[0])
         out[zero] = (applied, unchanged, engine.skipped_steps, lr == engine.get_lr(), moved)
     return out
+
+
+@pytest.mark.unit
+def test_a_roll_back_sets_diverged_checkpoints_aside_with_their_universal_copies(tmp_path):
+    """The universal copy an elastic resume made of a diverged checkpoint goes with it; the good one is latest."""
+    ckpts = tmp_path / "checkpoints"
+    for name in ("step_00000002", "step_00000004", "step_00000004.universal"):
+        (ckpts / name).mkdir(parents=True)
+    (ckpts / "latest").write_text("step_00000004")
+    manager = CheckpointManager(tmp_path, DistInfo(0, 1, 0), TrainConfig())
+    assert manager.roll_back(3) == ckpts / "step_00000002"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_00000002", "step_00000004.diverged"]
 
 
 @pytest.mark.e2e

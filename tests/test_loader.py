@@ -74,34 +74,25 @@ def test_decoding_picked_frames_equals_full_decoding(long_clip):
 
 
 def test_seeking_skips_frames_before_the_window(long_clip, monkeypatch):
-    """A late window is decoded from its keyframe on, and only its frames are converted to RGB."""
+    """A late window is decoded from its keyframe on, without the lead-in's non-reference frames (B-frames), and
+    only its frames are converted to RGB."""
     data, full = long_clip
     decoded, converted = [], []
-    real_open, real_rgb = av.open, video._rgb
+    real_decode, real_rgb = video._decode_needed, video._rgb
 
-    class Counting:
-        def __init__(self, container):
-            self.container = container
+    def counting_decode(*args):
+        for frame in real_decode(*args):
+            decoded.append(frame.pts)
+            yield frame
 
-        def __getattr__(self, name):
-            return getattr(self.container, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.container.close()
-
-        def decode(self, *args, **kw):
-            for frame in self.container.decode(*args, **kw):
-                decoded.append(frame.pts)
-                yield frame
-
-    monkeypatch.setattr(av, "open", lambda *a, **kw: Counting(real_open(*a, **kw)))
+    monkeypatch.setattr(video, "_decode_needed", counting_decode)
     monkeypatch.setattr(video, "_rgb", lambda f, *size: converted.append(f.pts) or real_rgb(f, *size))
     got = read_frames(data, lambda n: np.arange(44, 52))
     assert np.array_equal(got, full[44:52])
-    assert len(converted) == 8 and len(decoded) <= 12  # from keyframe 40, not from frame 0
+    assert len(converted) == 8 and len(decoded) <= 12  # from keyframe 40 on, not from frame 0
+    decoded.clear()
+    got = read_frames(data, lambda n: np.arange(7, 64, 8))  # the last frame of each GOP: 64 frames lead to them
+    assert np.array_equal(got, full[7::8]) and len(decoded) < 56, len(decoded)  # B-frames not needed: skipped
 
 
 def test_missing_metadata_falls_back_to_decoding_all():
@@ -138,11 +129,11 @@ def test_transforms_crop_flip_resize_normalise():
     assert torch.equal(same, clip[:, :, 16:64])  # no resize when the crop already has the size
     assert torch.equal(T.crop_flip_resize(clip, (0, 16, 48, 48), True, 48), clip[:, :, 16:64].flip(2))
     assert T.crop_flip_resize(clip, (0, 0, 48, 80), False, 32).shape == (4, 32, 32, 3)
-    out = torch.empty(3, 4, 48, 48)
-    T.Normalizer([0.4, 0.5, 0.6], [0.2, 0.25, 0.3])(same, out)
-    ref = (same.permute(3, 0, 1, 2).float() / 255 - torch.tensor([0.4, 0.5, 0.6])[:, None, None, None]) \
+    batch = same.permute(3, 0, 1, 2)[None]  # (1, C, T, H, W) uint8, as the loader delivers it
+    out = T.Normalizer([0.4, 0.5, 0.6], [0.2, 0.25, 0.3])(batch)
+    ref = (batch.float() / 255 - torch.tensor([0.4, 0.5, 0.6])[:, None, None, None]) \
         / torch.tensor([0.2, 0.25, 0.3])[:, None, None, None]
-    assert torch.allclose(out, ref, atol=1e-5)
+    assert out.dtype == torch.float32 and torch.allclose(out, ref, atol=1e-5)
 
 
 # ------------------------------------------------------------------ streams

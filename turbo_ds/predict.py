@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from turbo_ds.config import ConfigError
 from turbo_ds.data.errors import DataError
 from turbo_ds.data.pipeline import (ClipSpec, DecodedCache, EvalStream, StreamPosition, choose_views, collate, decode,
-                                    make_loader)
+                                    make_loader, to_device)
 from turbo_ds.engine.checkpoint import NoCheckpoint
 from turbo_ds.export import ExportError, load_model
 from turbo_ds.models.text import VideoTextModel
@@ -68,7 +68,7 @@ class Clips:
             sample = self.decode({"__key__": name, "mp4": path.read_bytes(), "label": -1})  # raises DataError
         except OSError as e:
             raise DataError(f"cannot read: {e.strerror or e}") from e
-        return collate([self.views(sample)], self.spec, "predict", StreamPosition())["video"]
+        return self.spec.normalize(collate([self.views(sample)], self.spec, "predict", StreamPosition())["video"])
 
 
 def classify(task: Task, clips: Clips, files: list, top_k: int, device: torch.device, dtype: torch.dtype,
@@ -125,8 +125,7 @@ def evaluate(task: Task, dataset: str, batch_size: int, device: torch.device, dt
                         frames=task.clip_frames, targets=task.targets)
     outputs, position = [], {}
     for batch in make_loader(stream, 0):
-        batch["video"] = batch["video"].to(device)
-        outputs.append(task.eval_step(task.model, batch, dtype))
+        outputs.append(task.eval_step(task.model, to_device(batch, device, stream.spec.normalize), dtype))
         position = batch["position"]
     return {**task.eval_metrics(outputs), "eval/skipped_samples": position.get("skipped", 0)}
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,6 +54,15 @@ def check_data(cfg: Config) -> None:
             read_manifest(folder)
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(f"data: {e}") from e
+
+
+def check_compiler(cfg: Config) -> None:
+    """model.compile builds kernels with the C++ compiler torch's inductor uses ($CXX, else g++): without one the
+    first step would fail deep inside torch."""
+    compiler = os.environ.get("CXX", "g++")
+    if cfg.model.compile and not shutil.which(compiler):
+        raise ConfigError(f"model.compile=true: torch.compile needs a C++ compiler and {compiler} ($CXX, else g++) "
+                          "is not on PATH; install one (e.g. apt-get install g++) or set model.compile=false")
 
 
 def config_error(e: ConfigError, show: bool = True) -> int:
@@ -106,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         ds = load_ds_config(args.ds_config)
         plan = plan_batches(cfg, ds, world_from_env())
         check_data(cfg)
+        check_compiler(cfg)
     except ConfigError as e:
         return config_error(e)
 
@@ -189,6 +201,9 @@ def train(cfg: Config, ds: DeepSpeedConfig, plan, dist_info: "DistInfo", checkpo
 
     log.info(f"turbo_ds: task {cfg.task} | run_dir {run_dir} | {dist_info.world} rank(s) | "
              f"keep_ratio {cfg.turbo.keep_ratio} (eval {cfg.turbo.eval_keep_ratio})")
+    if cfg.model.compile:  # bounded by torch's recompile limit (then eager); each recompilation's reason on stderr
+        torch._logging.set_logs(recompiles=True)
+        log.info("model.compile: the encoder blocks compile at their first steps (cached on disk for later runs)")
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     try:
         task = build_task(cfg, read_manifest(cfg.data.train))
@@ -196,7 +211,11 @@ def train(cfg: Config, ds: DeepSpeedConfig, plan, dist_info: "DistInfo", checkpo
         return config_error(e, dist_info.is_main)
     if task.pretrained_report:
         log.info(str(task.pretrained_report))
-    trainer = Trainer(cfg, ds, plan, dist_info, task, checkpoints, log)
+    try:
+        trainer = Trainer(cfg, ds, plan, dist_info, task, checkpoints, log)
+    except ConfigError as e:  # a checkpoint that does not fit this run (another model shape or ZeRO stage)
+        log.close()
+        return config_error(e, dist_info.is_main)
     try:
         trainer.fit()
     finally:

@@ -62,6 +62,9 @@ class DeepSpeedConfig:
                               "(warmup_steps, steps, min_lr_ratio)")
         if ds.get("bf16", {}).get("enabled") and ds.get("fp16", {}).get("enabled"):
             raise ConfigError("ds_config: bf16 and fp16 are both enabled; enable at most one")
+        if "load_universal" in ds.get("checkpoint", {}):
+            raise ConfigError("ds_config checkpoint.load_universal: remove it; turbo_ds converts a checkpoint to a "
+                              "universal one and loads it that way by itself when the world size changes")
         if not isinstance(ds.get("optimizer", {}).get("params", {}).get("lr"), (int, float)):
             raise ConfigError("ds_config optimizer.params.lr: missing; add e.g. \"optimizer\": {\"type\": \"AdamW\", "
                               "\"params\": {\"lr\": 1e-3}} (the peak LR of the YAML's warmup-cosine schedule)")
@@ -142,11 +145,22 @@ class DeepSpeedConfig:
         """The JSON the run uses, with the global batch written out (it goes to the run dir)."""
         return {**self.raw, "train_batch_size": plan.global_size}
 
-    def engine_config(self, plan: BatchPlan) -> dict[str, Any]:
+    def engine_config(self, plan: BatchPlan, load_universal: bool = False) -> dict[str, Any]:
         """What ``deepspeed.initialize`` gets: ``resolved`` without the monitor sections, which turbo_ds feeds
         itself (engine/monitors.py). The engine's own events count samples, not steps, and would open a second
-        TensorBoard writer and W&B run on the same output."""
-        return {k: v for k, v in self.resolved(plan).items() if k not in MONITORS}
+        TensorBoard writer and W&B run on the same output.
+
+        DeepSpeed's throughput timer is off unless the JSON has a ``timers`` section: by default it
+        synchronises the GPU twice per micro-step (host stalls) to time what ``train/clips_per_s`` measures.
+
+        ``load_universal``: the engine is to load a universal checkpoint (an elastic resume, decided by the
+        checkpoint manager); never in the run dir's copy.
+        """
+        out = {"timers": {"throughput": {"enabled": False}},
+               **{k: v for k, v in self.resolved(plan).items() if k not in MONITORS}}
+        if load_universal:
+            out["checkpoint"] = {**out.get("checkpoint", {}), "load_universal": True}
+        return out
 
 
 def load_ds_config(path: str | Path) -> DeepSpeedConfig:
@@ -173,4 +187,8 @@ def plan_batches(cfg: Config, ds: DeepSpeedConfig, world: int) -> BatchPlan:
             f"train.global_batch_size={cfg.train.global_batch_size}: contradicts the DeepSpeed JSON (micro "
             f"{plan.micro} x accumulation {plan.accumulation} x {world} ranks = {plan.global_size}); remove it or "
             "change the JSON")
+    if cfg.model.compile and ds.zero_stage == 3:
+        raise ConfigError("model.compile=true: not with ZeRO stage 3 (ds_config zero_optimization.stage), whose "
+                          "hooks gather the blocks' partitioned weights where torch.compile cannot trace them; use "
+                          "ZeRO 0-2 or model.compile=false")
     return plan

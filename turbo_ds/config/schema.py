@@ -46,6 +46,8 @@ class ModelConfig:
     "stochastic depth rate of the last block, increasing linearly from 0 over depth"
     activation_checkpointing: bool = False
     "recompute each block in the backward pass instead of storing its activations"
+    compile: bool = False
+    "torch.compile the encoder blocks: faster steps after a one-time compilation (cached on disk); needs a C++ compiler"
     pretrained: str | None = None
     "local weights to start from: a transformers VideoMAE directory or an original VideoMAE .pth"
 
@@ -110,6 +112,8 @@ class DataConfig:
     "per-channel mean used to normalise pixels in [0, 1]"
     std: list[float] = field(default_factory=lambda: [0.225, 0.225, 0.225])
     "per-channel standard deviation used to normalise pixels"
+    repeat_batch: bool = False
+    "benchmark only: train on the loader's first batch over and over from memory (the step's speed without the loader)"
 
 
 @dataclass
@@ -142,6 +146,8 @@ class TrainConfig:
     "stop the run with an error after this many bad (skipped) steps in a row; nothing is saved from bad weights"
     ckpt_failure: Literal["stop", "continue"] = "stop"
     "a checkpoint that cannot be written (disk full, I/O error): stop with an error, or continue and retry at the next"
+    log_samples: bool = False
+    "write the keys of the clips every rank trained on at each step to <run_dir>/samples.jsonl (a data audit)"
     layer_decay: float = 1.0
     "layer-wise LR decay: block i of L gets lr * layer_decay^(L + 1 - i); 1.0 = off (VideoMAE fine-tuning: 0.75)"
     label_smoothing: float = 0.0

@@ -3,16 +3,25 @@
 As in open_clip's ``get_wds_dataset``, ``TrainStream.stages`` and ``EvalStream.stages``
 list the whole pipeline in order: a source (shard paths), then stages, each a function
 from an iterator to an iterator; ``run`` chains them. Training, one epoch of one
-rank/worker (infinite: epoch e is a deterministic function of the seed)::
+rank/worker (epoch e is a deterministic function of the seed)::
 
-    shards shuffled by (seed, e) -> split by rank -> split by worker -> tar samples -> shuffle buffer
+    this stream's share of the shards (shuffled by (seed, e), split by rank and worker; see
+    data/position.py) -> tar samples -> number samples in their shard -> keep the share -> shuffle buffer
     (data.resampled: shards drawn with replacement by (seed, e, rank, worker) -> tar samples -> take its share
     -> shuffle buffer) -> count -> drop first (resume) -> seed per sample -> parse targets -> decode
-    -> choose views -> batch
+    -> choose views
+
+and the epochs one after another -> batch (uint8; a batch may span the end of an epoch: no sample is dropped)
+|| in the training process: to_device -> normalise (float32).
 
 Evaluation: every shard in order -> tar samples -> split by rank (sample i goes to rank
 i % world) -> split by worker ((i // world) % workers) -> count -> parse targets -> decode
--> choose views (num_clips x num_crops, no randomness) -> batch (the last one partial).
+-> choose views (num_clips x num_crops, no randomness) -> batch (the last one partial) || to_device
+-> normalise.
+
+Batches leave the loader as uint8 pixels: a quarter of the bytes of float32 to pass from a
+worker, pin and copy to the GPU, and no float work in the workers; ``to_device`` normalises
+them on the training device (bit for bit what normalising in the loader gave).
 
 A sample is the dict of its tar members (``__key__``, ``mp4``, ``cls``, ``txt``, ``json``);
 the stages add ``rng`` (seed per sample), ``label`` or ``captions`` (parse targets), ``frames`` in place
@@ -49,6 +58,7 @@ from webdataset.tariterators import tarfile_samples
 from turbo_ds.config import DataConfig, EvalConfig, ModelConfig
 from turbo_ds.data import transforms as T
 from turbo_ds.data.errors import DataError
+from turbo_ds.data.position import Layout, Ranges, regroup, share
 from turbo_ds.data.shards import read_manifest, shard_paths
 from turbo_ds.data.video import (DecodeLimits, VideoTooLarge, decode_frames, dense_indices, read_frames,
                                  sample_indices)
@@ -136,20 +146,29 @@ TAR_READ_ERRORS = (OSError, EOFError, ValueError, tarfile.TarError, zlib.error)
 
 
 class StreamPosition:
-    """Where a stream stands: epoch, raw samples consumed in it, bad samples skipped and short
-    videos (fewer frames than the clip needs: frames repeat) so far.
+    """Where a stream stands: epoch, raw samples consumed in it and which ones (``done``: per shard,
+    sample indices as ranges), bad samples skipped and short videos (fewer frames than the clip
+    needs: frames repeat) so far.
 
     It travels with every batch, so a checkpoint records exactly what training consumed
-    and a resumed stream continues from there instead of restarting its epoch.
+    and a resumed stream continues from there instead of restarting its epoch (at another
+    world size too: data/position.py).
     """
 
-    def __init__(self, epoch: int = 0, consumed: int = 0, skipped: int = 0, short: int = 0):
+    def __init__(self, epoch: int = 0, consumed: int = 0, skipped: int = 0, short: int = 0,
+                 done: dict[str, str] | None = None):
         self.epoch, self.consumed, self.skipped, self.short = epoch, consumed, skipped, short
+        self.done = {shard: Ranges.parse(r) for shard, r in (done or {}).items()}
 
     def count(self, samples: Iterator[dict]) -> Iterator[dict]:
         for sample in samples:
             self.consumed += 1
+            if "__shard__" in sample:
+                self.done.setdefault(sample["__shard__"], Ranges()).add(sample["__index__"])
             yield sample
+
+    def next_epoch(self) -> None:
+        self.epoch, self.consumed, self.done = self.epoch + 1, 0, {}
 
     def tar_handler(self, exn: Exception) -> bool:
         """webdataset's handler for reading tar files: an unreadable file or member is skipped and counted."""
@@ -158,8 +177,9 @@ class StreamPosition:
         self.skipped += 1
         return True
 
-    def state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "consumed": self.consumed, "skipped": self.skipped, "short": self.short}
+    def state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "consumed": self.consumed, "skipped": self.skipped, "short": self.short,
+                "done": {shard: str(r) for shard, r in self.done.items()}}
 
 
 class DecodedCache:
@@ -231,6 +251,26 @@ def drop_first(count: int) -> Stage:
 def tar_samples(handler: Callable[[Exception], bool]) -> Stage:
     """Shard paths/URLs -> samples (dicts of tar members by extension); read failures go to ``handler``."""
     return lambda urls: tarfile_samples(({"url": u} for u in urls), handler=handler)
+
+
+def number_samples(names: dict[str, str]) -> Stage:
+    """Adds ``__shard__`` (the shard's name in the manifest, from ``names[__url__]``) and ``__index__``
+    (the sample's place in its shard): what a stream position records. Each shard is read once an epoch."""
+    def stage(samples: Iterator[dict]) -> Iterator[dict]:
+        url, index = None, 0
+        for sample in samples:
+            index = index + 1 if sample["__url__"] == url else 0
+            url = sample["__url__"]
+            yield {**sample, "__shard__": names[url], "__index__": index}
+    return stage
+
+
+def keep(part: dict[str, Ranges | None]) -> Stage:
+    """Only the samples of ``part`` (shard name -> sample indices; None: all), read after a change of world size."""
+    def wanted(s: dict) -> bool:
+        indices = part[s["__shard__"]]
+        return indices is None or s["__index__"] in indices
+    return lambda samples: filter(wanted, samples)
 
 
 def shuffle(buffer: int, rng: random.Random) -> Stage:
@@ -334,25 +374,35 @@ def batch(size: int, make: Callable[[list[dict]], dict], partial: bool) -> Stage
 
 
 def _empty_batch(*shape: int) -> torch.Tensor:
+    """An uninitialised uint8 tensor of ``shape``."""
     if get_worker_info() is None:
-        return torch.empty(shape)
+        return torch.empty(shape, dtype=torch.uint8)
     # In a loader worker, build the batch in shared memory (as torch's default_collate does):
     # handing it to the training process then moves no pixels.
-    storage = torch.UntypedStorage._new_shared(math.prod(shape) * 4)
-    return torch.empty(0).set_(storage).view(shape)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape))
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
 
 
 def collate(samples: list[dict], spec: ClipSpec, stream: str, position: StreamPosition) -> dict[str, Any]:
-    """Crop, resize and normalise every view straight into its slot of one preallocated batch tensor."""
+    """Crop and resize every view straight into its slot of one preallocated uint8 batch tensor."""
     video = _empty_batch(len(samples), spec.views, 3, spec.frames, spec.size, spec.size)  # (B, V, C, T, H, W)
     for slots, s in zip(video, samples):
         clips = torch.from_numpy(s["frames"])  # (clips, T, H, W, C) uint8
         for slot, (k, box, flip) in zip(slots, s["views"]):
-            spec.normalize(T.crop_flip_resize(clips[k], box, flip, spec.size), out=slot)
+            slot.copy_(T.crop_flip_resize(clips[k], box, flip, spec.size).permute(3, 0, 1, 2))  # (C, T, H, W)
     targets = ({"label": torch.tensor([s["label"] for s in samples])} if spec.targets == "label"  # (B,)
                else {"captions": [s["captions"] for s in samples], "text": [s["text"] for s in samples]})
     return {"video": video if spec.views > 1 else video.flatten(0, 1),  # (B, V, C, T, H, W) or (B, C, T, H, W)
             **targets, "key": [s["__key__"] for s in samples], "stream": stream, "position": position.state()}
+
+
+def to_device(batch: dict[str, Any], device: torch.device, normalize: T.Normalizer) -> dict[str, Any]:
+    """A loader batch on ``device``, its uint8 video normalised there to float32 (``spec.normalize``).
+
+    Copies are non-blocking: from pinned memory (``make_loader(pin_memory=True)``) they do not stall the host.
+    """
+    out = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return {**out, "video": normalize(out["video"])}
 
 
 # ------------------------------------------------------------------ streams
@@ -368,13 +418,18 @@ class TrainStream(IterableDataset):
 
     ``resume`` maps stream names (``rank<r>/worker<w>``) to the positions recorded in a
     checkpoint; each stream skips the raw samples it had consumed (cheap: no decoding).
+    ``resume_layout`` (``layout_state``'s output) says which layout wrote them; when it is
+    another world size or worker count, the positions of all old streams are regrouped
+    (data/position.py) and the new streams read exactly what the old ones had left.
     """
 
     def __init__(self, data: DataConfig, model: ModelConfig, rank: int, world: int, batch_size: int, seed: int,
-                 resume: dict[str, dict[str, int]] | None = None, frames: int | None = None,
-                 targets: Targets = "label"):
+                 resume: dict[str, dict[str, Any]] | None = None, frames: int | None = None,
+                 targets: Targets = "label", resume_layout: dict[str, Any] | None = None):
         self.manifest = read_manifest(data.train)
         self.shards = shard_paths(data.train, self.manifest)
+        self.names = [s["name"] for s in self.manifest["shards"]]
+        self.counts = [s["num_samples"] for s in self.manifest["shards"]]
         readers = world * max(1, data.num_workers)
         if data.resampled and self.manifest["num_samples"] < readers:
             raise ValueError(f"data.train={data.train}: {self.manifest['num_samples']} samples cannot give each of "
@@ -385,7 +440,49 @@ class TrainStream(IterableDataset):
                              "data.num_workers or set data.resampled=true")
         self.spec = ClipSpec.from_config(data, model, train=True, frames=frames, targets=targets)
         self.data, self.rank, self.world, self.batch_size, self.seed = data, rank, world, batch_size, seed
-        self.resume = resume or {}
+        self.layout = Layout(world, max(1, data.num_workers))
+        self.resume, self.taken, self.regrouped = resume or {}, {}, None
+        if resume_layout is not None:
+            self._restore_layout(resume_layout)
+
+    def _restore_layout(self, recorded: dict[str, Any]) -> None:
+        index_of = {name: i for i, name in enumerate(self.names)}
+        named = [*recorded.get("taken", {}).values(), *(s.get("done", {}) for s in self.resume.values())]
+        gone = sorted({shard for part in named for shard in part} - set(index_of))
+        if gone:
+            raise ValueError(f"data.train={self.data.train}: the checkpoint's data position names shards that are "
+                             f"not in its manifest ({', '.join(gone[:3])}); resume with the run's dataset")
+        taken = {int(e): {index_of[shard]: Ranges.parse(r) for shard, r in part.items()}
+                 for e, part in recorded.get("taken", {}).items()}
+        old = Layout(recorded["ranks"], recorded["workers"])
+        if old == self.layout:
+            self.taken = taken
+            return
+        # Another world size or worker count: every rank regroups all old streams the same way.
+        self.regrouped = regroup(self.resume, old, taken, self.order, self.counts, index_of, self.data.resampled)
+        self.regrouped.note = f"data: {old} -> {self.layout}: {self.regrouped.note}"
+        self.taken = self.regrouped.taken
+        # The old totals of bad and short samples go on with the first stream, so logged sums continue.
+        first = {"skipped": self.regrouped.skipped, "short": self.regrouped.short}
+        self.resume = {name: {"epoch": self.regrouped.epoch, **(first if k == 0 else {})}
+                       for k, name in enumerate(self.layout.names())}
+
+    def order(self, epoch: int) -> list[int]:
+        """Epoch ``epoch``'s shard order (indices): the same on every rank, for any world size."""
+        return shuffled(list(range(len(self.shards))), f"{self.seed}-{epoch}")
+
+    def positions(self) -> dict[str, dict[str, Any]]:
+        """Where this rank's streams start (what a checkpoint records for a stream that has not yet delivered)."""
+        return {name: StreamPosition(**self.resume.get(name, {})).state()
+                for name in self.layout.names() if name.startswith(f"rank{self.rank}/")}
+
+    def layout_state(self, positions: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """What a checkpoint records beside every stream's ``positions``: the layout, and what was taken
+        of the epochs that were in progress when it last changed (while a stream is still in one)."""
+        oldest = min((p["epoch"] for p in positions.values()), default=0)
+        return {"ranks": self.layout.ranks, "workers": self.layout.workers,
+                "taken": {str(e): {self.names[i]: str(r) for i, r in part.items()}
+                          for e, part in self.taken.items() if e >= oldest}}
 
     def stages(self, epoch: int, worker: int, workers: int, pos: StreamPosition, cache: DecodedCache | None = None,
                resume_at: int = 0, raw: bool = False) -> list:
@@ -397,18 +494,22 @@ class TrainStream(IterableDataset):
             # Every stream draws its own shards with replacement, so any shard count suits any
             # world size; its epoch is its share of the manifest. A good shard yields at least
             # one sample, so that many draws suffice (fewer samples only if shards are broken).
-            share = self.manifest["num_samples"] // (self.world * workers)
+            quota = self.manifest["num_samples"] // (self.world * workers)
             pipeline = [
-                resampled(self.shards, share, random.Random(f"resample-{self.seed}-{epoch}-{self.rank}-{worker}")),
+                resampled(self.shards, quota, random.Random(f"resample-{self.seed}-{epoch}-{self.rank}-{worker}")),
                 tar_samples(pos.tar_handler),  # tar members -> samples; unreadable ones skipped and counted
-                take(share),  # this stream's share of an epoch
+                take(quota),  # this stream's share of an epoch
             ]
         else:
+            # Whole shards order[k::streams] for stream k = rank + world * worker (split by rank, then by
+            # worker); in an epoch that was in progress when the world size changed, its part of the rest.
+            part = share(self.order(epoch), self.counts, self.taken.get(epoch), self.rank + self.world * worker,
+                         self.world * workers)
             pipeline = [
-                shuffled(self.shards, f"{self.seed}-{epoch}"),  # every shard, in the same order on every rank
-                split_by(self.rank, self.world),  # split by node: shards[rank::world]
-                split_by(worker, workers),  # then by loader worker
+                [self.shards[i] for i in part],  # this stream's shards, in the epoch's order
                 tar_samples(pos.tar_handler),  # tar members -> samples; unreadable ones skipped and counted
+                number_samples(dict(zip(self.shards, self.names))),  # __shard__, __index__: what a position records
+                keep({self.names[i]: r for i, r in part.items()}),  # only its part of partly read shards
             ]
         order = random.Random(f"{self.seed}-{epoch}-{self.rank}-{worker}")
         pipeline.append(shuffle(self.data.shuffle_buffer, order))  # shuffle buffer, seeded per stream and epoch
@@ -416,15 +517,12 @@ class TrainStream(IterableDataset):
             return pipeline
         spec, cache = self.spec, cache or DecodedCache(0, self.data)
         return pipeline + [
-            pos.count,  # raw samples consumed this epoch: what a checkpoint records
+            pos.count,  # raw samples consumed this epoch, and which: what a checkpoint records
             drop_first(resume_at),  # resume mid-epoch: drop what was already trained on, without decoding
             each(seed_per_sample(self.seed, epoch)),  # per-sample rng from (seed, epoch, key)
             each_or_skip(parse_targets(spec.targets), pos),  # label or captions; bad ones skipped and counted
             each_or_skip(decode(spec, cache, pos), pos),  # only the picked frames; a corrupt mp4 is skipped, counted
             each(choose_views(spec)),  # random resized crop box, flip, one caption
-            # crop + flip + resize on uint8, normalise into one batch tensor; a partial last batch is dropped
-            batch(self.batch_size, lambda group: collate(group, spec, f"rank{self.rank}/worker{worker}", pos),
-                  partial=False),
         ]
 
     def epoch_samples(self, epoch: int, worker: int, workers: int, pos: StreamPosition) -> Iterator[dict]:
@@ -433,12 +531,20 @@ class TrainStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         worker, workers = _worker()
-        pos = StreamPosition(**self.resume.get(f"rank{self.rank}/worker{worker}", {}))
+        name, spec = f"rank{self.rank}/worker{worker}", self.spec
+        pos = StreamPosition(**self.resume.get(name, {}))
         cache = DecodedCache(self.data.decoded_cache_clips, self.data)
-        resume_at, pos.consumed = pos.consumed, 0  # counted again while skipping
-        while True:
-            yield from run(self.stages(pos.epoch, worker, workers, pos, cache, resume_at))
-            pos.epoch, pos.consumed, resume_at = pos.epoch + 1, 0, 0
+        resume_at, pos.consumed, pos.done = pos.consumed, 0, {}  # counted again while skipping
+
+        def epochs() -> Iterator[dict]:
+            nonlocal resume_at
+            while True:
+                yield from run(self.stages(pos.epoch, worker, workers, pos, cache, resume_at))
+                pos.next_epoch()
+                resume_at = 0
+
+        # crop + flip + resize on uint8, normalise into one batch tensor; batches span epoch ends
+        yield from batch(self.batch_size, lambda group: collate(group, spec, name, pos), partial=False)(epochs())
 
 
 class EvalStream(IterableDataset):
@@ -497,11 +603,15 @@ def _ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def make_loader(stream: TrainStream | EvalStream, num_workers: int, prefetch_factor: int | None = None) -> DataLoader:
+def make_loader(stream: TrainStream | EvalStream, num_workers: int, prefetch_factor: int | None = None,
+                pin_memory: bool = False) -> DataLoader:
     """Batches are formed inside the stream, so the DataLoader only adds worker processes.
 
     ``prefetch_factor`` (batches queued per worker) defaults to the stream's ``data.prefetch_factor``.
+    ``pin_memory`` (for a GPU) copies each batch into page-locked memory in a background thread, so that
+    its copy to the GPU runs asynchronously.
     """
     prefetch = prefetch_factor or stream.data.prefetch_factor
     return DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0,
-                      prefetch_factor=prefetch if num_workers else None, worker_init_fn=_ignore_stop_signals)
+                      prefetch_factor=prefetch if num_workers else None, worker_init_fn=_ignore_stop_signals,
+                      pin_memory=pin_memory)

@@ -3,7 +3,10 @@
 Decoding is the loader's main cost, so ``read_frames`` does only the work the sampled
 clip needs: frame indices are chosen from the container's metadata before any decoding,
 the decoder seeks to the keyframe before each needed stretch and stops after its last
-needed frame, and only needed frames are converted to RGB.
+needed frame, skips the non-reference frames it does not need (FFmpeg's ``skip_frame``: no
+other frame is predicted from them, so the needed ones decode to the same pixels; with x264's
+default B-frames that is ~45% of the frames leading to a pick), and only needed frames are
+converted to RGB.
 
 Decoding never takes more than a bounded amount of memory or time, whatever the file
 (``DecodeLimits``: ``data.max_decode_pixels``, ``data.decode_timeout_s``): frames larger than
@@ -11,7 +14,8 @@ Decoding never takes more than a bounded amount of memory or time, whatever the 
 ``SOURCE_PIXEL_FACTOR`` times that is refused before decoding (``VideoTooLarge``), only picked
 frames are kept (also when metadata is missing or wrong: then every frame is decoded twice, once
 to count, once to keep the picks), and a decode that outlives ``timeout_s`` is abandoned
-(``DecodeTimeout``). All three are ``CorruptVideo``s, which the loader skips and counts.
+(``DecodeTimeout``; skipped non-reference frames are still demuxed through the deadline-checked
+bytes). All three are ``CorruptVideo``s, which the loader skips and counts.
 """
 
 from __future__ import annotations
@@ -135,9 +139,12 @@ def _open_stream(container: av.container.InputContainer, threads: int,
     return stream
 
 
-def _frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
-            deadline: _Deadline) -> Iterator[av.VideoFrame]:
-    for frame in container.decode(stream):
+def _frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream, deadline: _Deadline,
+            needed: Callable[[int], bool] | None = None) -> Iterator[av.VideoFrame]:
+    """The stream's frames, checking the deadline at each; with ``needed``, without the non-reference frames it
+    rejects (``_decode_needed``)."""
+    frames = container.decode(stream) if needed is None else _decode_needed(container, stream, needed)
+    for frame in frames:
         deadline.check()
         yield frame
 
@@ -268,19 +275,36 @@ def _frame_timing(stream: av.video.stream.VideoStream) -> tuple[int, int, Fracti
     return count, stream.start_time or 0, per_tick, gop
 
 
+def _decode_needed(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+                   needed: Callable[[int], bool]) -> Iterator[av.VideoFrame]:
+    """``container.decode(stream)`` without the non-reference frames whose packet timestamp ``needed`` rejects:
+    the decoder skips those (no other frame refers to them); every other frame comes out as usual."""
+    context = stream.codec_context
+    for packet in container.demux(stream):
+        context.skip_frame = "DEFAULT" if packet.pts is None or needed(packet.pts) else "NONREF"
+        yield from context.decode(packet)
+
+
 def _decode_picks(container: av.container.InputContainer, stream: av.video.stream.VideoStream, picks: np.ndarray,
                   start: int, per_tick: Fraction, gop: float, deadline: _Deadline,
                   limits: DecodeLimits) -> np.ndarray | None:
     """Decode the frames at ``picks`` by seeking; None when timestamps disagree with the metadata."""
     num, den = per_tick.numerator, per_tick.denominator  # frame index = (pts - start) * num / den
     wanted = sorted(set(picks.tolist()))
+    wanted_set = set(wanted)
+
+    def needed(pts: int) -> bool:  # a wanted frame, or a timestamp off the frame grid (then decode it, to be safe)
+        scaled = (pts - start) * num
+        index = (scaled + den // 2) // den
+        return index in wanted_set or abs(scaled - index * den) * 100 > den
+
     got: dict[int, np.ndarray] = {}
     last = -1  # index of the last frame decoded
     while len(got) < len(wanted):
         target = wanted[len(got)]
         if target - last > gop:  # a keyframe lies in between: jump to it instead of decoding the gap
             container.seek(start + round(target / per_tick), stream=stream, backward=True)
-        for frame in _frames(container, stream, deadline):
+        for frame in _frames(container, stream, deadline, needed):
             if frame.pts is None:
                 return None
             scaled = (frame.pts - start) * num

@@ -3,6 +3,8 @@
     RUN/config.yaml, RUN/ds_config.json  the resolved configs of the run (keep_ratio: auto as a number)
     RUN/checkpoints/step_00000500/       a complete checkpoint: DeepSpeed's files of every rank, plus
                                          trainer_state.json (step, data stream positions, resolved configs)
+    RUN/checkpoints/step_00000500.universal/  its DeepSpeed universal copy, made once when a run resumes
+                                         at another world size (a cache: made again when missing)
     RUN/checkpoints/latest               names the newest complete checkpoint
     RUN/COMPLETED                        the step the run finished at
     RUN/metrics.jsonl                    (RunLog) records past the step a run resumes from are dropped
@@ -17,23 +19,36 @@ crash (or ``kill -9``) mid-save leaves the previous one in charge. A save that f
 rank (disk full, I/O or permission error) is agreed on by every rank: the partial folder is
 removed, ``latest`` and the previous checkpoint stay as they were, and the run stops with one
 line naming the cause (``train.ckpt_failure: stop``) or trains on and retries at the next
-interval (``continue``; the last step and stop signals always stop). Old checkpoints are renamed
-to ``step_X.deleting`` before their removal, so a folder named ``step_X`` is always complete.
+interval (``continue``; the last step and stop signals always stop). Old checkpoints (and universal
+copies) are renamed to ``step_X.deleting`` before their removal, so a folder named ``step_X`` or
+``step_X.universal`` is always complete.
+
+Elastic resume: ZeRO partitions the optimizer state by data-parallel rank, so a checkpoint
+written by W ranks loads as it is only on W ranks. At another world size, rank 0 converts
+it once with DeepSpeed's ``ds_to_universal`` (DeepSpeed#3810) into ``step_X.universal.partial/``,
+renamed to ``step_X.universal/`` when complete, and the engine loads that with
+``"checkpoint": {"load_universal": true}``. ZeRO stage 0 keeps the whole optimizer state on
+every rank and loads as it is. The data streams regroup themselves (``data/position.py``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
-from turbo_ds.config import TrainConfig
+from turbo_ds.config import ConfigError, TrainConfig
 from turbo_ds.engine.consolidate import fp32_state_dict
-from turbo_ds.engine.distributed import DistInfo, barrier
+from turbo_ds.engine.distributed import DistInfo, barrier, broadcast_from_main
 from turbo_ds.engine.errors import CheckpointLoadError, CheckpointWriteError
 from turbo_ds.engine.gather import all_gather_objects
 from turbo_ds.engine.lock import RunDirLock
@@ -41,12 +56,40 @@ from turbo_ds.engine.metrics import RunLog
 from turbo_ds.fileio import atomic_write_bytes, atomic_write_json
 
 TRAINER_STATE = "trainer_state.json"
-PARTIAL, DELETING, DIVERGED = ".partial", ".deleting", ".diverged"
+PARTIAL, DELETING, DIVERGED, UNIVERSAL = ".partial", ".deleting", ".diverged", ".universal"
 _STEP_DIR = re.compile(r"step_(\d{8})")
 
 
 class NoCheckpoint(FileNotFoundError):
     """The run dir has no complete checkpoint (at the step asked for); the message lists what there is."""
+
+
+@dataclass
+class Resume:
+    """How the run resumes: from checkpoint ``path``, whose DeepSpeed files the engine loads as ``tag``
+    (``path.name``, or its universal copy's name when ``universal``)."""
+
+    path: Path
+    tag: str
+    state: dict[str, Any] | None  # trainer_state.json (None in checkpoints older than it)
+    universal: bool = False
+
+
+def zero_stage(ds_config: dict[str, Any]) -> int:
+    return int(ds_config.get("zero_optimization", {}).get("stage", 0))
+
+
+def saved_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Every parameter's shape in the DeepSpeed checkpoint ``path``, read without loading the tensors."""
+    import torch
+
+    files = sorted(path.glob("*model_states.pt"))
+    if not files:
+        return {}
+    saved = torch.load(files[0], map_location="cpu", weights_only=False, mmap=True)
+    shapes = {n: tuple(s) for group in saved.get("param_shapes") or [] for n, s in group.items()}  # ZeRO 1-3
+    shapes.update({n: tuple(s) for n, s in (saved.get("frozen_param_shapes") or {}).items()})
+    return shapes or {n: tuple(t.shape) for n, t in (saved.get("module") or {}).items()}  # no ZeRO: the weights
 
 
 class CheckpointManager:
@@ -185,25 +228,99 @@ class CheckpointManager:
         errors = all_gather_objects(error)
         return next((f"rank {r}: {e}" if len(errors) > 1 else e for r, e in enumerate(errors) if e), None)
 
-    def restore(self, engine: Any, log: RunLog) -> dict[str, Any] | None:
-        """Load the latest complete checkpoint into ``engine`` and rewind the metrics log to its step.
+    def prepare_resume(self, model: Any, ds_config: dict[str, Any], log: Callable[[str], None]) -> Resume | None:
+        """Decide, before the engine exists, how the latest checkpoint is loaded (collective); None for a new run.
+
+        A checkpoint of another model shape stops with a ConfigError naming the first tensor that
+        differs. At another world size with ZeRO stage >= 1, rank 0 makes (once) the universal copy
+        that the engine must load with ``checkpoint.load_universal`` (``Resume.universal``).
+        """
+        latest = self.latest
+        if latest is None:
+            return None
+        saved = latest / TRAINER_STATE
+        state = json.loads(saved.read_text()) if saved.is_file() else None
+        self._check_model(latest, state, model)
+        if state is None or state["world_size"] == self.dist.world:
+            return Resume(latest, latest.name, state)
+        stages = zero_stage(state["ds_config"]), zero_stage(ds_config)
+        if stages[0] != stages[1]:
+            raise ConfigError(f"ds_config zero_optimization.stage={stages[1]}: checkpoint {latest} was written with "
+                              f"ZeRO stage {stages[0]} by {state['world_size']} rank(s); resume at another world size "
+                              "with the stage it was written with")
+        change = (f"elastic resume: checkpoint {latest.name} was written by {state['world_size']} rank(s), this run "
+                  f"has {self.dist.world}; global batch {state['ds_config'].get('train_batch_size')} -> "
+                  f"{ds_config.get('train_batch_size')} clips/step")
+        if stages[0] == 0:  # every rank holds the whole optimizer state: it loads at any world size
+            log(f"{change}; ZeRO stage 0 loads it as it is")
+            return Resume(latest, latest.name, state)
+        universal = latest.with_name(latest.name + UNIVERSAL)
+        outcome = self._convert(latest, universal, change, log) if self.dist.is_main else None
+        outcome = broadcast_from_main(outcome)  # every rank waits for rank 0's conversion, and fails with it
+        if outcome is not None:
+            raise CheckpointLoadError(outcome)
+        return Resume(latest, universal.name, state, universal=True)
+
+    def _check_model(self, path: Path, state: dict[str, Any] | None, model: Any) -> None:
+        """A checkpoint of another model shape is a config error naming the first tensor that differs."""
+        theirs = saved_shapes(path)
+        ours = {n: tuple(t.shape) for n, t in model.state_dict().items()}
+        differ = [f"{n} is {theirs[n]} there, {ours[n]} here" for n in theirs if n in ours and theirs[n] != ours[n]]
+        differ += [f"it has {n}, this model has not" for n in theirs if n not in ours]
+        differ += [f"this model has {n}, it has not" for n, _ in model.named_parameters() if n not in theirs]
+        if not theirs or not differ:
+            return
+        before, now = (state or {}).get("config", {}).get("model", {}), self.configs.get("config", {}).get("model", {})
+        keys = [f"model.{k} {before[k]} there, {now.get(k)} here" for k in before if before[k] != now.get(k)]
+        raise ConfigError(f"model: checkpoint {path} holds another model shape: {differ[0]}"
+                          + (f" ({len(differ) - 1} more differ)" if len(differ) > 1 else "")
+                          + (f"; {', '.join(keys[:3])}" if keys else "")
+                          + "; resume with the model settings it was trained with, or use a new run_dir")
+
+    def _convert(self, source: Path, target: Path, change: str, log: Callable[[str], None]) -> str | None:
+        """Rank 0: make ``target``, the universal copy of ``source``, unless a complete one exists; an error or None."""
+        if target.is_dir():
+            log(f"{change}; loading its universal copy {target.name}, made earlier")
+            return None
+        partial = target.with_name(target.name + PARTIAL)
+        shutil.rmtree(partial, ignore_errors=True)
+        # DeepSpeed also writes a `latest_universal` pointer beside its output folder: inside partial/, removed with it.
+        # A separate process: the conversion holds every rank's shard in memory, which it gives back on exit.
+        workers = max(1, len(os.sched_getaffinity(0)) // 2)
+        cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(source),
+               "--output_folder", str(partial / target.name), "--inject_missing_state",
+               "--num_extract_workers", str(workers), "--num_merge_workers", str(max(1, workers // 2))]
+        start = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:  # e.g. a full disk: the partial copy goes, the checkpoint itself is untouched
+            shutil.rmtree(partial, ignore_errors=True)
+            last = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["no output"]
+            return (f"checkpoint error: converting checkpoint {source} to a universal checkpoint failed: {last[0]}; "
+                    "fix the cause and rerun (the checkpoint is intact), or resume on the world size it was written by")
+        (partial / target.name).rename(target)
+        shutil.rmtree(partial)
+        size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+        log(f"{change}; converted it to a universal checkpoint in {time.perf_counter() - start:.1f} s "
+            f"({target.name}, {size / 2**20:.1f} MB, kept for later resumes)")
+        return None
+
+    def restore(self, engine: Any, log: RunLog, resume: Resume | None) -> dict[str, Any] | None:
+        """Load ``resume`` (``prepare_resume``'s answer) into ``engine`` and rewind the metrics log to its step.
 
         The peak LR is the DeepSpeed JSON's, not the checkpoint's (DeepSpeed would restore the
         scheduler's base LRs): a run resumed with a lower LR after a divergence trains at that LR.
         Returns the trainer state saved with it (``step``, ``data_position``, ...) or None for a new run.
         """
-        latest = self.latest
-        if latest is None:
+        if resume is None:
             return None
         configured = list(engine.lr_scheduler.base_lrs)
-        path, client_state = engine.load_checkpoint(str(self.dir), tag=latest.name)
+        path, client_state = engine.load_checkpoint(str(self.dir), tag=resume.tag)
         if path is None:
-            raise CheckpointLoadError(f"checkpoint error: {latest} could not be loaded (DeepSpeed found no "
-                                      "checkpoint files there); move it aside and point checkpoints/latest at an "
-                                      "earlier step_X folder, or use a new run_dir to start fresh")
+            raise CheckpointLoadError(f"checkpoint error: {self.dir / resume.tag} could not be loaded (DeepSpeed "
+                                      "found no checkpoint files there); move it aside and point checkpoints/latest "
+                                      "at an earlier step_X folder, or use a new run_dir to start fresh")
         _keep_configured_lr(engine.lr_scheduler, configured, log)
-        saved = latest / TRAINER_STATE
-        state = json.loads(saved.read_text()) if saved.is_file() else client_state  # older checkpoints
+        state = resume.state or client_state  # older checkpoints keep it in DeepSpeed's client state
         log.rewind(state["step"])
         return state
 
@@ -219,6 +336,7 @@ class CheckpointManager:
                 atomic_write_bytes(self.dir / "latest", good[-1].name.encode())
             else:
                 (self.dir / "latest").unlink(missing_ok=True)
+            self._prune()  # the diverged ones' universal copies go too: a resume converts the good one
         barrier()
         return self.latest
 
@@ -228,11 +346,16 @@ class CheckpointManager:
             atomic_write_bytes(self.run_dir / "COMPLETED", f"{step}\n".encode())
 
     def _prune(self) -> None:
-        """Rank 0: drop leftovers of dead saves and deletions, and complete checkpoints beyond keep_last_checkpoints."""
+        """Rank 0: drop leftovers of dead saves, conversions and deletions, universal copies of older checkpoints,
+        and complete checkpoints beyond keep_last_checkpoints."""
         for stale in [*self.dir.glob(f"step_*{PARTIAL}"), *self.dir.glob(f"step_*{DELETING}")]:
             shutil.rmtree(stale, ignore_errors=True)
         for tmp in self.dir.glob(".latest.tmp*"):  # an atomic write of `latest` killed halfway
             tmp.unlink(missing_ok=True)
+        latest = self.latest
+        for copy in self.dir.glob(f"step_*{UNIVERSAL}"):  # a cache, worth keeping for the latest only
+            if latest is None or copy.name != latest.name + UNIVERSAL:
+                _remove(copy)
         keep = self.train.keep_last_checkpoints
         if keep is None:
             return

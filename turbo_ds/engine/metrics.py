@@ -30,6 +30,7 @@ class RunLog:
     def __init__(self, run_dir: str | Path, enabled: bool):
         self.enabled = enabled
         self.metrics_path = Path(run_dir) / "metrics.jsonl"
+        self.samples_path = Path(run_dir) / "samples.jsonl"
         self.text = open(Path(run_dir) / "train.log", "a") if enabled else None
         self.write_failed = False
         self.monitors: Monitors | None = None
@@ -48,9 +49,15 @@ class RunLog:
 
     def metrics(self, record: dict[str, Any]) -> None:
         if self.enabled:
-            self._append(lambda: _append_line(self.metrics_path, json.dumps(record, sort_keys=True)))
+            self._append(lambda: _append_record(self.metrics_path, record))
             if self.monitors is not None:
                 self.monitors.write(record)
+
+    def samples(self, step: int, keys: list[list[str]]) -> None:
+        """The keys of the clips each rank trained on at ``step`` (``train.log_samples``); not a metric, so
+        no monitor sees them."""
+        if self.enabled:
+            self._append(lambda: _append_record(self.samples_path, {"step": step, "keys": keys}))
 
     def _append(self, write) -> None:
         """A full or failing disk must not stop training (checkpoints report their own failures): say so once."""
@@ -59,19 +66,21 @@ class RunLog:
         except OSError as e:
             if not self.write_failed:
                 self.write_failed = True
-                print(f"warning: cannot write to {self.metrics_path.parent} ({e.strerror}); train.log and metrics.jsonl "
-                      "miss lines from here on (the printed log stays complete)", file=sys.stderr, flush=True)
+                print(f"warning: cannot write to {self.metrics_path.parent} ({e.strerror}); train.log, metrics.jsonl "
+                      "and samples.jsonl miss lines from here on (the printed log stays complete)",
+                      file=sys.stderr, flush=True)
 
     def rewind(self, step: int) -> None:
         """Drop records past ``step`` (written after the checkpoint we resume from): no duplicated steps."""
         if self.monitors is not None:
             self.monitors.rewind(step)
-        if not (self.enabled and self.metrics_path.is_file()):
-            return
-        lines = self.metrics_path.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
-        if len(kept) != len(lines):
-            atomic_write_bytes(self.metrics_path, "".join(kept).encode())
+        for path in (self.metrics_path, self.samples_path):
+            if not (self.enabled and path.is_file()):
+                continue
+            lines = path.read_text().splitlines(keepends=True)
+            kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+            if len(kept) != len(lines):
+                atomic_write_bytes(path, "".join(kept).encode())
 
     def close(self) -> None:
         if self.monitors is not None:
@@ -80,9 +89,9 @@ class RunLog:
             self._append(self.text.close)
 
 
-def _append_line(path: Path, line: str) -> None:
+def _append_record(path: Path, record: dict[str, Any]) -> None:
     with open(path, "a") as f:
-        f.write(line + "\n")
+        f.write(json.dumps(record, sort_keys=True) + "\n")
 
 
 def progress_bar(total: int, initial: int, enabled: bool):

@@ -4,6 +4,7 @@ divergence guard (``engine/guard.py``): a bad step is skipped, a run of them sto
 from __future__ import annotations
 
 import datetime
+import itertools
 import math
 import os
 import signal
@@ -15,7 +16,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from turbo_ds.config import BatchPlan, Config, DeepSpeedConfig
-from turbo_ds.data.pipeline import EvalStream, TrainStream, make_loader
+from turbo_ds.data.pipeline import EvalStream, TrainStream, make_loader, to_device
 from turbo_ds.engine.checkpoint import CheckpointManager
 from turbo_ds.engine.distributed import DistInfo, all_reduce_sum
 from turbo_ds.engine.errors import DivergenceError
@@ -72,11 +73,6 @@ def param_groups(model: torch.nn.Module, base_lr: float, layer_decay: float = 1.
     return list(groups.values())
 
 
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """The batch with its tensors (video, labels) on the engine's device; the loader builds them on the CPU."""
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
 def use_deterministic_kernels() -> None:
     """Deterministic CUDA kernels (e.g. the scatter-add behind the gradient of the kept-token gather, cuBLAS
     reductions), so a resumed GPU run repeats the per-step losses bit for bit, as CPU runs do."""
@@ -101,7 +97,8 @@ class PreemptionFlag:
 class LogWindow:
     """What was trained since the last log line."""
 
-    loss_sum: float = 0.0  # of the good steps' losses, averaged over ranks
+    loss_sum: float = 0.0
+    "sum of the good steps' losses, averaged over ranks: the guard's verdict read them once per step, no more syncs"
     good_steps: int = 0
     steps: int = 0
     flops: float = 0.0
@@ -120,7 +117,12 @@ class Trainer:
         self.dtype = ds.dtype
         schedule = warmup_cosine(cfg.train.warmup_steps, cfg.train.steps, cfg.train.min_lr_ratio)
         groups = param_groups(task.model, ds.lr, cfg.train.layer_decay, cfg.model.depth)
-        self.engine, *_ = deepspeed.initialize(model=task.model, model_parameters=groups, config=ds.engine_config(plan),
+        # How to load the latest checkpoint is known before the engine exists (an elastic resume needs
+        # DeepSpeed's universal loader); a checkpoint of another model shape stops here.
+        self.resuming = checkpoints.prepare_resume(task.model, ds.resolved(plan), log.info)
+        universal = self.resuming is not None and self.resuming.universal
+        self.engine, *_ = deepspeed.initialize(model=task.model, model_parameters=groups,
+                                               config=ds.engine_config(plan, load_universal=universal),
                                                lr_scheduler=lambda opt: LambdaLR(opt, schedule))
         # Every token selector (video towers, segment encoders) follows the keep-ratio schedule.
         self.selectors = [m for m in task.model.modules() if isinstance(m, TokenSelector)]
@@ -129,20 +131,27 @@ class Trainer:
                                      overflow_is_bad=ds.precision != "fp16")
         self.can_skip = ds.skips_nonfinite_steps  # else a bad step stops the run before it is applied
         self.preemption = PreemptionFlag()
-        self.data_position: dict[str, dict[str, int]] = {}
+        self.data_position: dict[str, dict[str, Any]] = {}  # this rank's streams
+        self.data_layout: dict[str, Any] | None = None  # the layout that wrote the positions resumed from
+        self.stream: TrainStream | None = None
         self.step = 0
         self.wall_before = 0.0  # training wall-clock seconds of the invocations this run resumed from
         self.started, self.first_step = time.perf_counter(), 0
+        self.pin_memory = self.engine.device.type == "cuda"  # page-locked batches: asynchronous copies to the GPU
+        self._flops: dict[float, float] = {}  # forward FLOPs per keep ratio (counting walks every parameter)
 
     # ------------------------------------------------------------------ state
 
     def resume(self) -> None:
-        state = self.checkpoints.restore(self.engine, self.log)
+        state = self.checkpoints.restore(self.engine, self.log, self.resuming)
         if state is None:
             self.log.info(f"starting a new run in {self.cfg.run_dir}")
             return
         self.step, self.data_position = state["step"], state["data_position"]
         self.guard.load_state_dict(state.get("guard", {}))
+        # Checkpoints older than data_layout were written by world_size ranks x num_workers streams, no change.
+        self.data_layout = state.get("data_layout") or {"ranks": state.get("world_size", self.dist.world),
+                                                        "workers": max(1, state["config"]["data"]["num_workers"])}
         self.wall_before = state.get("wall_s", 0.0)
         self.log.info(f"resuming from checkpoint {self.checkpoints.latest} at step {self.step}")
 
@@ -150,7 +159,9 @@ class Trainer:
         positions = all_gather_objects(self.data_position)  # every rank's streams into rank 0's file
         merged = {k: v for p in positions for k, v in p.items()}
         path = self.checkpoints.save(self.engine, self.step, {"data_position": merged, "guard": self.guard.state_dict(),
-                                                              "wall_s": self.wall_s()}, self.log, last)
+                                                              "wall_s": self.wall_s(),
+                                                              "data_layout": self.stream.layout_state(merged)},
+                                     self.log, last)
         if path is not None:
             self.log.info(f"saved checkpoint {path}")
         return path is not None
@@ -164,9 +175,16 @@ class Trainer:
             self.log.info(f"run already finished at step {self.step}; nothing to train "
                           f"(use a new run_dir or raise train.steps to train more)")
             return
-        stream = TrainStream(cfg.data, cfg.model, self.dist.rank, self.dist.world, self.plan.micro, cfg.train.seed,
-                             resume=self.data_position, frames=self.task.clip_frames, targets=self.task.targets)
-        batches = iter(make_loader(stream, cfg.data.num_workers))
+        stream = self.stream = TrainStream(cfg.data, cfg.model, self.dist.rank, self.dist.world, self.plan.micro,
+                                           cfg.train.seed, resume=self.data_position, frames=self.task.clip_frames,
+                                           targets=self.task.targets, resume_layout=self.data_layout)
+        if stream.regrouped is not None:
+            self.log.info(stream.regrouped.note)
+        self.data_position = stream.positions()  # this rank's streams, recorded even before they deliver
+        batches = iter(make_loader(stream, cfg.data.num_workers, pin_memory=self.pin_memory))
+        if cfg.data.repeat_batch:  # a benchmark of everything but the loader: its first batch, over and over
+            batches = itertools.repeat(next(batches))  # (the loader and its workers end here)
+            self.log.info("data.repeat_batch: training on the first batch repeated from memory (a benchmark)")
         self.log.info(f"training steps {self.step + 1}..{total}: {self.plan.micro} clips x {self.plan.accumulation} "
                       f"accumulation x {self.plan.world} ranks = {self.plan.global_size} clips/step, "
                       f"{self.task.tokens_kept}/{self.task.tokens_total} tokens kept, dtype {self.dtype}")
@@ -179,22 +197,28 @@ class Trainer:
             self._set_keep_ratio(keep_ratio_at(cfg.turbo, self.step - 1, total))
             # Randomness (token choice) depends on (seed, step, rank) only, so a resumed run repeats it.
             torch.manual_seed(cfg.train.seed * 1_000_003 + self.step * 1009 + self.dist.rank)
-            losses = []
+            losses, keys = [], []
             for micro in range(self.plan.accumulation):
                 batch = next(batches)
-                loss = self.task.loss(self.engine, to_device(batch, self.engine.device), self.dtype)
+                keys += batch["key"]
+                loss = self.task.loss(self.engine, to_device(batch, self.engine.device, stream.spec.normalize),
+                                      self.dtype)
                 self.data_position[batch["stream"]] = batch["position"]
-                losses.append(loss.detach())
+                losses.append(loss.detach())  # stays on the device: no host sync per micro-step
                 if micro + 1 < self.plan.accumulation:  # the last micro-batch waits for the verdict
                     self.engine.backward(loss)
                     self.engine.step()
-            # Every rank's verdict before the optimizer step: the step's one collective (also the stop signals).
+            # The step's one collective and host read, which the guard cannot do without: whether to skip depends
+            # on every rank's loss, and all ranks must agree before the optimizer step (a rank skipping alone
+            # would leave ZeRO's collectives unmatched). It also carries the stop signals (no collective of their own).
             verdict = self.guard.verdict(torch.stack(losses).mean(), self.preemption.signal is not None)
             skip = verdict.problem is not None
             applied = finish_step(self.engine, loss, skip) if self.can_skip or not skip else False
             problem = self.guard.record(self.step, verdict, applied)
             window.steps += 1
-            window.flops += TRAIN_FACTOR * self.task.forward_flops() * self.plan.global_size
+            window.flops += TRAIN_FACTOR * self._forward_flops() * self.plan.global_size
+            if cfg.train.log_samples:
+                self.log.samples(self.step, all_gather_objects(keys))
             if problem is not None:
                 self.log.info(f"step {self.step}: skipped, {problem} ({self.guard.bad_in_row}/"
                               f"{cfg.train.max_bad_steps} bad in a row)")
@@ -253,6 +277,12 @@ class Trainer:
         for selector in self.selectors:
             selector.set_keep_ratio(ratio)
 
+    def _forward_flops(self) -> float:
+        """One training clip's forward FLOPs at the current keep ratio."""
+        if self.keep_ratio not in self._flops:
+            self._flops[self.keep_ratio] = self.task.forward_flops()
+        return self._flops[self.keep_ratio]
+
     def _log_train(self, window: LogWindow) -> None:
         elapsed = time.perf_counter() - window.start
         skipped, short = all_reduce_sum([sum(p["skipped"] for p in self.data_position.values()),
@@ -284,20 +314,24 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
         """Every validation clip once across ranks; short ranks run padding batches so collectives match."""
+        workers = self.cfg.data.num_workers  # decoding in worker processes, as in training
         stream = EvalStream(self.cfg.data, self.cfg.model, self.dist.rank, self.dist.world, self.cfg.eval.batch_size,
-                            self.cfg.eval, frames=self.task.clip_frames, targets=self.task.targets)
+                            self.cfg.eval, num_workers=workers, frames=self.task.clip_frames, targets=self.task.targets)
         self.engine.eval()
-        start, outputs, position, batches = time.perf_counter(), [], {}, iter(make_loader(stream, 0))
+        start, outputs, positions = time.perf_counter(), [], {}
+        batches = iter(make_loader(stream, workers, pin_memory=self.pin_memory))
         for _ in range(stream.num_batches):
             batch = next(batches, None)
             if batch is None:  # this rank is out of clips: run the same collectives, record nothing
                 self.task.eval_padding(self.engine, self.dtype)
                 continue
-            outputs.append(self.task.eval_step(self.engine, to_device(batch, self.engine.device), self.dtype))
-            position = batch["position"]
+            outputs.append(self.task.eval_step(self.engine, to_device(batch, self.engine.device, stream.spec.normalize),
+                                               self.dtype))
+            positions[batch["stream"]] = batch["position"]  # each worker counts its own part
         metrics = self.task.eval_metrics(outputs)  # reduces over ranks
         self.engine.train()
-        skipped, short = all_reduce_sum([position.get("skipped", 0), position.get("short", 0)])
+        skipped, short = all_reduce_sum([sum(p["skipped"] for p in positions.values()),
+                                         sum(p["short"] for p in positions.values())])
         record = {"step": self.step, **metrics, "eval/skipped_samples": int(skipped), "eval/short_videos": int(short),
                   "eval/keep_ratio": self.cfg.turbo.eval_keep_ratio, "eval/seconds": time.perf_counter() - start,
                   "wall_s": self.wall_s()}

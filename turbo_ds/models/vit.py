@@ -118,6 +118,15 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
+def compile_blocks(blocks: nn.ModuleList) -> None:
+    """``torch.compile`` each block in place (parameter names stay): the blocks share one compiled graph, which
+    fuses the LayerNorms, GELU, biases and residual adds. A new token count or batch size compiles once more
+    with those sizes symbolic (torch's automatic dynamic shapes), so a keep-ratio schedule or a short last
+    evaluation batch does not compile per size."""
+    for block in blocks:
+        block.compile()
+
+
 def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, checkpointing: bool) -> torch.Tensor:
     """``blocks`` in order. With ``checkpointing`` in training (grad on), each block is recomputed in
     backward: ~1/3 more compute for not storing its activations."""
@@ -151,6 +160,8 @@ class VideoViT(nn.Module):
         rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # 0 -> drop_path over depth
         self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.norm_eps, rate)
                                     for rate in rates)
+        if cfg.compile:
+            compile_blocks(self.blocks)
         self.norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)  # after pooling: VideoMAE's fc_norm
         self.num_tokens, self.width = num_tokens, cfg.width
         self.activation_checkpointing = cfg.activation_checkpointing

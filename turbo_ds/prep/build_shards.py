@@ -58,10 +58,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="fixed class list: a text file (one name a line) or another dataset folder/manifest.json, "
                         "so that e.g. train and val share label ids (default: the sorted labels of this manifest)")
     p.add_argument("--shard-size", type=int, default=256,
-                   help="videos per shard (default 256); a worker holds about two shards' bytes in memory")
+                   help="videos per shard (default 256); the main process holds about one shard's bytes in memory")
     p.add_argument("--prefix", default="shard", help="shard file prefix: PREFIX-000000.tar (default 'shard')")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="parallel processes, one shard each at a time (default: CPU count); never changes the output")
+                   help="parallel processes, one video each at a time (default: CPU count); never changes the output")
     enc = p.add_argument_group("encoding (default: re-encode to H.264 yuv420p mp4)")
     enc.add_argument("--fps", type=float, help="output frame rate (default: the source rate, at most 30)")
     enc.add_argument("--short-side", type=int,

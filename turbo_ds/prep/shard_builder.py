@@ -10,14 +10,18 @@ An output folder holds::
 
 Every file is written to a temp name and renamed, so a killed run (even ``kill -9``)
 leaves only complete files; a rerun skips shards that have a completion record and
-rebuilds the rest, ending with the same bytes as an uninterrupted run. One shard is
-one unit of work, so the result does not depend on the number of workers.
+rebuilds the rest, ending with the same bytes as an uninterrupted run. One item (one
+video) is one unit of work: workers transcode items, and a shard is written, its items in
+manifest order, once all of them are in. So every worker is busy even when a manifest holds
+fewer (long) videos than one shard, and the bytes do not depend on the number of workers.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import fcntl
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -162,24 +166,33 @@ def _reason(e: BaseException) -> str:
     return str(e) if isinstance(e, SkipSample) else describe_error(e)
 
 
-def build_shard(job: ShardJob, progress: Callable[[], None] = lambda: None) -> tuple[int, int]:
-    """Write one shard and then its completion record; returns (written, skipped)."""
-    samples, errors = [], []
-    for item in job.items:
-        try:
-            samples.append(make_sample(item, job))
-        except SKIPPED as e:
-            errors.append({"row": item.row, "path": item.source, "reason": _reason(e)})
-        progress()
+def _outcome(item: Item, job: ShardJob) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(the sample, None), or (None, the errors.jsonl record) when the item cannot be built."""
+    try:
+        return make_sample(item, job), None
+    except SKIPPED as e:
+        return None, {"row": item.row, "path": item.source, "reason": _reason(e)}
+
+
+def _write_shard(job: ShardJob, outcomes: list[tuple[dict | None, dict | None]]) -> None:
+    """Write one shard from its items' outcomes (in item order), then its completion record."""
+    samples = [sample for sample, _ in outcomes if sample is not None]
+    errors = [error for _, error in outcomes if error is not None]
     if samples:  # a shard whose items all failed has no tar, only its record
         write_shard(Path(job.out) / job.name, samples)
     atomic_write_json(_record_path(job.out, job.name), {"num_samples": len(samples), "errors": errors})
-    return len(samples), len(errors)
+
+
+def build_shard(job: ShardJob, progress: Callable[[], None] = lambda: None) -> None:
+    """Build one shard in this process."""
+    outcomes = []
+    for item in job.items:
+        outcomes.append(_outcome(item, job))
+        progress()
+    _write_shard(job, outcomes)
 
 
 # ---------------------------------------------------------------- worker processes
-
-_counter = None  # per worker: the shared count of finished items, for the progress bar
 
 
 def _die_with_parent(parent: int) -> None:
@@ -190,37 +203,36 @@ def _die_with_parent(parent: int) -> None:
             os._exit(1)
 
 
-def _init_worker(counter, parent: int) -> None:
-    global _counter
-    _counter = counter
-    _die_with_parent(parent)
-
-
-def _count_one() -> None:
-    with _counter.get_lock():
-        _counter.value += 1
-
-
-def _run_in_worker(job: ShardJob) -> tuple[int, int]:
-    return build_shard(job, _count_one)
-
-
 def _run_jobs(jobs: list[ShardJob], workers: int, bar: tqdm) -> None:
-    if workers <= 1 or len(jobs) <= 1:  # in-process: no start-up cost, easy to debug
+    """Items go to the workers in order, at most 2 per worker in flight, so this process holds the samples of
+    only the shards with an item in flight; each shard is written as soon as its last item is in."""
+    items = [(k, i, item) for k, job in enumerate(jobs) for i, item in enumerate(job.items)]
+    if workers <= 1 or len(items) <= 1:  # in-process: no start-up cost, easy to debug
         for job in jobs:
             build_shard(job, lambda: bar.update(1))
         return
+    bare = [dataclasses.replace(job, items=()) for job in jobs]  # what a worker needs besides its item
+    outcomes: list[list] = [[None] * len(job.items) for job in jobs]
+    missing = [len(job.items) for job in jobs]
     # spawn: FFmpeg/threads in a forked child are not safe, and spawn is portable.
-    ctx = mp.get_context("spawn")
-    counter, start = ctx.Value("q", 0), bar.n
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker,
-                             initargs=(counter, os.getpid())) as pool:
-        pending = {pool.submit(_run_in_worker, job) for job in jobs}
-        while pending:
-            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+    ctx, todo = mp.get_context("spawn"), iter(items)
+    with ProcessPoolExecutor(min(workers, len(items)), mp_context=ctx, initializer=_die_with_parent,
+                             initargs=(os.getpid(),)) as pool:
+        running: dict = {}
+        while True:
+            for k, i, item in itertools.islice(todo, 2 * workers - len(running)):
+                running[pool.submit(_outcome, item, bare[k])] = k, i
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
-                future.result()  # a worker's crash stops the build (rerun resumes)
-            bar.update(start + counter.value - bar.n)
+                k, i = running.pop(future)
+                outcomes[k][i] = future.result()  # a worker's crash stops the build (rerun resumes)
+                bar.update(1)
+                missing[k] -= 1
+                if not missing[k]:
+                    _write_shard(jobs[k], outcomes[k])
+                    outcomes[k] = []  # free its samples
 
 
 # ---------------------------------------------------------------- the output folder
