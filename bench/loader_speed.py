@@ -10,7 +10,8 @@
 Loader: TrainStream through make_loader with W workers (decode only the picked frames +
 sample + crop/resize/normalise + collate), decoded cache off. Raw: W processes, each
 decoding every frame of its share of the same clips with plain PyAV (``container.decode``
-+ ``frame.to_ndarray(format="rgb24")``, default threading); also the same loop with the
++ ``frame.to_ndarray(format="rgb24")``, default threading; no frame is kept, so a 10-minute
+720p film costs one frame of memory, not 39 GB); also the same loop with the
 loader's decoder settings ("tuned": shared RGB converter, ``--decode-threads``) for
 reference. Runs alternate (raw, tuned, loader) ``--repeats`` times; medians are reported,
 so load from other processes hits all three alike. CPU ms/clip (all processes' user +
@@ -62,7 +63,7 @@ from turbo_ds.data.pipeline import TrainStream, make_loader  # noqa: E402
 from turbo_ds.data.locations import is_remote, redact  # noqa: E402
 from turbo_ds.data.shards import MANIFEST, shard_name, write_manifest, write_shard  # noqa: E402
 from turbo_ds.data.storage import ShardSource, read_bytes  # noqa: E402
-from turbo_ds.data.video import decode_frames  # noqa: E402
+from turbo_ds.data.video import iter_frames  # noqa: E402
 from turbo_ds.prep.demo import CLASS_NAMES, DemoSettings, render_clip  # noqa: E402
 from turbo_ds.prep.transcode import TranscodeSettings, encode_mp4, transcode  # noqa: E402
 
@@ -153,12 +154,21 @@ def read_clips(location: str, count: int) -> list[bytes]:
 
 
 def plain_decode(data: bytes) -> int:
+    """Every frame to RGB with plain PyAV; each frame is dropped once converted (memory: one frame, on any video)."""
     with av.open(io.BytesIO(data)) as container:
-        return len([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+        return sum(1 for f in container.decode(video=0) if f.to_ndarray(format="rgb24") is not None)
 
 
 def tuned_decode(data: bytes, threads: int = 1) -> int:
-    return len(decode_frames(data, threads))
+    """The same with the loader's decoder settings (and its bounds: huge frames are downscaled)."""
+    return sum(1 for _ in iter_frames(data, threads))
+
+
+def clip_shape(data: bytes) -> tuple[int, int, int]:
+    """(frames, height, width) from the container's metadata (frames: 0 when it does not say)."""
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        return stream.frames, stream.codec_context.height, stream.codec_context.width
 
 
 def cpu_seconds() -> float:
@@ -275,8 +285,7 @@ def main(argv=None) -> None:
 
 def run(a: argparse.Namespace, folder: str) -> None:
     clips = read_clips(a.local or folder, a.batches * a.batch_size)
-    first = decode_frames(clips[0])  # (T, H, W, 3)
-    frames_per_clip, height, width = first.shape[:3]
+    frames_per_clip, height, width = clip_shape(clips[0])
     size = a.size or min(height, width)
     a.sampling = a.sampling or "uniform"
     data = DataConfig(train=folder, val=folder, num_workers=a.workers, decoded_cache_clips=0,

@@ -86,7 +86,7 @@ def test_seeking_skips_frames_before_the_window(long_clip, monkeypatch):
             yield frame
 
     monkeypatch.setattr(video, "_decode_needed", counting_decode)
-    monkeypatch.setattr(video, "_rgb", lambda f: converted.append(f.pts) or real_rgb(f))
+    monkeypatch.setattr(video, "_rgb", lambda f, *size: converted.append(f.pts) or real_rgb(f, *size))
     got = read_frames(data, lambda n: np.arange(44, 52))
     assert np.array_equal(got, full[44:52])
     assert len(converted) == 8 and len(decoded) <= 12  # from keyframe 40 on, not from frame 0

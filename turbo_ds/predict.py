@@ -60,7 +60,7 @@ class Clips:
         cfg = task.cfg
         self.spec = ClipSpec.from_config(cfg.data, cfg.model, train=False, evaluation=cfg.eval,
                                          frames=task.clip_frames)
-        self.decode = decode(self.spec, DecodedCache(0, cfg.data.decode_threads), StreamPosition())
+        self.decode = decode(self.spec, DecodedCache(0, cfg.data), StreamPosition())
         self.views = choose_views(self.spec)
 
     def __call__(self, name: str, path: Path) -> torch.Tensor:

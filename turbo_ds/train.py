@@ -29,6 +29,7 @@ from turbo_ds.engine.distributed import world_from_env  # noqa: E402
 if TYPE_CHECKING:
     from turbo_ds.engine.checkpoint import CheckpointManager
     from turbo_ds.engine.distributed import DistInfo
+    from turbo_ds.engine.lock import RunDirLock
     from turbo_ds.engine.metrics import RunLog
 
 
@@ -57,7 +58,7 @@ def check_data(cfg: Config, world: int) -> None:
         if not is_remote(location) and not given and not (Path(location) / MANIFEST).is_file():
             if cfg.data.generate_demo:
                 continue
-            raise ConfigError(f"{key}={folder}: no dataset there ({MANIFEST} missing); build shards with "
+            raise ConfigError(f"{key}={location}: no dataset there ({MANIFEST} missing); build shards with "
                               "data_prep/ or set data.generate_demo=true for the demo data")
         try:
             manifest = ShardSource.from_config(cfg.data, split).manifest if split else read_manifest(location)
@@ -120,6 +121,9 @@ def resolve_keep_ratio(cfg: Config, ds: DeepSpeedConfig, dist_info: DistInfo, lo
     return dataclasses.replace(cfg, turbo=dataclasses.replace(cfg.turbo, keep_ratio=float(outcome)))
 
 
+LOST_PEER = 1  # exit status when a collective failed: a rank or its node is gone (config errors exit 2, run errors 3)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Everything that can be wrong with the configs fails here, before any engine starts.
@@ -132,24 +136,76 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         return config_error(e)
 
-    import torch
-
-    from turbo_ds.data.storage import ShardReadError, ShardSource
     from turbo_ds.engine.checkpoint import CheckpointManager
-    from turbo_ds.engine.distributed import barrier, init_distributed, is_collective_failure, shutdown
-    from turbo_ds.engine.metrics import RunLog
-    from turbo_ds.engine.trainer import Trainer
-    from turbo_ds.tasks import build_task, task_type
+    from turbo_ds.engine.distributed import init_distributed, shutdown
+    from turbo_ds.engine.errors import EXIT_CODE, RunDirLocked, RunError
+    from turbo_ds.engine.quiet import show_repeated_warnings_once
 
+    show_repeated_warnings_once()
     try:
         dist_info = init_distributed()
     except ConfigError as e:  # a launcher setting that contradicts where the ranks run
         return config_error(e)
     run_dir = Path(cfg.run_dir)
+    checkpoints = CheckpointManager(run_dir, dist_info, cfg.train)
+    lock = checkpoints.lock()
+    try:
+        code = train(cfg, ds, plan, dist_info, checkpoints, hold_run_dir(run_dir, lock, dist_info))
+    except RunError as e:  # decided on every rank: rank 0 says why in one line, every rank exits non-zero
+        if dist_info.is_main:
+            print(str(e), file=sys.stderr, flush=True)
+            if not isinstance(e, RunDirLocked):  # the run dir, and its train.log, are another trainer's
+                _append(run_dir / "train.log", str(e))
+        code = EXIT_CODE
+    finally:  # also on a crash (which leaves the process group alone: its peers may sit in a collective)
+        if dist_info.is_main:
+            lock.release()
+    if code != LOST_PEER:  # a lost peer never reaches shutdown's barrier
+        shutdown()
+    return code
+
+
+def hold_run_dir(run_dir: Path, lock: "RunDirLock", dist_info: "DistInfo") -> str | None:
+    """Rank 0 takes the run dir's lock before anything is written there; every rank learns the outcome."""
+    from turbo_ds.engine.distributed import broadcast_from_main
+    from turbo_ds.engine.errors import RunDirLocked
+
+    outcome: str | RunDirLocked | None = None
     if dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            outcome = lock.acquire()
+        except RunDirLocked as e:
+            outcome = e
+    outcome = broadcast_from_main(outcome)
+    if isinstance(outcome, RunDirLocked):
+        raise outcome
+    return outcome
+
+
+def _append(path: Path, line: str) -> None:
+    try:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+    except OSError:
+        pass  # the line is on stderr already
+
+
+def train(cfg: Config, ds: DeepSpeedConfig, plan, dist_info: "DistInfo", checkpoints: "CheckpointManager",
+          lock_note: str | None) -> int:
+    import torch
+
+    from turbo_ds.data.storage import ShardReadError, ShardSource
+    from turbo_ds.engine.distributed import barrier, is_collective_failure
+    from turbo_ds.engine.errors import EXIT_CODE
+    from turbo_ds.engine.metrics import RunLog
+    from turbo_ds.engine.trainer import Trainer
+    from turbo_ds.tasks import build_task, task_type
+
+    run_dir = Path(cfg.run_dir)
     log = RunLog(run_dir, dist_info.is_main)
-    checkpoints = CheckpointManager(run_dir, dist_info, cfg.train)
+    if lock_note:
+        log.info(lock_note)
     if dist_info.is_main:
         task_type(cfg.task).prepare(cfg, log.info)  # e.g. demo data, a tokenizer trained on the captions
     try:
@@ -180,13 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trainer = Trainer(cfg, ds, plan, dist_info, task, checkpoints, log)
     except ConfigError as e:  # a checkpoint that does not fit this run (another model shape or ZeRO stage)
+        log.close()
         return config_error(e, dist_info.is_main)
     try:
         trainer.fit()
     except ShardReadError as e:  # the store lost too much of an epoch: one line, not a traceback
         log.info(f"data error: {e}")
         print(f"data error (rank {dist_info.rank}): {redact(str(e))}", file=sys.stderr)
-        return 3
+        return EXIT_CODE
     except RuntimeError as e:
         if not is_collective_failure(e):
             raise
@@ -196,9 +253,9 @@ def main(argv: list[str] | None = None) -> int:
               f"train.collective_timeout_s={cfg.train.collective_timeout_s:g}; the newest complete checkpoint is "
               f"{checkpoints.latest}: rerun (or requeue) with the same run_dir to resume from it",
               file=sys.stderr, flush=True)
-        return 1
-    log.close()
-    shutdown()
+        return LOST_PEER
+    finally:
+        log.close()
     return 0
 
 

@@ -113,6 +113,17 @@ class DeepSpeedConfig:
     def zero_stage(self) -> int:
         return int(self.raw.get("zero_optimization", {}).get("stage", 0))
 
+    @property
+    def skips_nonfinite_steps(self) -> bool:
+        """Whether DeepSpeed's own overflow check skips a step whose gradients are not finite (no update,
+        gradients cleared, LR schedule held): fp16 always; bf16 unless ``bf16.check_grad_overflow`` is false
+        on ZeRO-1/2 (ZeRO-0's bf16 optimizer and ZeRO-3 check the gradient norm anyway); fp32 on ZeRO-3."""
+        if self.precision == "fp16" or self.zero_stage == 3:
+            return True
+        if self.precision == "bf16":
+            return self.zero_stage == 0 or self.raw["bf16"].get("check_grad_overflow", True) is not False
+        return False
+
     def state_bytes(self, num_params: int) -> dict[str, int]:
         """Bytes of parameters, gradients and optimizer state (fp32 master + 2 Adam moments) for ``num_params``."""
         mixed = self.precision != "fp32"

@@ -114,6 +114,10 @@ class DataConfig:
     "fully decoded videos kept in memory per loader stream (for tiny datasets; 0 = off: decode only picked frames)"
     decode_threads: int = 1
     "FFmpeg decoder threads per loader process (1 is fastest when workers fill the cores; 0 = FFmpeg picks)"
+    max_decode_pixels: int = 1920 * 1080
+    "larger frames are downscaled (aspect kept) while decoded; videos over 16x this (8K at 1080p) are skipped, counted"
+    decode_timeout_s: float = 60.0
+    "a video still decoding after this many seconds is abandoned, skipped and counted (0 = no limit)"
     sampling: Literal["uniform", "dense"] = "uniform"
     "temporal sampling: one pick per equal segment of the whole video, or one window of consecutive picks"
     frame_stride: int = 4
@@ -156,6 +160,12 @@ class TrainConfig:
     "checkpoint and stop this invocation at step N (split a run over several jobs); rerun to continue"
     collective_timeout_s: float = 300.0
     "seconds a collective waits for its peers once training runs (from the first step on); a lost node then ends the job"
+    divergence_factor: float = 10.0
+    "a step whose loss exceeds this x the median of recent good steps is bad and skipped (0 = only NaN/inf is bad)"
+    max_bad_steps: int = 3
+    "stop the run with an error after this many bad (skipped) steps in a row; nothing is saved from bad weights"
+    ckpt_failure: Literal["stop", "continue"] = "stop"
+    "a checkpoint that cannot be written (disk full, I/O error): stop with an error, or continue and retry at the next"
     log_samples: bool = False
     "write the keys of the clips every rank trained on at each step to <run_dir>/samples.jsonl (a data audit)"
     layer_decay: float = 1.0

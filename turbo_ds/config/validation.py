@@ -66,6 +66,11 @@ def check_data(d: DataConfig) -> None:
                   "data.frame_stride": d.frame_stride})
     _at_least(0, {"data.num_workers": d.num_workers, "data.decode_threads": d.decode_threads,
                   "data.decoded_cache_clips": d.decoded_cache_clips})
+    if d.max_decode_pixels < 64 * 64:
+        raise ConfigError(f"data.max_decode_pixels={d.max_decode_pixels}: must be at least 4096 (64x64); "
+                          "the default 2073600 is 1920x1080")
+    if d.decode_timeout_s < 0:
+        raise ConfigError(f"data.decode_timeout_s={d.decode_timeout_s}: must be >= 0 (0 = no limit)")
     if len(d.crop_scale) != 2 or not 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1:
         raise ConfigError(f"data.crop_scale={d.crop_scale}: must be [min, max] with 0 < min <= max <= 1")
     if len(d.mean) != 3 or len(d.std) != 3:
@@ -93,6 +98,10 @@ def check_train(tr: TrainConfig) -> None:
     if not 0 < tr.layer_decay <= 1:
         raise ConfigError(f"train.layer_decay={tr.layer_decay}: must be in (0, 1]; 1.0 turns it off")
     _at_least(0, {"train.mixup_alpha": tr.mixup_alpha, "train.cutmix_alpha": tr.cutmix_alpha})
+    _at_least(1, {"train.max_bad_steps": tr.max_bad_steps})
+    if tr.divergence_factor != 0 and tr.divergence_factor <= 1:
+        raise ConfigError(f"train.divergence_factor={tr.divergence_factor}: must be > 1 (a loss this many times the "
+                          "recent median is bad), or 0 to flag only non-finite losses")
     if not 0 <= tr.label_smoothing < 1:
         raise ConfigError(f"train.label_smoothing={tr.label_smoothing}: must be in [0, 1)")
     if tr.collective_timeout_s <= 0:

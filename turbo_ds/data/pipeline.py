@@ -33,7 +33,8 @@ decodes it.
 
 Bad data is skipped and counted (``StreamPosition.skipped``), never fatal: an unreadable
 tar file or member through ``StreamPosition.tar_handler``, a sample that raises
-``DataError`` (corrupt mp4, missing or unparsable member, no caption) through
+``DataError`` (corrupt mp4, a video over ``data.max_decode_pixels`` x 16 or still decoding after
+``data.decode_timeout_s``, missing or unparsable member, no caption) through
 ``each_or_skip``. Any other exception is a bug and propagates. Shards are located and read
 by ``storage.ShardSource`` (a local folder or a URL): a shard that cannot be read after
 retries is counted in ``StreamPosition.skipped_shards`` and its samples become placeholders
@@ -65,7 +66,8 @@ from turbo_ds.data.errors import DataError
 from turbo_ds.data.position import Layout, Ranges, regroup, share
 from turbo_ds.data.shards import check_readers
 from turbo_ds.data.storage import ShardSource, check_not_lost
-from turbo_ds.data.video import decode_frames, dense_indices, read_frames, sample_indices
+from turbo_ds.data.video import (DecodeLimits, VideoTooLarge, decode_frames, dense_indices, read_frames,
+                                 sample_indices)
 
 Stage = Callable[[Iterator[Any]], Iterator[Any]]  # one step of a pipeline: samples in, samples out
 Targets = Literal["label", "captions"]  # what a task learns from: `cls` ids, or `txt`/json captions
@@ -201,17 +203,21 @@ class DecodedCache:
     whole once so that later epochs can pick other frames from memory.
     """
 
-    def __init__(self, capacity: int, threads: int = 1) -> None:
-        self.capacity, self.threads, self.items = capacity, threads, OrderedDict()
+    def __init__(self, capacity: int, data: DataConfig) -> None:
+        self.capacity, self.threads, self.items = capacity, data.decode_threads, OrderedDict()
+        self.limits = DecodeLimits(data.max_decode_pixels, data.decode_timeout_s)
 
     def read(self, key: str, data: bytes, choose: Callable[[int], np.ndarray]) -> np.ndarray:
         """The frames ``choose(num_frames)`` picks for this sample, (picks, H, W, 3) uint8."""
         if not self.capacity:
-            return read_frames(data, choose, self.threads)
+            return read_frames(data, choose, self.threads, self.limits)
         if key in self.items:
             self.items.move_to_end(key)
         else:
-            self.items[key] = decode_frames(data, self.threads)
+            try:
+                self.items[key] = decode_frames(data, self.threads, self.limits)
+            except VideoTooLarge:  # too long to keep whole: decode only the picks
+                return read_frames(data, choose, self.threads, self.limits)
             if len(self.items) > self.capacity:
                 self.items.popitem(last=False)
         video = self.items[key]
@@ -516,7 +522,7 @@ class TrainStream(IterableDataset):
         pipeline.append(shuffle(self.data.shuffle_buffer, order))  # shuffle buffer, seeded per stream and epoch
         if raw:
             return pipeline
-        spec, cache = self.spec, cache or DecodedCache(0, self.data.decode_threads)
+        spec, cache = self.spec, cache or DecodedCache(0, self.data)
         return pipeline + [
             pos.count,  # raw samples consumed this epoch, and which: what a checkpoint records
             drop_first(resume_at),  # resume mid-epoch: drop what was already trained on, without decoding
@@ -535,7 +541,7 @@ class TrainStream(IterableDataset):
         worker, workers = _worker()
         name, spec = f"rank{self.rank}/worker{worker}", self.spec
         pos = StreamPosition(**self.resume.get(name, {}))
-        cache = DecodedCache(self.data.decoded_cache_clips, self.data.decode_threads)
+        cache = DecodedCache(self.data.decoded_cache_clips, self.data)
         resume_at, pos.consumed, pos.done = pos.consumed, 0, {}  # counted again while skipping
 
         def epochs() -> Iterator[dict]:
@@ -587,7 +593,7 @@ class EvalStream(IterableDataset):
             pos.count,
             each_or_skip(check_not_lost, pos),  # placeholders of a shard that could not be read: skipped, counted
             each_or_skip(parse_targets(spec.targets), pos),  # label or captions; bad ones skipped and counted
-            each_or_skip(decode(spec, DecodedCache(0, self.data.decode_threads), pos), pos),  # corrupt: skipped
+            each_or_skip(decode(spec, DecodedCache(0, self.data), pos), pos),  # corrupt, huge, hanging: skipped
             each(choose_views(spec)),  # num_clips x num_crops fixed views
             batch(self.batch_size, lambda group: collate(group, spec, f"eval{self.rank}/worker{worker}", pos),
                   partial=True),

@@ -7,11 +7,24 @@ needed frame, skips the non-reference frames it does not need (FFmpeg's ``skip_f
 other frame is predicted from them, so the needed ones decode to the same pixels; with x264's
 default B-frames that is ~45% of the frames leading to a pick), and only needed frames are
 converted to RGB.
+
+Decoding never takes more than a bounded amount of memory or time, whatever the file
+(``DecodeLimits``: ``data.max_decode_pixels``, ``data.decode_timeout_s``): frames larger than
+``max_pixels`` are downscaled while they are converted to RGB, a header announcing frames over
+``SOURCE_PIXEL_FACTOR`` times that is refused before decoding (``VideoTooLarge``), only picked
+frames are kept (also when metadata is missing or wrong: then every frame is decoded twice, once
+to count, once to keep the picks), and a decode that outlives ``timeout_s`` is abandoned
+(``DecodeTimeout``; skipped non-reference frames are still demuxed through the deadline-checked
+bytes). All three are ``CorruptVideo``s, which the loader skips and counts.
 """
 
 from __future__ import annotations
 
 import io
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable, Iterator
 
@@ -29,56 +42,211 @@ _RGB = VideoReformatter()
 _RGB_OPTIONS = {"threads": 1} if int(av.__version__.split(".")[0]) >= 17 else {}
 DECODE_ERRORS = (av.error.FFmpegError, ValueError, IndexError, EOFError)
 _GOP_SCAN = 1000  # index entries read to find the first two keyframes (bounded cost on long videos)
+SOURCE_PIXEL_FACTOR = 16  # frames up to 16x max_pixels are decoded (and downscaled): 8K at the 1080p default
+DECODE_ALL_MAX_BYTES = 256 * 2**20  # decode_frames: the most RGB bytes one whole video may take
 
 
 class CorruptVideo(DataError):
     """Raised for bytes that FFmpeg cannot turn into frames; the loader skips and counts them."""
 
 
-def _rgb(frame: av.VideoFrame) -> np.ndarray:
-    return _RGB.reformat(frame, format="rgb24", **_RGB_OPTIONS).to_ndarray()  # (H, W, 3) uint8
+class VideoTooLarge(CorruptVideo):
+    """Frames (per the header) or a whole decoded video beyond the bounds of ``DecodeLimits``."""
 
 
-def _open_stream(container: av.container.InputContainer, threads: int) -> av.video.stream.VideoStream:
+class DecodeTimeout(CorruptVideo):
+    """A decode that outlived ``DecodeLimits.timeout_s`` was abandoned."""
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What decoding one video may cost (``data.max_decode_pixels``, ``data.decode_timeout_s``)."""
+
+    max_pixels: int = 1920 * 1080  # the defaults of data.max_decode_pixels and data.decode_timeout_s
+    "frames with more pixels are downscaled (aspect kept) while they are converted to RGB"
+    timeout_s: float = 60.0
+    "a video still decoding after this many seconds is abandoned (DecodeTimeout); 0 = no limit"
+
+    def rgb_size(self, width: int, height: int) -> tuple[int, int] | None:
+        """(width, height) to convert a frame of this size to, or None to keep its size."""
+        if width * height <= self.max_pixels:
+            return None
+        scale = math.sqrt(self.max_pixels / (width * height))
+        return max(1, int(width * scale)), max(1, int(height * scale))
+
+
+class _Deadline:
+    """The time a decode must finish by; checked on every read of the bytes and every decoded frame."""
+
+    def __init__(self, timeout_s: float):
+        self.timeout_s = timeout_s
+        self.end = time.monotonic() + timeout_s if timeout_s else math.inf
+
+    def check(self) -> None:
+        if time.monotonic() > self.end:
+            raise DecodeTimeout(f"decoding took over {self.timeout_s:g} s (data.decode_timeout_s); abandoned")
+
+
+class _TimedBytes(io.BytesIO):
+    """The video's bytes for FFmpeg; a demuxer that keeps reading past the deadline is stopped here."""
+
+    def __init__(self, data: bytes, deadline: _Deadline):
+        super().__init__(data)
+        self.deadline = deadline
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.deadline.check()
+        return super().read(size)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.deadline.check()
+        return super().seek(offset, whence)
+
+
+def _rgb(frame: av.VideoFrame, size: tuple[int, int] | None = None) -> np.ndarray:
+    if size is None:
+        return _RGB.reformat(frame, format="rgb24", **_RGB_OPTIONS).to_ndarray()  # (H, W, 3) uint8
+    return _RGB.reformat(frame, *size, format="rgb24", interpolation="AREA", **_RGB_OPTIONS).to_ndarray()
+
+
+@contextmanager
+def _decoding() -> Iterator[None]:
+    """FFmpeg's and PyAV's errors as CorruptVideo; ours (a CorruptVideo is also a ValueError) as raised."""
+    try:
+        yield
+    except CorruptVideo:
+        raise
+    except DECODE_ERRORS as e:
+        raise CorruptVideo(f"cannot decode video: {e}") from e
+
+
+def _open(data: bytes, deadline: _Deadline) -> av.container.InputContainer:
+    return av.open(_TimedBytes(data, deadline))
+
+
+def _open_stream(container: av.container.InputContainer, threads: int,
+                 limits: DecodeLimits) -> av.video.stream.VideoStream:
+    if not container.streams.video:
+        raise CorruptVideo("no video stream")
     stream = container.streams.video[0]
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if width * height > SOURCE_PIXEL_FACTOR * limits.max_pixels:
+        raise VideoTooLarge(f"frames of {width}x{height} exceed {SOURCE_PIXEL_FACTOR} x data.max_decode_pixels="
+                            f"{limits.max_pixels}")
     # Threads pay off only for large frames; with one loader process per core, 1 is fastest.
     stream.codec_context.thread_type = "AUTO"
     stream.codec_context.thread_count = threads  # 0: FFmpeg picks
     return stream
 
 
-def decode_frames(data: bytes, threads: int = 1) -> np.ndarray:
-    """Decode every frame of a video to (F, H, W, 3) uint8 RGB; raise CorruptVideo on failure."""
-    try:
-        with av.open(io.BytesIO(data)) as container:
-            frames = [_rgb(f) for f in container.decode(_open_stream(container, threads))]
-    except DECODE_ERRORS as e:
-        raise CorruptVideo(f"cannot decode video: {e}") from e
-    if not frames:
+def _frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream, deadline: _Deadline,
+            needed: Callable[[int], bool] | None = None) -> Iterator[av.VideoFrame]:
+    """The stream's frames, checking the deadline at each; with ``needed``, without the non-reference frames it
+    rejects (``_decode_needed``)."""
+    frames = container.decode(stream) if needed is None else _decode_needed(container, stream, needed)
+    for frame in frames:
+        deadline.check()
+        yield frame
+
+
+def iter_frames(data: bytes, threads: int = 1, limits: DecodeLimits = DecodeLimits(),
+                rgb: bool = True) -> Iterator[np.ndarray | av.VideoFrame]:
+    """Every frame of a video, one at a time (RGB (H, W, 3) uint8, or FFmpeg's frame when not ``rgb``),
+    so that a caller that keeps none holds one frame at a time. Raises CorruptVideo on failure."""
+    deadline, count = _Deadline(limits.timeout_s), 0
+    with _decoding(), _open(data, deadline) as container:
+        for frame in _frames(container, _open_stream(container, threads, limits), deadline):
+            count += 1
+            yield _rgb(frame, limits.rgb_size(frame.width, frame.height)) if rgb else frame
+    if not count:
         raise CorruptVideo("video has no decodable frames")
+
+
+def decode_frames(data: bytes, threads: int = 1, limits: DecodeLimits = DecodeLimits(),
+                  max_bytes: int = DECODE_ALL_MAX_BYTES) -> np.ndarray:
+    """Decode every frame of a video to (F, H, W, 3) uint8 RGB; raise CorruptVideo on failure, and
+    VideoTooLarge for a video whose frames would take more than ``max_bytes`` (judged from its metadata
+    first, then while decoding: it never holds more)."""
+    _check_size_from_metadata(data, limits, max_bytes)
+    frames, total = [], 0
+    for frame in iter_frames(data, threads, limits):
+        total += frame.nbytes
+        if total > max_bytes:
+            raise VideoTooLarge(f"decoded video exceeds {max_bytes / 2**20:.0f} MiB after {len(frames)} frames")
+        frames.append(frame)
     return np.stack(frames)
 
 
-def read_frames(data: bytes, choose: Callable[[int], np.ndarray], threads: int = 1) -> np.ndarray:
+def _check_size_from_metadata(data: bytes, limits: DecodeLimits, max_bytes: int) -> None:
+    try:
+        with _open(data, _Deadline(limits.timeout_s)) as container:
+            stream = _open_stream(container, 1, limits)
+            timing = _frame_timing(stream)
+            width, height = stream.codec_context.width, stream.codec_context.height
+    except CorruptVideo:  # ours (also a ValueError): as raised
+        raise
+    except DECODE_ERRORS:
+        return  # decoding tells
+    width, height = limits.rgb_size(width, height) or (width, height)
+    if timing is not None and timing[0] * width * height * 3 > max_bytes:
+        raise VideoTooLarge(f"{timing[0]} frames of {width}x{height} exceed {max_bytes / 2**20:.0f} MiB")
+
+
+def read_frames(data: bytes, choose: Callable[[int], np.ndarray], threads: int = 1,
+                limits: DecodeLimits = DecodeLimits()) -> np.ndarray:
     """Decode only the frames ``choose(num_frames)`` picks: (len(picks), H, W, 3) uint8, in pick order.
 
     ``num_frames`` comes from the container's metadata; when that is missing or turns out
     wrong (variable frame rate, fewer frames than announced) or seeking fails, every frame
-    is decoded and ``choose`` is asked again with the true count. Raises CorruptVideo when
-    the bytes cannot be decoded at all.
+    is decoded to count them and ``choose`` is asked again with the true count. Raises
+    CorruptVideo when the bytes cannot be decoded at all, or the video exceeds ``limits``.
     """
+    deadline = _Deadline(limits.timeout_s)
     try:
-        with av.open(io.BytesIO(data)) as container:
-            stream = _open_stream(container, threads)
+        with _open(data, deadline) as container:
+            stream = _open_stream(container, threads, limits)
             timing = _frame_timing(stream)
             if timing is not None:
-                frames = _decode_picks(container, stream, np.asarray(choose(timing[0])), *timing[1:])
+                frames = _decode_picks(container, stream, np.asarray(choose(timing[0])), *timing[1:], deadline,
+                                       limits)
                 if frames is not None:
                     return frames
+    except CorruptVideo:  # ours (also a ValueError): as raised
+        raise
     except DECODE_ERRORS:
         pass  # decoding everything below tells a corrupt video from one that only resists seeking
-    frames = decode_frames(data, threads)
-    return frames[choose(len(frames))]
+    return _decode_picks_in_order(data, choose, threads, limits, deadline)
+
+
+def _decode_picks_in_order(data: bytes, choose: Callable[[int], np.ndarray], threads: int, limits: DecodeLimits,
+                           deadline: _Deadline) -> np.ndarray:
+    """Without usable metadata: one pass counts the frames, a second keeps the picked ones (memory: the picks)."""
+    with _decoding(), _open(data, deadline) as container:
+        count = sum(1 for _ in _frames(container, _open_stream(container, threads, limits), deadline))
+    if not count:
+        raise CorruptVideo("video has no decodable frames")
+    picks = np.asarray(choose(count))  # outside the try: an error in choose is a bug, not bad data
+    wanted, got = set(picks.tolist()), {}
+    with _decoding(), _open(data, deadline) as container:
+        for i, frame in enumerate(_frames(container, _open_stream(container, threads, limits), deadline)):
+            if i in wanted:
+                got[i] = _rgb(frame, limits.rgb_size(frame.width, frame.height))
+                if len(got) == len(wanted):
+                    break
+    return _in_pick_order(got, picks)
+
+
+def _in_pick_order(got: dict[int, np.ndarray], picks: np.ndarray) -> np.ndarray:
+    """(len(picks), H, W, 3) from the decoded frames by index; CorruptVideo if one is missing or differs in size."""
+    if not got or any(k not in got for k in picks.tolist()):
+        raise CorruptVideo("a picked frame could not be decoded")
+    first = next(iter(got.values()))
+    if any(f.shape != first.shape for f in got.values()):
+        raise CorruptVideo("frame size changes within the video")
+    out = np.empty((len(picks), *first.shape), np.uint8)
+    for i, k in enumerate(picks.tolist()):
+        out[i] = got[k]
+    return out
 
 
 def _frame_timing(stream: av.video.stream.VideoStream) -> tuple[int, int, Fraction, float] | None:
@@ -118,7 +286,8 @@ def _decode_needed(container: av.container.InputContainer, stream: av.video.stre
 
 
 def _decode_picks(container: av.container.InputContainer, stream: av.video.stream.VideoStream, picks: np.ndarray,
-                  start: int, per_tick: Fraction, gop: float) -> np.ndarray | None:
+                  start: int, per_tick: Fraction, gop: float, deadline: _Deadline,
+                  limits: DecodeLimits) -> np.ndarray | None:
     """Decode the frames at ``picks`` by seeking; None when timestamps disagree with the metadata."""
     num, den = per_tick.numerator, per_tick.denominator  # frame index = (pts - start) * num / den
     wanted = sorted(set(picks.tolist()))
@@ -135,7 +304,7 @@ def _decode_picks(container: av.container.InputContainer, stream: av.video.strea
         target = wanted[len(got)]
         if target - last > gop:  # a keyframe lies in between: jump to it instead of decoding the gap
             container.seek(start + round(target / per_tick), stream=stream, backward=True)
-        for frame in _decode_needed(container, stream, needed):
+        for frame in _frames(container, stream, deadline, needed):
             if frame.pts is None:
                 return None
             scaled = (frame.pts - start) * num
@@ -144,7 +313,7 @@ def _decode_picks(container: av.container.InputContainer, stream: av.video.strea
                 return None  # off the constant-rate grid, or a frame went missing
             if last < target:
                 continue
-            got[last] = _rgb(frame)
+            got[last] = _rgb(frame, limits.rgb_size(frame.width, frame.height))
             if len(got) == len(wanted):
                 break
             target = wanted[len(got)]
@@ -152,10 +321,7 @@ def _decode_picks(container: av.container.InputContainer, stream: av.video.strea
                 break  # seek for the next stretch
         else:
             return None  # end of stream before the last pick: fewer frames than announced
-    out = np.empty((len(picks), *got[wanted[0]].shape), np.uint8)
-    for i, k in enumerate(picks.tolist()):
-        out[i] = got[k]
-    return out
+    return _in_pick_order(got, picks)
 
 
 def sample_indices(num_frames: int, num_samples: int, rng: np.random.Generator | None, clip: int = 0,

@@ -9,10 +9,19 @@
     RUN/COMPLETED                        the step the run finished at
     RUN/metrics.jsonl                    (RunLog) records past the step a run resumes from are dropped
 
+    RUN/lock.json                        (RunDirLock) the trainer that holds the run dir
+    RUN/checkpoints/step_X.diverged/     a checkpoint whose weights gave the bad losses that stopped a run
+
 Saving is atomic: every rank writes its part into ``step_X.partial/``; once all are done,
 rank 0 adds ``trainer_state.json``, renames the folder to ``step_X`` and only then replaces
 ``latest`` (both renames are atomic), so ``latest`` always names a complete checkpoint and a
-crash mid-save leaves the previous one in charge.
+crash (or ``kill -9``) mid-save leaves the previous one in charge. A save that fails on any
+rank (disk full, I/O or permission error) is agreed on by every rank: the partial folder is
+removed, ``latest`` and the previous checkpoint stay as they were, and the run stops with one
+line naming the cause (``train.ckpt_failure: stop``) or trains on and retries at the next
+interval (``continue``; the last step and stop signals always stop). Old checkpoints (and universal
+copies) are renamed to ``step_X.deleting`` before their removal, so a folder named ``step_X`` or
+``step_X.universal`` is always complete.
 
 Elastic resume: ZeRO partitions the optimizer state by data-parallel rank, so a checkpoint
 written by W ranks loads as it is only on W ranks. At another world size, rank 0 converts
@@ -40,12 +49,14 @@ import yaml
 from turbo_ds.config import ConfigError, TrainConfig
 from turbo_ds.engine.consolidate import fp32_state_dict
 from turbo_ds.engine.distributed import DistInfo, barrier, broadcast_from_main
+from turbo_ds.engine.errors import CheckpointLoadError, CheckpointWriteError
+from turbo_ds.engine.gather import all_gather_objects
+from turbo_ds.engine.lock import RunDirLock
 from turbo_ds.engine.metrics import RunLog
 from turbo_ds.fileio import atomic_write_bytes, atomic_write_json
 
 TRAINER_STATE = "trainer_state.json"
-PARTIAL = ".partial"
-UNIVERSAL = ".universal"
+PARTIAL, DELETING, DIVERGED, UNIVERSAL = ".partial", ".deleting", ".diverged", ".universal"
 _STEP_DIR = re.compile(r"step_(\d{8})")
 
 
@@ -155,23 +166,67 @@ class CheckpointManager:
         """Save every ``train.ckpt_every`` steps, at the last step, and when the run stops early."""
         return step % self.train.ckpt_every == 0 or step == total or stop
 
-    def save(self, engine: Any, step: int, state: dict[str, Any]) -> Path:
-        """Write a complete checkpoint of ``engine`` at ``step`` with the trainer's ``state`` (collective)."""
+    def save(self, engine: Any, step: int, state: dict[str, Any], log: RunLog, last: bool = False) -> Path | None:
+        """Write a complete checkpoint of ``engine`` at ``step`` with the trainer's ``state`` (collective).
+
+        Returns its folder, or None when it failed and ``train.ckpt_failure`` is ``continue`` (the
+        failure is logged); raises CheckpointWriteError when it failed otherwise, or when ``last``
+        (the final step, a stop signal: no later interval to retry at).
+        """
         tag = f"step_{step:08d}"
         final, partial = self.dir / tag, self.dir / (tag + PARTIAL)
-        engine.save_checkpoint(str(self.dir), tag=partial.name, client_state={}, save_latest=False)
-        barrier()  # every rank's part is on disk
+        # Rank 0 makes the folder first: DeepSpeed's own makedirs would fail before its opening barrier.
+        error = self._agree(self._main_only(lambda: _fresh_dir(partial)))
+        if error is None:
+            error = self._agree(_deepspeed_save(engine, str(self.dir), partial.name))
+        if error is None:
+            error = self._agree(self._main_only(lambda: self._publish(partial, final, tag, step, state)))
+        if error is None:
+            return final
         if self.dist.is_main:
-            atomic_write_json(partial / TRAINER_STATE, {"step": step, "world_size": self.dist.world, **state,
-                                                        **self.configs})
-            if final.exists():  # left by an attempt that died before moving `latest` to it (never `latest`)
-                assert final != self.latest, f"{final} is the latest checkpoint; it is never written twice"
-                shutil.rmtree(final)
-            partial.rename(final)
-            atomic_write_bytes(self.dir / "latest", tag.encode())
-            self._prune()
+            shutil.rmtree(partial, ignore_errors=True)
         barrier()
-        return final
+        previous = self.latest
+        message = (f"checkpoint error: step {step} could not be written to {self.dir} ({error}; {_space(previous)}); "
+                   + (f"the previous checkpoint {previous.name} and `latest` are intact" if previous else
+                      "no earlier checkpoint exists"))
+        if last or self.train.ckpt_failure == "stop":
+            raise CheckpointWriteError(f"{message}; free space or fix the file system, then rerun with the same "
+                                       "run_dir to resume (or set train.ckpt_failure=continue to train on and retry "
+                                       "at the next interval)")
+        log.info(f"warning: {message}; training continues and retries at the next interval "
+                 "(train.ckpt_failure=continue)")
+        return None
+
+    def _publish(self, partial: Path, final: Path, tag: str, step: int, state: dict[str, Any]) -> None:
+        """Rank 0, every rank's part written: trainer state, then the renames that make the checkpoint count."""
+        atomic_write_json(partial / TRAINER_STATE, {"step": step, "world_size": self.dist.world, **state,
+                                                    **self.configs})
+        if final.exists():  # left by an attempt that died before moving `latest` to it (never `latest`)
+            assert final != self.latest, f"{final} is the latest checkpoint; it is never written twice"
+            _remove(final)
+        partial.rename(final)
+        try:
+            atomic_write_bytes(self.dir / "latest", tag.encode())
+        except OSError:
+            final.rename(partial)  # `latest` still names the previous one: this one goes with the partial folder
+            raise
+        self._prune()
+
+    def _main_only(self, action: Callable[[], None]) -> str | None:
+        """Run ``action`` on rank 0; the reason it failed, or None."""
+        if not self.dist.is_main:
+            return None
+        try:
+            action()
+        except OSError as e:
+            return _describe(e)
+        return None
+
+    def _agree(self, error: str | None) -> str | None:
+        """Collective: the first rank's error (``rank r: ...``), or None if every rank succeeded."""
+        errors = all_gather_objects(error)
+        return next((f"rank {r}: {e}" if len(errors) > 1 else e for r, e in enumerate(errors) if e), None)
 
     def prepare_resume(self, model: Any, ds_config: dict[str, Any], log: Callable[[str], None]) -> Resume | None:
         """Decide, before the engine exists, how the latest checkpoint is loaded (collective); None for a new run.
@@ -203,7 +258,7 @@ class CheckpointManager:
         outcome = self._convert(latest, universal, change, log) if self.dist.is_main else None
         outcome = broadcast_from_main(outcome)  # every rank waits for rank 0's conversion, and fails with it
         if outcome is not None:
-            raise RuntimeError(outcome)
+            raise CheckpointLoadError(outcome)
         return Resume(latest, universal.name, state, universal=True)
 
     def _check_model(self, path: Path, state: dict[str, Any] | None, model: Any) -> None:
@@ -237,9 +292,11 @@ class CheckpointManager:
                "--num_extract_workers", str(workers), "--num_merge_workers", str(max(1, workers // 2))]
         start = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
+        if done.returncode != 0:  # e.g. a full disk: the partial copy goes, the checkpoint itself is untouched
+            shutil.rmtree(partial, ignore_errors=True)
             last = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["no output"]
-            return f"converting checkpoint {source} to a universal checkpoint failed: {last[0]}"
+            return (f"checkpoint error: converting checkpoint {source} to a universal checkpoint failed: {last[0]}; "
+                    "fix the cause and rerun (the checkpoint is intact), or resume on the world size it was written by")
         (partial / target.name).rename(target)
         shutil.rmtree(partial)
         size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
@@ -250,16 +307,38 @@ class CheckpointManager:
     def restore(self, engine: Any, log: RunLog, resume: Resume | None) -> dict[str, Any] | None:
         """Load ``resume`` (``prepare_resume``'s answer) into ``engine`` and rewind the metrics log to its step.
 
+        The peak LR is the DeepSpeed JSON's, not the checkpoint's (DeepSpeed would restore the
+        scheduler's base LRs): a run resumed with a lower LR after a divergence trains at that LR.
         Returns the trainer state saved with it (``step``, ``data_position``, ...) or None for a new run.
         """
         if resume is None:
             return None
+        configured = list(engine.lr_scheduler.base_lrs)
         path, client_state = engine.load_checkpoint(str(self.dir), tag=resume.tag)
         if path is None:
-            raise RuntimeError(f"checkpoint {resume.path} could not be loaded; move it aside to start fresh")
+            raise CheckpointLoadError(f"checkpoint error: {self.dir / resume.tag} could not be loaded (DeepSpeed "
+                                      "found no checkpoint files there); move it aside and point checkpoints/latest "
+                                      "at an earlier step_X folder, or use a new run_dir to start fresh")
+        _keep_configured_lr(engine.lr_scheduler, configured, log)
         state = resume.state or client_state  # older checkpoints keep it in DeepSpeed's client state
         log.rewind(state["step"])
         return state
+
+    def roll_back(self, step: int) -> Path | None:
+        """Checkpoints from ``step`` on hold weights that produced bad losses: rename them to ``step_X.diverged``
+        and point ``latest`` at the newest one before (or remove it). Returns that one, or None (collective)."""
+        if self.dist.is_main:
+            complete = sorted(p for p in self.dir.glob("step_*") if _STEP_DIR.fullmatch(p.name))
+            for bad in (p for p in complete if int(p.name[5:]) >= step):
+                bad.rename(bad.with_name(bad.name + DIVERGED))
+            good = [p for p in complete if int(p.name[5:]) < step]
+            if good:
+                atomic_write_bytes(self.dir / "latest", good[-1].name.encode())
+            else:
+                (self.dir / "latest").unlink(missing_ok=True)
+            self._prune()  # the diverged ones' universal copies go too: a resume converts the good one
+        barrier()
+        return self.latest
 
     def finish(self, step: int) -> None:
         """Mark the run complete (a rerun then trains nothing; Slurm's launch helper stops requeueing)."""
@@ -267,17 +346,84 @@ class CheckpointManager:
             atomic_write_bytes(self.run_dir / "COMPLETED", f"{step}\n".encode())
 
     def _prune(self) -> None:
-        """Rank 0: drop partial folders of dead saves, universal copies of older checkpoints, and complete
-        checkpoints beyond keep_last_checkpoints."""
-        for stale in self.dir.glob(f"step_*{PARTIAL}"):
+        """Rank 0: drop leftovers of dead saves, conversions and deletions, universal copies of older checkpoints,
+        and complete checkpoints beyond keep_last_checkpoints."""
+        for stale in [*self.dir.glob(f"step_*{PARTIAL}"), *self.dir.glob(f"step_*{DELETING}")]:
             shutil.rmtree(stale, ignore_errors=True)
+        for tmp in self.dir.glob(".latest.tmp*"):  # an atomic write of `latest` killed halfway
+            tmp.unlink(missing_ok=True)
+        latest = self.latest
         for copy in self.dir.glob(f"step_*{UNIVERSAL}"):  # a cache, worth keeping for the latest only
-            if copy.name != self.latest.name + UNIVERSAL:
-                shutil.rmtree(copy, ignore_errors=True)
+            if latest is None or copy.name != latest.name + UNIVERSAL:
+                _remove(copy)
         keep = self.train.keep_last_checkpoints
         if keep is None:
             return
         complete = sorted(p for p in self.dir.iterdir() if p.is_dir() and _STEP_DIR.fullmatch(p.name))
         for old in complete[:-keep]:
             if old != self.latest:  # the newest complete checkpoint is never deleted
-                shutil.rmtree(old)
+                _remove(old)
+
+    def lock(self) -> RunDirLock:
+        """The run dir's lock (rank 0 holds it for the whole run)."""
+        return RunDirLock(self.run_dir / "lock.json")
+
+
+def _fresh_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)  # left by a save that was killed
+    path.mkdir(parents=True)
+
+
+def _remove(folder: Path) -> None:
+    """Delete a checkpoint folder so that no step_X name ever shows a half-deleted one."""
+    doomed = folder.with_name(folder.name + DELETING)
+    folder.rename(doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _describe(e: BaseException) -> str:
+    """The cause in a few words: the OS error, or the first line of torch.save's "file write failed"."""
+    if isinstance(e, OSError):
+        return f"{e.strerror or type(e).__name__}" + (f": {e.filename}" if e.filename else "")
+    return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+
+
+def _space(previous: Path | None) -> str:
+    """Free space on the checkpoint file system next to what the last checkpoint took: a full disk shows."""
+    if previous is None:
+        return "no earlier checkpoint to compare with"
+    try:
+        free = shutil.disk_usage(previous).free
+        used = sum(f.stat().st_size for f in previous.iterdir() if f.is_file())
+    except OSError as e:
+        return f"free space unknown: {e.strerror}"
+    return f"{free / 2**20:.1f} MiB free, the previous checkpoint took {used / 2**20:.1f} MiB"
+
+
+def _deepspeed_save(engine: Any, save_dir: str, tag: str) -> str | None:
+    """This rank's part of DeepSpeed's save; the reason it failed, or None.
+
+    A rank whose write fails (torch.save raises RuntimeError for a full disk, OSError for
+    permissions) left DeepSpeed's save_checkpoint before its closing barrier, so it takes that
+    barrier here: in DeepSpeed 0.19 (pinned) every write comes after the opening barrier and tag
+    check and before the closing barrier, with no collective in between (the disk-full test runs
+    2 ranks through this).
+    """
+    try:
+        engine.save_checkpoint(save_dir, tag=tag, client_state={}, save_latest=False)
+    except Exception as e:  # noqa: BLE001 - whatever the write raised, the ranks must agree on it
+        barrier()
+        return _describe(e)
+    return None
+
+
+def _keep_configured_lr(scheduler: Any, configured: list[float], log: RunLog) -> None:
+    """Put back the peak LRs of this run's DeepSpeed JSON after a checkpoint restored its own."""
+    restored = list(scheduler.base_lrs)
+    if restored == configured:
+        return
+    scheduler.base_lrs = configured
+    for group, base, factor in zip(scheduler.optimizer.param_groups, configured, scheduler.lr_lambdas):
+        group["initial_lr"], group["lr"] = base, base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+    log.info(f"optimizer lr: the DeepSpeed JSON's {max(configured):.3g} replaces the checkpoint's {max(restored):.3g}")

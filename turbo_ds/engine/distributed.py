@@ -201,9 +201,15 @@ def broadcast_from_main(obj: Any) -> Any:
     return box[0]
 
 
-def all_reduce_sum(values: list[float]) -> list[float]:
-    """Elementwise sums over ranks (float64, on this rank's device: NCCL takes no CPU tensors)."""
-    t = torch.tensor(values, dtype=torch.float64, device=_device)
+def all_reduce_sum(values: list[float | torch.Tensor]) -> list[float]:
+    """Elementwise sums over ranks (float64, on this rank's device: NCCL takes no CPU tensors).
+
+    A value may be a 0-d tensor on the device (a loss): it reaches the collective without a host sync.
+    """
+    if any(isinstance(v, torch.Tensor) for v in values):
+        t = torch.stack([torch.as_tensor(v, device=_device).detach().to(torch.float64).reshape(()) for v in values])
+    else:
+        t = torch.tensor(values, dtype=torch.float64, device=_device)
     if dist.is_initialized():
         dist.all_reduce(t)
     return t.tolist()

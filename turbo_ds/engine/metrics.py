@@ -33,6 +33,7 @@ class RunLog:
         self.metrics_path = Path(run_dir) / "metrics.jsonl"
         self.samples_path = Path(run_dir) / "samples.jsonl"
         self.text = open(Path(run_dir) / "train.log", "a") if enabled else None
+        self.write_failed = False
         self.monitors: Monitors | None = None
 
     def attach(self, monitors: Monitors) -> None:
@@ -46,16 +47,11 @@ class RunLog:
             message = redact(message)  # a dataset URL's password or signature never reaches the log
             tqdm.write(message, file=sys.stdout)  # above the progress bar, when there is one
             sys.stdout.flush()
-            self.text.write(message + "\n")
-            self.text.flush()
-
-    def _append(self, path: Path, record: dict[str, Any]) -> None:
-        with open(path, "a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+            self._append(lambda: (self.text.write(message + "\n"), self.text.flush()))
 
     def metrics(self, record: dict[str, Any]) -> None:
         if self.enabled:
-            self._append(self.metrics_path, record)
+            self._append(lambda: _append_record(self.metrics_path, record))
             if self.monitors is not None:
                 self.monitors.write(record)
 
@@ -63,7 +59,18 @@ class RunLog:
         """The keys of the clips each rank trained on at ``step`` (``train.log_samples``); not a metric, so
         no monitor sees them."""
         if self.enabled:
-            self._append(self.samples_path, {"step": step, "keys": keys})
+            self._append(lambda: _append_record(self.samples_path, {"step": step, "keys": keys}))
+
+    def _append(self, write) -> None:
+        """A full or failing disk must not stop training (checkpoints report their own failures): say so once."""
+        try:
+            write()
+        except OSError as e:
+            if not self.write_failed:
+                self.write_failed = True
+                print(f"warning: cannot write to {self.metrics_path.parent} ({e.strerror}); train.log, metrics.jsonl "
+                      "and samples.jsonl miss lines from here on (the printed log stays complete)",
+                      file=sys.stderr, flush=True)
 
     def rewind(self, step: int) -> None:
         """Drop records past ``step`` (written after the checkpoint we resume from): no duplicated steps."""
@@ -81,7 +88,12 @@ class RunLog:
         if self.monitors is not None:
             self.monitors.close()
         if self.text:
-            self.text.close()
+            self._append(self.text.close)
+
+
+def _append_record(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
 
 
 def progress_bar(total: int, initial: int, enabled: bool):

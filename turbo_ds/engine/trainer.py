@@ -1,4 +1,5 @@
-"""The training loop on a DeepSpeed engine: steps, logging, evaluation, checkpoints, preemption."""
+"""The training loop on a DeepSpeed engine: steps, logging, evaluation, checkpoints, preemption, and the
+divergence guard (``engine/guard.py``): a bad step is skipped, a run of them stops the run."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -18,8 +19,10 @@ from torch.optim.lr_scheduler import LambdaLR
 from turbo_ds.config import BatchPlan, Config, DeepSpeedConfig
 from turbo_ds.data.pipeline import EvalStream, TrainStream, make_loader, to_device
 from turbo_ds.engine.checkpoint import CheckpointManager
-from turbo_ds.engine.distributed import DistInfo, all_reduce_sum, any_rank, set_collective_timeout
+from turbo_ds.engine.distributed import DistInfo, all_reduce_sum, set_collective_timeout
+from turbo_ds.engine.errors import DivergenceError
 from turbo_ds.engine.gather import all_gather_objects
+from turbo_ds.engine.guard import DivergenceGuard, finish_step
 from turbo_ds.engine.metrics import RunLog, peak_memory_mb, progress_bar
 from turbo_ds.models.flops import TRAIN_FACTOR
 from turbo_ds.models.vit import VideoViT
@@ -128,19 +131,15 @@ class PreemptionFlag:
 
 @dataclass
 class LogWindow:
-    """What this rank trained since the last log line."""
+    """What was trained since the last log line."""
 
-    loss_sum: torch.Tensor | float = 0.0
-    "sum of the micro-batch losses, kept on the device (float64): read once per log line, no host sync per step"
-    micro_steps: int = 0
+    loss_sum: float = 0.0
+    "sum of the good steps' losses, averaged over ranks: the guard's verdict read them once per step, no more syncs"
+    good_steps: int = 0
     steps: int = 0
     flops: float = 0.0
     "model FLOPs of the window's steps over all ranks (kept tokens only)"
     start: float = field(default_factory=time.perf_counter)
-
-    def add(self, loss: torch.Tensor) -> None:
-        self.loss_sum = self.loss_sum + loss.detach().double()
-        self.micro_steps += 1
 
 
 class Trainer:
@@ -164,6 +163,9 @@ class Trainer:
         # Every token selector (video towers, segment encoders) follows the keep-ratio schedule.
         self.selectors = [m for m in task.model.modules() if isinstance(m, TokenSelector)]
         self.checkpoints = checkpoints
+        self.guard = DivergenceGuard(cfg.train.divergence_factor, cfg.train.max_bad_steps, dist_info.world,
+                                     overflow_is_bad=ds.precision != "fp16")
+        self.can_skip = ds.skips_nonfinite_steps  # else a bad step stops the run before it is applied
         self.preemption = PreemptionFlag()
         self.data_position: dict[str, dict[str, Any]] = {}  # this rank's streams
         self.data_layout: dict[str, Any] | None = None  # the layout that wrote the positions resumed from
@@ -184,18 +186,23 @@ class Trainer:
             self.log.info(f"starting a new run in {self.cfg.run_dir}")
             return
         self.step, self.data_position = state["step"], state["data_position"]
+        self.guard.load_state_dict(state.get("guard", {}))
         # Checkpoints older than data_layout were written by world_size ranks x num_workers streams, no change.
         self.data_layout = state.get("data_layout") or {"ranks": state.get("world_size", self.dist.world),
                                                         "workers": max(1, state["config"]["data"]["num_workers"])}
         self.wall_before = state.get("wall_s", 0.0)
         self.log.info(f"resuming from checkpoint {self.checkpoints.latest} at step {self.step}")
 
-    def save(self) -> None:
+    def save(self, last: bool) -> bool:
         positions = all_gather_objects(self.data_position)  # every rank's streams into rank 0's file
         merged = {k: v for p in positions for k, v in p.items()}
-        path = self.checkpoints.save(self.engine, self.step, {"data_position": merged, "wall_s": self.wall_s(),
-                                                              "data_layout": self.stream.layout_state(merged)})
-        self.log.info(f"saved checkpoint {path}")
+        path = self.checkpoints.save(self.engine, self.step, {"data_position": merged, "guard": self.guard.state_dict(),
+                                                              "wall_s": self.wall_s(),
+                                                              "data_layout": self.stream.layout_state(merged)},
+                                     self.log, last)
+        if path is not None:
+            self.log.info(f"saved checkpoint {path}")
+        return path is not None
 
     # --------------------------------------------------------------- training
 
@@ -222,7 +229,7 @@ class Trainer:
                       f"collective timeout {cfg.train.collective_timeout_s:g} s from the first step")
         self.bar = bar = progress_bar(total, self.step, self.dist.is_main)
         self.started, self.first_step = time.perf_counter(), self.step
-        window = LogWindow()
+        window, save_pending = LogWindow(), False
         self.engine.train()
         while self.step < total:
             self.step += 1
@@ -233,41 +240,73 @@ class Trainer:
             self._set_keep_ratio(ratio)
             # Randomness (token choice) depends on (seed, step, rank) only, so a resumed run repeats it.
             torch.manual_seed(cfg.train.seed * 1_000_003 + self.step * 1009 + self.dist.rank)
-            keys = []
-            for _ in range(self.plan.accumulation):
+            losses, keys = [], []
+            for micro in range(self.plan.accumulation):
                 batch = next(batches)
                 keys += batch["key"]
                 loss = self.task.loss(self.engine, to_device(batch, self.engine.device, stream.spec.normalize),
                                       self.dtype)
-                self.engine.backward(loss)
-                self.engine.step()
                 self.data_position[batch["stream"]] = batch["position"]
                 self.data_events += [f"{batch['stream']}: {e}" for e in batch["events"]]
-                window.add(loss)
+                losses.append(loss.detach())  # stays on the device: no host sync per micro-step
+                if micro + 1 < self.plan.accumulation:  # the last micro-batch waits for the verdict
+                    self.engine.backward(loss)
+                    self.engine.step()
+            # The step's one collective and host read, which the guard cannot do without: whether to skip depends
+            # on every rank's loss, and all ranks must agree before the optimizer step (a rank skipping alone
+            # would leave ZeRO's collectives unmatched). It also carries the stop signals (no collective of their own).
+            verdict = self.guard.verdict(torch.stack(losses).mean(), self.preemption.signal is not None)
+            skip = verdict.problem is not None
+            applied = finish_step(self.engine, loss, skip) if self.can_skip or not skip else False
+            problem = self.guard.record(self.step, verdict, applied)
             window.steps += 1
             window.flops += TRAIN_FACTOR * self._forward_flops() * self.plan.global_size
             if cfg.train.log_samples:
                 self.log.samples(self.step, all_gather_objects(keys))
+            if problem is not None:
+                self.log.info(f"step {self.step}: skipped, {problem} ({self.guard.bad_in_row}/"
+                              f"{cfg.train.max_bad_steps} bad in a row)")
+                if self.guard.diverged or not self.can_skip or self.step == total:
+                    self._log_train(window)  # the metrics show where it stopped
+                    self._diverged(problem)
+            else:
+                window.loss_sum += verdict.loss
+                window.good_steps += 1
             bar.update(1)
             if self.step == self.first_step + 1:  # start-up skew is over: from now on a silent peer is a lost one
                 set_collective_timeout(cfg.train.collective_timeout_s)
             if self.step % cfg.train.log_every == 0 or self.step == total:
                 self._log_train(window)
                 window = LogWindow()
-            stop = any_rank(self.preemption.signal is not None) or self.step == cfg.train.stop_at_step
+            stop = verdict.stop_signal or self.step == cfg.train.stop_at_step
             if self.step % cfg.train.eval_every == 0 or self.step == total:
                 self.evaluate()
-            if self.checkpoints.due(self.step, total, stop):
-                self.save()
+            saved = False
+            if self.checkpoints.due(self.step, total, stop) or save_pending:
+                # Never from weights that just gave a bad loss: the next good step saves instead.
+                save_pending = problem is not None
+                saved = not save_pending and self.save(last=stop or self.step == total)
             if stop:
                 reason = "train.stop_at_step" if self.step == cfg.train.stop_at_step else (
                     self.preemption.signal or "a peer rank's signal")
-                self.log.info(f"stopping at step {self.step} on {reason}: checkpoint saved; "
+                saved_note = "checkpoint saved" if saved else f"no checkpoint (step {self.step} was bad)"
+                self.log.info(f"stopping at step {self.step} on {reason}: {saved_note}; "
                               "rerun with the same run_dir to resume")
                 break
         bar.close()
         if self.step >= total:
             self.checkpoints.finish(self.step)
+
+    def _diverged(self, problem: str) -> NoReturn:
+        """Stop: checkpoints of the weights that gave the bad losses are set aside, the last good one is named."""
+        start = self.guard.streak_start
+        good = self.checkpoints.roll_back(start - 1)  # the weights of step start-1 gave step start's loss
+        steps = f"step {start} was bad" if start == self.step else f"steps {start}-{self.step} were bad"
+        where = (f"last good checkpoint {good} (rerunning resumes there)" if good is not None
+                 else "no good checkpoint yet (rerunning starts over)")
+        raise DivergenceError(f"divergence: {steps} ({problem}); stopped at step {self.step} without saving; "
+                              f"{where}; try a lower learning rate (ds_config optimizer.params.lr), more warmup "
+                              "(train.warmup_steps) or gradient clipping (ds_config gradient_clipping)")
 
     def wall_s(self) -> float:
         """Training wall-clock seconds of the whole run so far, across resumed invocations."""
@@ -293,20 +332,21 @@ class Trainer:
     def _log_train(self, window: LogWindow) -> None:
         elapsed = time.perf_counter() - window.start
         positions = self.data_position.values()
-        loss, skipped, short, shards, retries, events = all_reduce_sum(
-            [float(window.loss_sum) / max(window.micro_steps, 1),  # the window's one host sync
-             sum(p["skipped"] for p in positions), sum(p.get("short", 0) for p in positions),
+        skipped, short, shards, retries, events = all_reduce_sum(
+            [sum(p["skipped"] for p in positions), sum(p.get("short", 0) for p in positions),
              sum(p.get("skipped_shards", 0) for p in positions), sum(p.get("read_retries", 0) for p in positions),
              len(self.data_events)])
         self._log_data_events(events)
+        loss = window.loss_sum / window.good_steps if window.good_steps else math.nan  # already over ranks
         record = {
-            "step": self.step, "train/loss": loss / self.dist.world, "train/lr": self.engine.get_lr()[0],
+            "step": self.step, "train/loss": loss, "train/lr": self.engine.get_lr()[0],
             "train/clips_per_s": window.steps * self.plan.global_size / elapsed,
             "train/tflops": window.flops / elapsed / 1e12,  # achieved, all ranks, kept tokens' FLOPs
             "train/keep_ratio": self.keep_ratio, "train/tokens_kept": self.task.tokens_kept,
             "train/tokens_total": self.task.tokens_total, "train/peak_mem_mb": peak_memory_mb(),
             "data/skipped_samples": int(skipped), "data/short_videos": int(short),
             "data/skipped_shards": int(shards), "data/read_retries": int(retries), "wall_s": self.wall_s(),
+            "train/skipped_steps": self.guard.skipped,
         }
         counters = self.task.counters  # task-specific running totals, e.g. truncated captions
         record.update(zip(counters, map(int, all_reduce_sum(list(counters.values())))))
@@ -319,6 +359,7 @@ class Trainer:
                       + (f" | skipped {int(skipped)} bad samples" if skipped else "")
                       + (f" | {int(shards)} shards unreadable, skipped" if shards else "")
                       + (f" | {int(retries)} shard reads retried" if retries else "")
+                      + (f" | skipped steps {self.guard.skipped}" if self.guard.skipped else "")
                       + (f" | {int(short)} videos shorter than the clip (frames repeated)" if short else ""))
 
     def _log_data_events(self, count: float) -> None:

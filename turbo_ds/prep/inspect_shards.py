@@ -6,9 +6,10 @@
 Prints samples per shard and in total (checked against manifest.json when present), the
 class histogram (names from the manifest) or the caption-length histogram,
 duration/fps/frames/resolution statistics, and how many videos do not decode (every
-video is decoded unless --no-decode). --png writes K rows x 8 evenly spaced frames of
-the first K decodable samples. A URL is read shard by shard (each downloaded to a temp file, with
-retries; one that cannot be read is listed as unreadable and the rest go on); it needs its
+video is decoded unless --no-decode, within the training loader's bounds: data.max_decode_pixels
+and data.decode_timeout_s at their defaults; memory stays bounded on any video). --png writes K rows x 8
+evenly spaced frames of the first K decodable samples. A URL is read shard by shard (each downloaded to a
+temp file, with retries; one that cannot be read is listed as unreadable and the rest go on); it needs its
 manifest.json next to the shards, or --manifest.
 """
 
@@ -28,10 +29,9 @@ import numpy as np
 from turbo_ds.data.locations import is_remote, redact
 from turbo_ds.data.shards import MANIFEST, shard_paths
 from turbo_ds.data.storage import ReadFailed, ShardSource, read_bytes
-from turbo_ds.data.video import CorruptVideo, decode_frames, sample_indices
+from turbo_ds.data.video import CorruptVideo, DecodeLimits, iter_frames, read_frames, sample_indices
 from turbo_ds.fileio import atomic_write_bytes
 from turbo_ds.prep.manifest_rows import VIDEO_EXTS, read_member, tar_samples
-from turbo_ds.prep.transcode import probe
 
 SHEET_FRAMES, CELL_HEIGHT, GAP = 8, 64, 2
 CAPTION_BINS = (0, 5, 10, 15, 20, 30, 50)  # words
@@ -173,14 +173,16 @@ def _add_labels(stats: dict, group: dict, meta: dict) -> None:
 
 
 def _decode(tar: Path, video, key: str, stats: dict, full: bool) -> np.ndarray | None:
-    """Decode (and so validate) one video; RGB frames are returned only when ``full`` (for the sheet)."""
+    """Decode (and so validate, within the loader's bounds) one video; for the sheet (``full``), its
+    SHEET_FRAMES evenly spaced frames are returned, (SHEET_FRAMES, H, W, 3): never the whole video."""
     try:
         if video is None:
             raise CorruptVideo("no video member")
         data = read_member(tar, video.offset_data, video.size)
         if full:
-            return decode_frames(data)
-        probe(data)  # decodes every frame without converting to RGB
+            return read_frames(data, lambda n: sample_indices(n, SHEET_FRAMES, None), limits=DecodeLimits())
+        for _ in iter_frames(data, limits=DecodeLimits(), rgb=False):  # every frame, one at a time
+            pass
     except CorruptVideo as e:
         stats["undecodable"].append({"shard": tar.name, "key": key, "reason": str(e)})
         return None

@@ -307,12 +307,14 @@ def probe(src: Source) -> dict:
     """Metadata of a video as stored (no re-encoding); decodes every frame to validate it."""
     with _as_corrupt(), _open(src) as container:
         stream = _video_stream(container)
-        times = [t for t, _ in _timed_frames(container, stream, _origin(stream), Fraction(0))]
-        if not times:
+        count, first, last = 0, None, None
+        for t, _ in _timed_frames(container, stream, _origin(stream), Fraction(0)):  # one frame held at a time
+            count, first, last = count + 1, t if first is None else first, t
+        if not count:
             raise CorruptVideo("video has no decodable frames")
         rate = _source_rate(stream)
-        return {"fps": round(float(rate), 6), "frames": len(times), "width": stream.codec_context.width,
-                "height": stream.codec_context.height, "duration": round(float(times[-1] - times[0] + 1 / rate), 6),
+        return {"fps": round(float(rate), 6), "frames": count, "width": stream.codec_context.width,
+                "height": stream.codec_context.height, "duration": round(float(last - first + 1 / rate), 6),
                 "has_audio": bool(container.streams.audio)}
 
 
