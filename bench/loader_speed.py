@@ -143,9 +143,9 @@ def dataset_folder(spec: str) -> str:
     return str(folder)
 
 
-def read_clips(location: str, count: int) -> list[bytes]:
+def read_clips(location: str | Path, count: int) -> list[bytes]:
     clips = []
-    for url in ShardSource(location).shards:
+    for url in ShardSource(str(location)).shards:
         with tarfile.open(fileobj=io.BytesIO(read_bytes(url))) as tar:
             clips += [tar.extractfile(m).read() for m in tar if m.name.endswith(".mp4")]
         if len(clips) >= count:
