@@ -21,6 +21,7 @@ from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator
 from turbo_ds.config import Config, LongVideoConfig, ModelConfig, TextConfig
 from turbo_ds.engine import distributed
 from turbo_ds.engine.gather import all_gather_with_grad
+from turbo_ds.engine.guard import DivergenceGuard
 from turbo_ds.tasks import TASKS
 
 pytestmark = pytest.mark.unit
@@ -124,9 +125,10 @@ def device_only_group(monkeypatch):
 
 @pytest.mark.parametrize("collective", [
     lambda: distributed.all_reduce_sum([1.0, 2.0]),  # log windows, eval metrics, data counters
-    lambda: distributed.any_rank(True),  # the preemption flag, every step
+    # every step: the guard's one all-reduce of (loss on the device, stop signal)
+    lambda: DivergenceGuard(10.0, 3, world=2).verdict(torch.tensor(2.0, device=META), stop_signal=True),
     lambda: all_gather_with_grad(torch.zeros(2, 4, device=META, requires_grad=True)),  # contrastive negatives
-], ids=["all_reduce_sum", "any_rank", "all_gather_with_grad"])
+], ids=["all_reduce_sum", "divergence_guard", "all_gather_with_grad"])
 def test_collectives_hand_tensors_on_the_ranks_device(device_only_group, collective):
     with pytest.raises(Handed) as handed:
         collective()

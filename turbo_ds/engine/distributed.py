@@ -213,8 +213,3 @@ def all_reduce_sum(values: list[float | torch.Tensor]) -> list[float]:
     if dist.is_initialized():
         dist.all_reduce(t)
     return t.tolist()
-
-
-def any_rank(flag: bool) -> bool:
-    """True on every rank if ``flag`` is true on any (e.g. a preemption signal seen by one rank)."""
-    return all_reduce_sum([float(flag)])[0] > 0
