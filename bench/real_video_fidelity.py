@@ -48,16 +48,18 @@ TRAIN_FRACTION = 0.7
 CLIPS = {"train": 120, "val": 30}  # per class
 CLASSES = [f"pan_{d}" for d in ("left", "right", "up", "down")] + \
     [f"{d}_{s}" for d in ("forward", "reverse") for s in SPEEDS]
-VERSION = 1  # bump when the task changes: the cache is keyed by it
+VERSION = 3  # bump when the task changes: the cache is keyed by it
 
 # keep 0.25, equal wall-clock: what the recipe's defaults came from ("lr=F" scales the JSON's lr by F)
 ABLATION = {
     "recipe": [],
     "strategy tube": ["turbo.strategy=tube"],
     "strategy motion": ["turbo.strategy=motion"],
+    "keep ramp 0.25 -> 0.5": ["turbo.schedule=linear", "turbo.keep_ratio_end=0.5"],
     "full-token tail, 30 steps": ["turbo.full_token_steps=30"],
     "label smoothing 0.1": ["train.label_smoothing=0.1"],
     "crop scale [0.4, 1]": ["data.crop_scale=[0.4,1.0]"],
+    "no warmup": ["train.warmup_steps=0"],
     "lr x0.5": ["lr=0.5"],
     "lr x2": ["lr=2"],
 }
@@ -149,14 +151,13 @@ def build_task(videos: Path, cache: Path, seed: int = 0) -> Path:
                 file = f"{label}_{i:04d}.mp4"
                 (clips / file).write_bytes(encode_mp4(clip, fps=FPS))
                 rows.append({"path": file, "label": label, "source": source})
-        rows = [rows[i] for i in rng.permutation(len(rows))]  # shards of mixed labels: a shuffle buffer mixes them
         with open(clips / "manifest.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, ["path", "label", "source"])
             writer.writeheader()
             writer.writerows(rows)
         cmd = [sys.executable, "data_prep/build_shards.py", "--task", "action_cls", "--manifest",
                str(clips / "manifest.csv"), "--out", str(root / split), "--fps", str(FPS), "--short-side", str(SIZE),
-               "--shard-size", "128"]
+               "--shard-size", "128", "--shuffle"]  # rows come grouped by label
         if split != "train":
             cmd += ["--class-names", str(root / "train")]  # the same label ids
         print(f"task: {split}: {len(rows)} clips -> shards", flush=True)
@@ -175,7 +176,8 @@ def ablation(args: argparse.Namespace, tmp: Path) -> dict:
             run_args.ds_config = write_ds_config(args, tmp, base * factor)
         sets = tuple(s for s in sets if not s.startswith("lr="))
         run = table[name] = train_for(args.budget_s, tmp / f"ablation_{len(table)}", run_args, 0.25, sets)
-        print(f"ablation | {name:22s} | {run['steps']:5d} steps | top-1 {run['top1']:.3f}", flush=True)
+        print(f"ablation | {name:26s} | {run['steps']:5d} steps | {run['wall_s']:5.0f} s | top-1 {run['top1']:.3f}",
+              flush=True)
     return table
 
 

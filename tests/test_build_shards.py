@@ -21,6 +21,7 @@ import webdataset as wds
 
 from conftest import REPO
 from turbo_ds.data.shards import write_shard
+from turbo_ds.prep.build_shards import grouped_by_label
 from turbo_ds.prep.manifest_rows import assign_classes, items_from_records
 from turbo_ds.prep.transcode import TranscodeSettings, transcode
 
@@ -259,6 +260,41 @@ def test_class_ids_sorted_names_integer_labels_and_a_given_list():
     assert labels(["10", "2", "2"]) == ([10, 2, 2], [str(i) for i in range(11)])  # integer labels are the ids
     ids, names = labels(["jump", "fly"], given=["walk", "jump"])
     assert names == ["walk", "jump"] and ids == [1, "label 'fly' is not in the class list"]
+
+
+@pytest.mark.unit
+def test_a_manifest_grouped_by_label_is_recognised():
+    def items(labels: list[str]):
+        return items_from_records([{"path": "v.mp4", "label": x} for x in labels], "action_cls")
+
+    grouped = [c for c in "abcd" for _ in range(40)]
+    assert grouped_by_label(items(grouped), shard_size=32)
+    assert not grouped_by_label(items(list(np.random.default_rng(0).permutation(grouped))), shard_size=32)
+    assert not grouped_by_label(items(grouped), shard_size=256)  # one shard: the loader's buffer mixes it
+    assert not grouped_by_label(items(["a"] * 100), shard_size=8)  # one class: nothing to mix
+
+
+@pytest.mark.e2e
+def test_shuffle_mixes_a_grouped_manifest_and_resumes_to_the_same_bytes(videos, tmp_path):
+    rows = [f"{n},{label}" for n, (_, label, _) in sorted(VIDEOS.items(), key=lambda kv: kv[1][1]) for _ in range(5)]
+    manifest = write_csv(tmp_path / "sorted.csv", "path,label", rows)  # 35 rows in runs of one label
+    common = ("--task", "action_cls", "--manifest", manifest, "--video-root", videos, "--fps", 5, "--short-side", 16,
+              "--shard-size", 8, "--workers", 2)
+    grouped = run_build(*common, "--out", tmp_path / "grouped")
+    assert "grouped by label" in grouped.stderr and "--shuffle" in grouped.stderr
+    shuffled = run_build(*common, "--out", tmp_path / "shuffled", "--shuffle")
+    assert "grouped by label" not in shuffled.stderr and "35 written" in shuffled.stdout
+    samples = read_samples(tmp_path / "shuffled")
+    labels = [s["json"]["label"] for s in samples]
+    assert sorted(labels) == sorted(r.split(",")[1] for r in rows)  # every row once, in another order
+    assert [s["__key__"] for s in samples] == [f"{i:09d}" for i in range(35)]
+    assert len(set(labels[:8])) >= 2 and labels != [r.split(",")[1] for r in rows]
+    first = build_files(tmp_path / "shuffled")
+    (tmp_path / "shuffled" / "manifest.json").unlink()  # as if killed before the end: the rerun resumes
+    run_build(*common, "--out", tmp_path / "shuffled", "--shuffle")
+    assert build_files(tmp_path / "shuffled") == first
+    other = run_build(*common, "--out", tmp_path / "shuffled", check=False)  # unshuffled into it: refused
+    assert other.returncode == 2 and "--shuffle was True" in other.stderr and build_files(tmp_path / "shuffled") == first
 
 
 # ---------------------------------------------------------------- bad input

@@ -30,9 +30,11 @@ only what the store lacks (same name and size). Delete the staging folder once i
 import argparse
 import hashlib
 import os
+import random
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -76,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
                         "so that e.g. train and val share label ids (default: the sorted labels of this manifest)")
     p.add_argument("--shard-size", type=int, default=256,
                    help="videos per shard (default 256); the main process holds about one shard's bytes in memory")
+    p.add_argument("--shuffle", action="store_true",
+                   help="shuffle the manifest's rows (fixed seed, so a rerun resumes) before cutting shards: "
+                        "a manifest grouped by label otherwise gives shards of one or two classes each")
     p.add_argument("--prefix", default="shard", help="shard file prefix: PREFIX-000000.tar (default 'shard')")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="parallel processes, one video each at a time (default: CPU count); never changes the output")
@@ -124,6 +129,17 @@ def _inputs(a: argparse.Namespace):
     return items, (("input_shards", a.input_shards), ("input_shards_sha256", signature)), None
 
 
+def grouped_by_label(items: list, shard_size: int) -> bool:
+    """Whether the labelled ``items`` come in runs of one label long enough that a shard holds few classes:
+    a loader's shuffle buffer (a few hundred samples) then mixes only neighbouring classes and every
+    training batch is nearly one class, so the model learns nothing."""
+    labels = [it.label for it in items if it.error is None and it.label is not None]
+    if len(labels) <= shard_size or len(set(labels)) < 2:
+        return False
+    runs = 1 + sum(a != b for a, b in zip(labels, labels[1:]))
+    return len(labels) / runs > 8  # shuffled rows: runs of about 1 + 1/(classes - 1)
+
+
 def _staging(a: argparse.Namespace) -> Path:
     if a.staging is not None:
         return a.staging
@@ -165,6 +181,14 @@ def main(argv=None) -> int:
     start = time.time()
     try:
         items, identity, root = _inputs(a)
+        if a.shuffle:
+            random.Random(0).shuffle(items)
+            items = [replace(it, index=i) for i, it in enumerate(items)]  # the index is the build order
+            identity += (("shuffle", True),)  # another order is another output: a rerun must not mix them
+        elif grouped_by_label(items, a.shard_size):
+            print("build_shards: warning: the manifest lists videos grouped by label, so each shard will hold "
+                  "few classes and training batches too; rerun with --shuffle (or shuffle the rows yourself)",
+                  file=sys.stderr)
         given = read_class_names(a.class_names) if a.class_names else None
         items, class_names = (items, None) if ROWS[a.task].captions else assign_classes(items, given)
         settings = BuildSettings(task=a.task, inputs=identity, video_root=root, shard_size=a.shard_size,
