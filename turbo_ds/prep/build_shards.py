@@ -16,7 +16,8 @@ from, or existing WebDataset/video2dataset shards (video member + txt/cls/json):
 Each video is re-encoded to H.264 mp4 (resampled by timestamps to --fps, downscaled to
 --short-side, cut to --max-seconds, a keyframe every --gop frames; audio dropped unless
 --keep-audio), or stored as it is with --no-transcode. Shard k holds manifest items
-[k*S, (k+1)*S), so the output is byte-identical for any --workers. A killed run resumes
+[k*S, (k+1)*S) (after --shuffle's fixed reordering, when given), so the output is
+byte-identical for any --workers. A killed run resumes
 when started again with the same command. Unusable rows (missing file, undecodable
 video, missing field) are skipped and listed in OUT/errors.jsonl; the run ends with
 "N written, M skipped" and exits 1 only when nothing was written.
