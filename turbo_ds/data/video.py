@@ -103,7 +103,9 @@ class _TimedBytes(io.BytesIO):
         return super().seek(offset, whence)
 
 
-def _rgb(frame: av.VideoFrame, size: tuple[int, int] | None = None) -> np.ndarray:
+def _rgb(frame: av.VideoFrame, limits: DecodeLimits) -> np.ndarray:
+    """(H, W, 3) uint8, downscaled while converted when the frame exceeds ``limits.max_pixels``."""
+    size = limits.rgb_size(frame.width, frame.height)
     if size is None:
         return _RGB.reformat(frame, format="rgb24", **_RGB_OPTIONS).to_ndarray()  # (H, W, 3) uint8
     return _RGB.reformat(frame, *size, format="rgb24", interpolation="AREA", **_RGB_OPTIONS).to_ndarray()
@@ -157,7 +159,7 @@ def iter_frames(data: bytes, threads: int = 1, limits: DecodeLimits = DecodeLimi
     with _decoding(), _open(data, deadline) as container:
         for frame in _frames(container, _open_stream(container, threads, limits), deadline):
             count += 1
-            yield _rgb(frame, limits.rgb_size(frame.width, frame.height)) if rgb else frame
+            yield _rgb(frame, limits) if rgb else frame
     if not count:
         raise CorruptVideo("video has no decodable frames")
 
@@ -230,7 +232,7 @@ def _decode_picks_in_order(data: bytes, choose: Callable[[int], np.ndarray], thr
     with _decoding(), _open(data, deadline) as container:
         for i, frame in enumerate(_frames(container, _open_stream(container, threads, limits), deadline)):
             if i in wanted:
-                got[i] = _rgb(frame, limits.rgb_size(frame.width, frame.height))
+                got[i] = _rgb(frame, limits)
                 if len(got) == len(wanted):
                     break
     return _in_pick_order(got, picks)
@@ -313,7 +315,7 @@ def _decode_picks(container: av.container.InputContainer, stream: av.video.strea
                 return None  # off the constant-rate grid, or a frame went missing
             if last < target:
                 continue
-            got[last] = _rgb(frame, limits.rgb_size(frame.width, frame.height))
+            got[last] = _rgb(frame, limits)
             if len(got) == len(wanted):
                 break
             target = wanted[len(got)]
