@@ -328,10 +328,10 @@ class CheckpointManager:
         """Checkpoints from ``step`` on hold weights that produced bad losses: rename them to ``step_X.diverged``
         and point ``latest`` at the newest one before (or remove it). Returns that one, or None (collective)."""
         if self.dist.is_main:
-            complete = sorted(p for p in self.dir.glob("step_*") if _STEP_DIR.fullmatch(p.name))
-            for bad in (p for p in complete if int(p.name[5:]) >= step):
+            complete = self.complete()
+            for bad in (p for s, p in complete.items() if s >= step):
                 bad.rename(bad.with_name(bad.name + DIVERGED))
-            good = [p for p in complete if int(p.name[5:]) < step]
+            good = [p for s, p in complete.items() if s < step]
             if good:
                 atomic_write_bytes(self.dir / "latest", good[-1].name.encode())
             else:
@@ -359,8 +359,7 @@ class CheckpointManager:
         keep = self.train.keep_last_checkpoints
         if keep is None:
             return
-        complete = sorted(p for p in self.dir.iterdir() if p.is_dir() and _STEP_DIR.fullmatch(p.name))
-        for old in complete[:-keep]:
+        for old in list(self.complete().values())[:-keep]:
             if old != self.latest:  # the newest complete checkpoint is never deleted
                 _remove(old)
 
