@@ -11,6 +11,7 @@
 #   batch        the largest batch of ViT-B/16 at 16x224^2 (keep 1.0, bf16 autocast) that fits one GPU
 #   turbo_speed  bench/turbo_speed.py --device cuda --amp at that batch: step time and memory at keep
 #                1.0 / 0.5 / 0.25, turbo_ds vs transformers' VideoMAE
+#   compiled     the same at keep 1.0 / 0.25 with --compile (model.compile: true) vs VideoMAE eager
 #   throughput   bench/train_throughput.py (bare step vs the trainer), when this checkout has it
 #   loader       bench/loader_speed.py on the demo shards: clips/s per core, and the cores one GPU needs
 #                at the model rate of turbo_speed's keep-0.25 step
@@ -107,6 +108,12 @@ if [[ -n $BATCH ]]; then
 else
     STATUS+=("turbo_speed=skipped (no batch fits)")
 fi
+if [[ -n $BATCH ]]; then
+    run compiled $PY bench/turbo_speed.py "${VIT[@]}" --device "$DEVICE" --amp --compile --batch "$BATCH" \
+        --keep-ratios 1.0 0.25 --json "$OUT/turbo_speed_compiled.json"
+else
+    STATUS+=("compiled=skipped (no batch fits)")
+fi
 
 # ---------------------------------------------------------------- the trainer's own overhead
 if [[ -f bench/train_throughput.py ]]; then
@@ -148,7 +155,8 @@ def load(name):
 
 report = {"device": device, "ranks": ranks, "status": status, "env": None, "demo": None,
           "batch": int((out / "batch.txt").read_text()) if (out / "batch.txt").is_file() else None,
-          "turbo_speed": load("turbo_speed.json"), "train_throughput": load("train_throughput.json"),
+          "turbo_speed": load("turbo_speed.json"), "compiled": load("turbo_speed_compiled.json"),
+          "train_throughput": load("train_throughput.json"),
           "loader": load("loader.json"), "model_clips_per_s_keep025": float(rate) if rate else None}
 env_lines = [line for line in (out / "env.log").read_text().splitlines() if line.startswith("{")]
 report["env"] = json.loads(env_lines[-1]) if env_lines else None
@@ -179,6 +187,10 @@ if report["turbo_speed"]:
         lines.append(f"    {r['impl']:<9} keep {r['keep_ratio']:<5} {r['step_s'] * 1e3:8.1f} ms"
                      + (f"  {base['step_s'] / r['step_s']:.2f}x faster, {r['peak_mem_mb'] / base['peak_mem_mb']:.2f}x "
                         f"memory than keep 1.0" if base and r is not base and base["peak_mem_mb"] > 0 else ""))
+for name, label in (("turbo_speed", "eager"), ("compiled", "compiled")):
+    for row in report[name]["summary"] if report[name] else []:
+        if "vs_videomae" in row:
+            lines.append(f"  turbo_ds {label} keep {row['keep_ratio']:g}: {row['vs_videomae'][0]:.2f}x VideoMAE's step time")
 if report["loader"]:
     ms = report["loader"]["loader_cpu_ms_per_clip"]
     lines.append(f"  loader: {report['loader']['loader_clips_per_s']:.0f} clips/s with {report['loader']['workers']} "

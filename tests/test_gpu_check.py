@@ -18,10 +18,12 @@ def test_gpu_check_smoke_runs_every_step_and_reports(tmp_path):
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / "gpu_check.json").read_text())
-    for step in ("env", "demo", "batch", "turbo_speed", "loader"):
+    for step in ("env", "demo", "batch", "turbo_speed", "compiled", "throughput", "loader"):
         assert report["status"][step] == "ok", report["status"]
-    assert report["status"]["throughput"] in ("ok", "skipped (bench/train_throughput.py is not in this checkout)")
     assert report["env"]["torch"] and report["demo"]["eval_top1"] is not None and report["batch"] >= 1
     assert {r["keep_ratio"] for r in report["turbo_speed"]["results"]} == {1.0, 0.5, 0.25}
+    compiled = report["compiled"]
+    assert compiled["settings"]["compile"] and {r["keep_ratio"] for r in compiled["results"]} == {1.0, 0.25}
     summary = (out / "summary.txt").read_text()
     assert summary.startswith("gpu_check on cpu, 2 rank(s)") and "bare step at batch" in summary
+    assert "turbo_ds compiled keep 1: " in summary and "VideoMAE's step time" in summary
