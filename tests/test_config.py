@@ -120,3 +120,18 @@ def test_compile_without_a_cxx_compiler_is_a_config_error(monkeypatch):
     cfg.model.compile = True
     with pytest.raises(ConfigError, match=r"model.compile=true: .*/nonexistent/g\+\+"):
         check_compiler(cfg)
+
+
+@pytest.mark.unit
+def test_fused_adamw_needs_torch_adam(tmp_path):
+    """The shipped JSONs run torch's fused AdamW kernel (one pass over the fp32 masters instead of a dozen
+    elementwise ops); ``fused`` without ``torch_adam`` would reach DeepSpeed's own FusedAdam, which takes no
+    such argument, so the JSON is refused before any engine starts."""
+    for path in sorted((REPO / "ds_configs").glob("*.json")):
+        params = load_ds_config(str(path)).optimizer["params"]
+        assert params["torch_adam"] is True and params["fused"] is True, path.name
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"train_micro_batch_size_per_gpu": 4,
+                              "optimizer": {"type": "AdamW", "params": {"lr": 1e-3, "fused": True}}}))
+    with pytest.raises(ConfigError, match="torch_adam"):
+        load_ds_config(str(ds))

@@ -68,6 +68,10 @@ class DeepSpeedConfig:
         if not isinstance(ds.get("optimizer", {}).get("params", {}).get("lr"), (int, float)):
             raise ConfigError("ds_config optimizer.params.lr: missing; add e.g. \"optimizer\": {\"type\": \"AdamW\", "
                               "\"params\": {\"lr\": 1e-3}} (the peak LR of the YAML's warmup-cosine schedule)")
+        params = ds["optimizer"]["params"]
+        if "fused" in params and not params.get("torch_adam"):
+            raise ConfigError("ds_config optimizer.params.fused: torch AdamW's flag, which DeepSpeed passes on only "
+                              "with \"torch_adam\": true; add that (as the shipped JSONs do) or remove fused")
         for section, (package, install) in MONITORS.items():
             value = ds.get(section, {})
             if not isinstance(value, dict):
