@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,19 @@ def test_resume_mid_run_continues_steps(tiny_demo, tmp_path):
     assert "resuming from checkpoint" in second.stdout and "at step 2" in second.stdout
     steps = [r["step"] for r in read_metrics(run_dir) if "train/loss" in r]
     assert steps == [2, 4]
+
+
+def test_a_finished_run_exits_0_whatever_interpreter_teardown_does(tiny_demo, tmp_path, monkeypatch):
+    """Interpreter teardown (destroying torch.distributed's and DeepSpeed's leftovers) sometimes aborted a
+    finished run (std::terminate, exit 250): train.py exits without it once everything is saved. Here an
+    atexit hook that aborts stands in for that teardown."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text("import atexit, os\natexit.register(os.abort)\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])))
+    run_dir = tmp_path / "run"
+    proc = run_train(tiny_overrides(tiny_demo, run_dir, "train.steps=2", "train.eval_every=2", "train.ckpt_every=2"),
+                     ranks=None)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000002"
+    assert any("eval/top1" in r for r in read_metrics(run_dir))  # evaluated, logged and flushed before the exit

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import faulthandler
 import os
 import shutil
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 if __package__ in (None, ""):  # run as a script (the deepspeed launcher does): make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -259,5 +260,16 @@ def train(cfg: Config, ds: DeepSpeedConfig, plan, dist_info: "DistInfo", checkpo
     return 0
 
 
+def exit_now(code: int) -> NoReturn:
+    """Exit without interpreter teardown once ``main`` has returned: by then every checkpoint, log line and
+    monitor is written and closed and the process group is gone, yet destroying what torch.distributed and
+    DeepSpeed leave behind still ended in std::terminate now and then (a finished run exiting 250, which a
+    launcher or Slurm takes for a failure). A crash (an exception out of ``main``) still exits the usual way."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    faulthandler.enable()  # a rank that dies in native code (a signal, an abort) prints every thread's stack
+    exit_now(main())

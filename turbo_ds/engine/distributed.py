@@ -181,8 +181,8 @@ def _unlink_shm_buffer(rank: int) -> None:
 
 
 def shutdown() -> None:
-    """Leave the process group on every rank before exit, so its threads stop while the interpreter is
-    alive (left to interpreter teardown, ZeRO-3 runs sometimes ended in std::terminate, exit 250)."""
+    """Leave the process group on every rank before exit: no rank goes while a peer still waits in a collective,
+    and its threads stop while the interpreter is alive (train.py then exits without teardown: ``exit_now``)."""
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
