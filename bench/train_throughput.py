@@ -13,6 +13,8 @@ For each model size (``demo``: configs/demo_action_cls.yaml's model, 16 x 64^2, 
   bare_clips_per_s               the task's loss, backward and an AdamW step on the model in the DeepSpeed
                                  JSON's dtype, on one random batch already on the device: the model's bound
                                  (as bench/turbo_speed.py; median step, one fresh process per model size)
+  engine_clips_per_s             the same batch through DeepSpeed's engine alone (one rank, the JSON's
+                                 optimizer, precision and ZeRO stage), no trainer: DeepSpeed's share
   trainer_synthetic_clips_per_s  turbo_ds/train.py with data.repeat_batch=true: the real DeepSpeed engine,
                                  trainer loop and logging on the loader's first batch repeated from memory
   trainer_clips_per_s            turbo_ds/train.py on real shards: everything (decoding in --workers workers)
@@ -56,6 +58,7 @@ DIMS = {
 }
 # (frames, size) of the generated clips per model size: the crop comes from a larger frame, as in real data
 CLIPS = {"demo": (16, 64), "vits16": (32, 256)}
+CPU_ENV = {"DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": ""}  # DeepSpeed's CPU accelerator, even on a GPU host
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -139,14 +142,18 @@ def config(dims: str, keep: float, a: argparse.Namespace, extra: dict[str, objec
 
 
 def bare(dims: str, a: argparse.Namespace) -> dict[float, dict[str, float]]:
-    """Clips/s of the bare step at each keep ratio (this process)."""
+    """Clips/s at each keep ratio of the bare step and of DeepSpeed's engine alone (this process)."""
+    import deepspeed
     import torch
 
-    from turbo_ds.config import load_ds_config
+    from turbo_ds.config import BatchPlan, DeepSpeedConfig
     from turbo_ds.data.shards import read_manifest
+    from turbo_ds.engine.trainer import param_groups
     from turbo_ds.tasks import build_task
 
-    device, dtype = torch.device(a.device), load_ds_config(REPO / a.ds_config).dtype
+    raw = json.loads((REPO / a.ds_config).read_text())
+    ds = DeepSpeedConfig({**raw, "train_micro_batch_size_per_gpu": a.batch[dims]})
+    device, dtype = torch.device(a.device), ds.dtype
     train, _ = shards(a, dims)
     cfg = config(dims, a.keep_ratios[0], a, {"data.train": train, "data.generate_demo": False})
     torch.manual_seed(0)
@@ -158,31 +165,54 @@ def bare(dims: str, a: argparse.Namespace) -> dict[float, dict[str, float]]:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
     batch = task.synthetic_batch(a.batch[dims], device)  # normalised float pixels, as the trainer's to_device gives
     selectors = [m for m in model.modules() if hasattr(m, "set_keep_ratio")]
-    steps = a.window * (1 + a.windows)
-    out = {}
-    for keep in a.keep_ratios:
-        for s in selectors:
-            s.set_keep_ratio(keep)
-        times, cpu = [], 0.0
-        for i in range(steps):
-            torch.manual_seed(i)
-            usage, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-            opt.zero_grad(set_to_none=False)
-            task.loss(model, batch, dtype).backward()
-            opt.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if i >= a.window:  # the first window warms up (allocator, thread pools, compilation)
-                times.append(time.perf_counter() - t0)
-                end = resource.getrusage(resource.RUSAGE_SELF)
-                cpu += end.ru_utime + end.ru_stime - usage.ru_utime - usage.ru_stime
-        out[keep] = {"clips_per_s": a.batch[dims] / statistics.median(times),
-                     "cpu_ms_per_clip": cpu * 1e3 / (len(times) * a.batch[dims])}
-    return out
+
+    def rates(step) -> dict[float, dict[str, float]]:
+        """Median clips/s and CPU ms per clip of ``step()`` at each keep ratio, after a warm-up window."""
+        out = {}
+        for keep in a.keep_ratios:
+            for s in selectors:
+                s.set_keep_ratio(keep)
+            times, cpu = [], 0.0
+            for i in range(a.window * (1 + a.windows)):
+                torch.manual_seed(i)
+                usage, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+                step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                if i >= a.window:  # the first window warms up (allocator, thread pools, compilation)
+                    times.append(time.perf_counter() - t0)
+                    end = resource.getrusage(resource.RUSAGE_SELF)
+                    cpu += end.ru_utime + end.ru_stime - usage.ru_utime - usage.ru_stime
+            out[keep] = {"clips_per_s": a.batch[dims] / statistics.median(times),
+                         "cpu_ms_per_clip": cpu * 1e3 / (len(times) * a.batch[dims])}
+        return out
+
+    def bare_step() -> None:
+        opt.zero_grad(set_to_none=False)
+        task.loss(model, batch, dtype).backward()
+        opt.step()
+
+    bare_rates = rates(bare_step)
+    # The same model, batch and JSON in DeepSpeed's engine (one rank; run_bare sets the rendezvous), without
+    # the trainer: the engine's share of what the trainer loses to the bare step.
+    deepspeed.init_distributed("nccl" if device.type == "cuda" else "gloo", auto_mpi_discovery=False)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, ds.lr),
+                                      config=ds.engine_config(BatchPlan(a.batch[dims], ds.accumulation, 1)))
+
+    def engine_step() -> None:
+        for _ in range(ds.accumulation):
+            engine.backward(task.loss(engine, batch, dtype))
+            engine.step()
+
+    engine_rates = rates(engine_step)
+    return {keep: {**bare_rates[keep], "engine_clips_per_s": engine_rates[keep]["clips_per_s"]}
+            for keep in a.keep_ratios}
 
 
-def run_bare(dims: str, argv: list[str]) -> dict[float, dict[str, float]]:
-    proc = subprocess.run([sys.executable, __file__, *argv, "--child", dims], capture_output=True, text=True)
+def run_bare(dims: str, argv: list[str], device: str) -> dict[float, dict[str, float]]:
+    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port()), **(CPU_ENV if device == "cpu" else {})}
+    proc = subprocess.run([sys.executable, __file__, *argv, "--child", dims], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"bare step at {dims} dims failed:\n{proc.stderr[-3000:]}")
     return {float(k): v for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
@@ -205,7 +235,7 @@ def run_trainer(dims: str, keep: float, repeat: bool, a: argparse.Namespace, ds_
            *[arg for k, v in sets.items() for arg in ("--set", f"{k}={v}")]]
     env = {**os.environ, "MASTER_PORT": str(free_port()), "PYTHONUNBUFFERED": "1"}
     if a.device == "cpu":
-        env.update(DS_ACCELERATOR="cpu", CUDA_VISIBLE_DEVICES="")
+        env.update(CPU_ENV)
     try:
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
@@ -279,7 +309,7 @@ def host_syncs_per_step(argv: list[str], device: str, steps: int = 6) -> dict[st
     runs = []
     for n in (steps, 2 * steps):  # fresh processes: train.py's process group and DeepSpeed stay out of this one
         env = {**os.environ, "MASTER_PORT": str(free_port()),
-               **({"DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else {})}
+               **(CPU_ENV if device == "cpu" else {})}
         proc = subprocess.run([sys.executable, __file__, *argv, "--child", f"syncs:{n}"], text=True,
                               capture_output=True, env=env)
         if proc.returncode != 0:
@@ -314,26 +344,28 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{a.device} | {a.ds_config} | windows of {a.window} steps, {a.windows} measured | real-shard runs with "
           f"{a.workers} loader worker(s){' | model.compile' if a.compile else ''}{' | quick' if a.quick else ''}",
           flush=True)
-    print(f"{'dims':<7} {'keep':>5} {'batch':>5} {'bare':>9} {'synthetic':>10} {'trainer':>9} {'synth/bare':>11} "
-          f"{'trainer/bare':>13}   (clips/s)", flush=True)
+    print(f"{'dims':<7} {'keep':>5} {'batch':>5} {'bare':>9} {'engine':>9} {'synthetic':>10} {'trainer':>9} "
+          f"{'engine/bare':>12} {'synth/bare':>11} {'trainer/bare':>13}   (clips/s)", flush=True)
     results = []
     for dims in a.dims:
         shards(a, dims)  # generate the data before anything is timed
         with tempfile.NamedTemporaryFile("w", suffix=".json", dir=a.data, delete=False) as f:
             json.dump({**ds, "train_micro_batch_size_per_gpu": a.batch[dims]}, f)
         try:
-            bare_rates = run_bare(dims, argv)
+            bare_rates = run_bare(dims, argv, a.device)
             for keep in a.keep_ratios:
                 r = {"dims": dims, "keep_ratio": keep, "batch": a.batch[dims],
                      "bare_clips_per_s": bare_rates[keep]["clips_per_s"],
                      "bare_cpu_ms_per_clip": bare_rates[keep]["cpu_ms_per_clip"],
+                     "engine_clips_per_s": bare_rates[keep]["engine_clips_per_s"],
                      "trainer_synthetic_clips_per_s": run_trainer(dims, keep, True, a, Path(f.name)),
                      "trainer_clips_per_s": run_trainer(dims, keep, False, a, Path(f.name))}
                 r["efficiency_synthetic"] = r["trainer_synthetic_clips_per_s"] / r["bare_clips_per_s"]
                 r["efficiency"] = r["trainer_clips_per_s"] / r["bare_clips_per_s"]
                 results.append(r)
                 print(f"{dims:<7} {keep:>5.2f} {r['batch']:>5} {r['bare_clips_per_s']:>9.1f} "
-                      f"{r['trainer_synthetic_clips_per_s']:>10.1f} {r['trainer_clips_per_s']:>9.1f} "
+                      f"{r['engine_clips_per_s']:>9.1f} {r['trainer_synthetic_clips_per_s']:>10.1f} "
+                      f"{r['trainer_clips_per_s']:>9.1f} {r['engine_clips_per_s'] / r['bare_clips_per_s']:>12.2f} "
                       f"{r['efficiency_synthetic']:>11.2f} {r['efficiency']:>13.2f}", flush=True)
         finally:
             os.unlink(f.name)
