@@ -86,8 +86,9 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
         """``attn_bias``: an additive attention bias broadcast to (B, heads, N, N), or None."""
         b, n, d = x.shape
-        if torch.is_autocast_enabled(x.device.type):  # cast once: each F.linear would keep its own copy for backward
-            x = x.to(torch.get_autocast_dtype(x.device.type))
+        device = x.device.type  # the meta device (the GPU-rule tests) has no autocast at all
+        if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+            x = x.to(torch.get_autocast_dtype(device))  # cast once: each F.linear would keep its own copy for backward
         # One projection per row block of the fused weight: each of q, k, v comes out (B, N, D)-contiguous,
         # which CPU attention runs ~5% faster on than on strided views of a single (B, N, 3D) output.
         biases = self.qkv.bias.chunk(3) if self.qkv.bias is not None else (None,) * 3
