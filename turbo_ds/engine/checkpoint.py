@@ -48,7 +48,7 @@ import yaml
 
 from turbo_ds.config import ConfigError, TrainConfig
 from turbo_ds.engine.consolidate import fp32_state_dict
-from turbo_ds.engine.distributed import DistInfo, barrier, broadcast_from_main
+from turbo_ds.engine.distributed import DistInfo, barrier, broadcast_from_main, is_collective_failure
 from turbo_ds.engine.errors import CheckpointLoadError, CheckpointWriteError
 from turbo_ds.engine.gather import all_gather_objects
 from turbo_ds.engine.lock import RunDirLock
@@ -175,12 +175,17 @@ class CheckpointManager:
         """
         tag = f"step_{step:08d}"
         final, partial = self.dir / tag, self.dir / (tag + PARTIAL)
-        # Rank 0 makes the folder first: DeepSpeed's own makedirs would fail before its opening barrier.
-        error = self._agree(self._main_only(lambda: _fresh_dir(partial)))
-        if error is None:
-            error = self._agree(_deepspeed_save(engine, str(self.dir), partial.name))
-        if error is None:
-            error = self._agree(self._main_only(lambda: self._publish(partial, final, tag, step, state)))
+        try:
+            # Rank 0 makes the folder first: DeepSpeed's own makedirs would fail before its opening barrier.
+            error = self._agree(self._main_only(lambda: _fresh_dir(partial)))
+            if error is None:
+                error = self._agree(_deepspeed_save(engine, str(self.dir), partial.name))
+            if error is None:
+                error = self._agree(self._main_only(lambda: self._publish(partial, final, tag, step, state)))
+        except RuntimeError as e:  # a peer lost mid-save (the run ends): this save can never complete
+            if is_collective_failure(e) and self.dist.is_main:
+                shutil.rmtree(partial, ignore_errors=True)
+            raise
         if error is None:
             return final
         if self.dist.is_main:
