@@ -166,8 +166,9 @@ def bare(dims: str, a: argparse.Namespace) -> dict[float, dict[str, float]]:
     batch = task.synthetic_batch(a.batch[dims], device)  # normalised float pixels, as the trainer's to_device gives
     selectors = [m for m in model.modules() if hasattr(m, "set_keep_ratio")]
 
-    def rates(step) -> dict[float, dict[str, float]]:
-        """Median clips/s and CPU ms per clip of ``step()`` at each keep ratio, after a warm-up window."""
+    def rates(step, clips: int) -> dict[float, dict[str, float]]:
+        """Median clips/s and CPU ms per clip of ``step()`` (``clips`` clips a call) at each keep ratio, after a
+        warm-up window."""
         out = {}
         for keep in a.keep_ratios:
             for s in selectors:
@@ -183,8 +184,8 @@ def bare(dims: str, a: argparse.Namespace) -> dict[float, dict[str, float]]:
                     times.append(time.perf_counter() - t0)
                     end = resource.getrusage(resource.RUSAGE_SELF)
                     cpu += end.ru_utime + end.ru_stime - usage.ru_utime - usage.ru_stime
-            out[keep] = {"clips_per_s": a.batch[dims] / statistics.median(times),
-                         "cpu_ms_per_clip": cpu * 1e3 / (len(times) * a.batch[dims])}
+            out[keep] = {"clips_per_s": clips / statistics.median(times),
+                         "cpu_ms_per_clip": cpu * 1e3 / (len(times) * clips)}
         return out
 
     def bare_step() -> None:
@@ -192,19 +193,19 @@ def bare(dims: str, a: argparse.Namespace) -> dict[float, dict[str, float]]:
         task.loss(model, batch, dtype).backward()
         opt.step()
 
-    bare_rates = rates(bare_step)
+    bare_rates = rates(bare_step, a.batch[dims])
     # The same model, batch and JSON in DeepSpeed's engine (one rank; run_bare sets the rendezvous), without
     # the trainer: the engine's share of what the trainer loses to the bare step.
     deepspeed.init_distributed("nccl" if device.type == "cuda" else "gloo", auto_mpi_discovery=False)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, ds.lr),
                                       config=ds.engine_config(BatchPlan(a.batch[dims], ds.accumulation, 1)))
 
-    def engine_step() -> None:
+    def engine_step() -> None:  # one optimizer step, as the trainer's: every micro-batch of it
         for _ in range(ds.accumulation):
             engine.backward(task.loss(engine, batch, dtype))
             engine.step()
 
-    engine_rates = rates(engine_step)
+    engine_rates = rates(engine_step, a.batch[dims] * ds.accumulation)
     return {keep: {**bare_rates[keep], "engine_clips_per_s": engine_rates[keep]["clips_per_s"]}
             for keep in a.keep_ratios}
 
