@@ -134,6 +134,11 @@ def shards(a: argparse.Namespace, dims: str) -> tuple[Path, Path]:
 # ------------------------------------------------------------------ the bare step
 
 
+def ds_json(dims: str, a: argparse.Namespace) -> dict[str, object]:
+    """--ds-config with the micro-batch of ``dims`` (--batch-*), for the bare child and the trainer runs alike."""
+    return {**json.loads((REPO / a.ds_config).read_text()), "train_micro_batch_size_per_gpu": a.batch[dims]}
+
+
 def config(dims: str, keep: float, a: argparse.Namespace, extra: dict[str, object] | None = None):
     from turbo_ds.config import load_config
 
@@ -151,8 +156,7 @@ def bare(dims: str, a: argparse.Namespace) -> dict[float, dict[str, float]]:
     from turbo_ds.engine.trainer import param_groups
     from turbo_ds.tasks import build_task
 
-    raw = json.loads((REPO / a.ds_config).read_text())
-    ds = DeepSpeedConfig({**raw, "train_micro_batch_size_per_gpu": a.batch[dims]})
+    ds = DeepSpeedConfig(ds_json(dims, a))
     device, dtype = torch.device(a.device), ds.dtype
     train, _ = shards(a, dims)
     cfg = config(dims, a.keep_ratios[0], a, {"data.train": train, "data.generate_demo": False})
@@ -341,7 +345,6 @@ def main(argv: list[str] | None = None) -> None:
         a.json.write_text(json.dumps({"host_syncs": syncs}, indent=1) + "\n")
         print(f"wrote {a.json}")
         return
-    ds = json.loads((REPO / a.ds_config).read_text())
     print(f"{a.device} | {a.ds_config} | windows of {a.window} steps, {a.windows} measured | real-shard runs with "
           f"{a.workers} loader worker(s){' | model.compile' if a.compile else ''}{' | quick' if a.quick else ''}",
           flush=True)
@@ -351,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
     for dims in a.dims:
         shards(a, dims)  # generate the data before anything is timed
         with tempfile.NamedTemporaryFile("w", suffix=".json", dir=a.data, delete=False) as f:
-            json.dump({**ds, "train_micro_batch_size_per_gpu": a.batch[dims]}, f)
+            json.dump(ds_json(dims, a), f)
         try:
             bare_rates = run_bare(dims, argv, a.device)
             for keep in a.keep_ratios:
