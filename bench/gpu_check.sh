@@ -105,14 +105,10 @@ fi
 if [[ -n $BATCH ]]; then
     run turbo_speed $PY bench/turbo_speed.py "${VIT[@]}" --device "$DEVICE" --amp --batch "$BATCH" \
         --keep-ratios 1.0 0.5 0.25 --json "$OUT/turbo_speed.json"
-else
-    STATUS+=("turbo_speed=skipped (no batch fits)")
-fi
-if [[ -n $BATCH ]]; then
     run compiled $PY bench/turbo_speed.py "${VIT[@]}" --device "$DEVICE" --amp --compile --batch "$BATCH" \
         --keep-ratios 1.0 0.25 --json "$OUT/turbo_speed_compiled.json"
 else
-    STATUS+=("compiled=skipped (no batch fits)")
+    STATUS+=("turbo_speed=skipped (no batch fits)" "compiled=skipped (no batch fits)")
 fi
 
 # ---------------------------------------------------------------- the trainer's own overhead
