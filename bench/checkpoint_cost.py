@@ -63,7 +63,7 @@ def worker(args: argparse.Namespace) -> None:
     from turbo_ds.config import DeepSpeedConfig, load_config, plan_batches
     from turbo_ds.engine.checkpoint import CheckpointManager
     from turbo_ds.engine.distributed import init_distributed
-    from turbo_ds.engine.trainer import param_groups
+    from turbo_ds.engine.optim import param_groups
     from turbo_ds.tasks import build_task
 
     run_dir = args.out.parent / f"run_zero{args.worker}"

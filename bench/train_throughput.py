@@ -153,7 +153,7 @@ def bare(dims: str, a: argparse.Namespace) -> dict[float, dict[str, float]]:
 
     from turbo_ds.config import BatchPlan, DeepSpeedConfig
     from turbo_ds.data.shards import read_manifest
-    from turbo_ds.engine.trainer import param_groups
+    from turbo_ds.engine.optim import param_groups
     from turbo_ds.tasks import build_task
 
     ds = DeepSpeedConfig(ds_json(dims, a))

@@ -13,7 +13,8 @@ import torch
 from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer, CLIPTokenizerFast, CLIPVisionModel
 
 from conftest import read_metrics, run_train, tiny_overrides
-from turbo_ds.config import Config, ConfigError, EvalConfig, ModelConfig, TextConfig, TurboConfig, validate
+from turbo_ds.config import Config, ConfigError, EvalConfig, ModelConfig, TextConfig, TurboConfig
+from turbo_ds.tasks import checked
 from turbo_ds.data.shards import read_manifest, write_manifest
 from turbo_ds.models.pretrained import CheckpointMismatch, load_pretrained
 from turbo_ds.models.vit import VideoViT
@@ -173,7 +174,7 @@ def test_zero_shot_data_without_class_names_stops_before_training(tiny_demo, cli
         VideoLanguage(cfg, {})  # train.py prints it as a config error before the engine starts
     cfg.eval = EvalConfig(zero_shot_data=str(tiny_demo / "val"), zero_shot_templates=["a video of a person"])
     with pytest.raises(ConfigError, match="eval.zero_shot_templates=.*exactly one {}"):
-        validate(cfg)
+        checked(cfg)
 
 
 # ------------------------------------------------------------------------ metrics

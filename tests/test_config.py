@@ -8,7 +8,7 @@ import pytest
 
 from conftest import REPO, run_train, tiny_overrides
 from turbo_ds.config import Config, ConfigError, load_config, load_ds_config, plan_batches
-from turbo_ds.tasks import TASKS
+from turbo_ds.tasks import TASKS, checked
 
 
 @pytest.mark.e2e
@@ -59,7 +59,7 @@ def test_auto_keep_ratio_checks(overrides, message):
     sets = ["turbo.keep_ratio=auto", "turbo.memory_budget_gb=2", *overrides]
     assert load_config("configs/demo_action_cls.yaml", sets[:2]).turbo.keep_ratio == "auto"
     with pytest.raises(ConfigError, match=message):
-        load_config("configs/demo_action_cls.yaml", sets)
+        checked(load_config("configs/demo_action_cls.yaml", sets))  # the task's rules too, as train.py runs them
 
 
 RECIPES = sorted((REPO / "configs").glob("*.yaml"))
@@ -74,8 +74,8 @@ def test_recipes_are_found():
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
 def test_every_recipe_loads_and_matches_its_ds_configs(recipe):
     """Shipped recipes stay valid as the config tree changes (weights and tokenizer paths are the user's)."""
-    cfg = load_config(recipe, ["model.pretrained=null", "text.pretrained=null", "text.train_tokenizer_if_missing=true",
-                               "text.tokenizer=tokenizer.model"])  # CLIP recipes take it from text.pretrained
+    cfg = checked(load_config(recipe, ["model.pretrained=null", "text.pretrained=null", "text.train_tokenizer_if_missing=true",
+                                       "text.tokenizer=tokenizer.model"]))  # CLIP recipes: from text.pretrained
     for ds in sorted((REPO / "ds_configs").glob("*.json")):
         plan_batches(cfg, load_ds_config(ds), world=2)
 

@@ -159,12 +159,11 @@ def test_video_language_export_holds_both_towers_and_the_tokenizer(tiny_demo, tm
 
 ZERO0_SCRIPT = """
 import json, os, sys, torch, deepspeed
-from turbo_ds.config import ModelConfig, TrainConfig
+from turbo_ds.config import ModelConfig
 from turbo_ds.engine.checkpoint import CheckpointManager
 from turbo_ds.engine.distributed import free_port
-from turbo_ds.engine.trainer import param_groups
+from turbo_ds.engine.optim import group_names, param_groups
 from turbo_ds.models.vit import VideoClassifier, VideoViT
-from turbo_ds.export import optimizer_groups
 
 os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
 deepspeed.init_distributed()
@@ -176,9 +175,8 @@ for _ in range(2):  # the fp32 masters move away from their bf16 copies
     engine.backward(loss)
     engine.step()
 engine.save_checkpoint(sys.argv[1], tag="step_00000002")
-cfg = type("Cfg", (), {"train": TrainConfig(layer_decay=0.75), "model": ModelConfig(depth=2)})
 weights, note = CheckpointManager.fp32_weights(CheckpointManager.reader(sys.argv[1] + "/..").find(2),
-                                               optimizer_groups(model, cfg))
+                                               group_names(model, 0.75, 2))
 # torch_adam (our JSONs): DeepSpeed's unfused optimizer keeps one fp32 master tensor per parameter
 masters = {p: m for fp32, group in zip(engine.optimizer.fp32_groups, engine.optimizer.fp16_groups)
            for m, p in zip(fp32, group)}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from turbo_ds.config import Config, ModelConfig
-from turbo_ds.engine.trainer import param_groups
+from turbo_ds.engine.optim import param_groups
 from turbo_ds.models.vit import VideoClassifier, VideoViT
 from turbo_ds.tasks.action_cls import ActionClassification
 from turbo_ds.tasks.mixup import mix_batch, soft_targets

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from turbo_ds.config import Config, ConfigError, DataConfig, LongVideoConfig, ModelConfig, TurboConfig, validate
+from turbo_ds.config import Config, ConfigError, DataConfig, LongVideoConfig, ModelConfig, TurboConfig
 from turbo_ds.data.pipeline import ClipSpec, EvalStream, TrainStream, make_loader
 from turbo_ds.data.video import sample_indices
 from turbo_ds.models.long_video import SegmentClassifier
 from turbo_ds.prep.demo import (LONG_CLASS_NAMES, LONG_SEQUENCES, LongDemoSettings, long_demo_label, make_long_sample,
                                 render_long_clip)
-from turbo_ds.tasks import build_task
+from turbo_ds.tasks import build_task, checked
 
 CLASSES = 5
 
@@ -35,7 +35,7 @@ def make_task(cfg: Config):
                                           ("joint", "cls")])
 def test_modes_give_logits_and_train_a_step(mode, pooling):
     cfg = tiny_config(mode, pooling=pooling)
-    validate(cfg)
+    checked(cfg)
     task = make_task(cfg)
     model = task.model
     # Segments: 4 segments x (2 x 4 x 4 = 32 tokens); joint: one 8 x 4 x 4 = 128-token clip. Keep 25%.
@@ -93,12 +93,12 @@ def test_activation_checkpointing_same_output_and_gradients():
 def test_segments_must_divide_frames():
     cfg = tiny_config(frames=18)
     with pytest.raises(ConfigError, match=r"long_video.frames=18: must be a multiple of model.num_frames=4"):
-        validate(cfg)
-    validate(tiny_config(mode="joint", frames=18))  # joint mode needs only whole tubelets
+        checked(cfg)
+    checked(tiny_config(mode="joint", frames=18))  # joint mode needs only whole tubelets
     with pytest.raises(ConfigError, match=r"long_video.frames=17: must be a multiple of model.tubelet_size=2"):
-        validate(tiny_config(mode="joint", frames=17))
+        checked(tiny_config(mode="joint", frames=17))
     with pytest.raises(ConfigError, match="long_video.temporal_heads=3: must divide model.width=32"):
-        validate(dataclasses.replace(tiny_config(), long_video=LongVideoConfig(frames=16, temporal_heads=3)))
+        checked(dataclasses.replace(tiny_config(), long_video=LongVideoConfig(frames=16, temporal_heads=3)))
 
 
 @pytest.mark.parity

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from turbo_ds.config import ConfigError, ModelConfig, TurboConfig, load_config
+from turbo_ds.config.schema import STRATEGY_NAMES
 from turbo_ds.models.vit import VideoViT
+from turbo_ds.tasks import checked
 from turbo_ds.turbo import (STRATEGIES, TokenSelector, frame_balanced_keep_indices, keep_count, keep_ratio_at,
                             motion_keep_indices, motion_scores, num_kept, tube_keep_indices)
 
@@ -24,8 +26,7 @@ def indices(strategy: str, ratio: float, seed: int = 0, batch: int = 8) -> torch
     """``strategy``'s keep indices for random patches, through the table every caller uses."""
     torch.manual_seed(seed)
     patches = torch.rand(batch, N, math.prod(PATCH_SHAPE))  # (B, N, P)
-    cfg = TurboConfig(strategy=strategy, keep_ratio=ratio, motion_temperature=0.5, motion_mix=0.25)
-    return STRATEGIES[strategy].select(patches, GRID, PATCH_SHAPE, keep_count(strategy, GRID, ratio), cfg)
+    return STRATEGIES[strategy].select(patches, GRID, PATCH_SHAPE, keep_count(strategy, GRID, ratio), 0.5, 0.25)
 
 
 @pytest.mark.parametrize("n, ratio, k", [(512, 0.25, 128), (10, 0.01, 1), (7, 0.5, 4), (8, 1.0, 8)])
@@ -35,13 +36,18 @@ def test_num_kept(n, ratio, k):
 
 def test_selector_uses_train_and_eval_ratios():
     grid, patch_shape = (2, 4, 5), (3, 2, 1, 1)
-    sel = TokenSelector(TurboConfig(keep_ratio=0.25, eval_keep_ratio=0.5), grid, patch_shape)
+    sel = TokenSelector("random", grid, patch_shape, keep_ratio=0.25, eval_keep_ratio=0.5)
     patches = torch.zeros(3, 40, 6)
     assert sel.train()(patches).shape == (3, 10)
     assert sel.eval()(patches).shape == (3, 20)
-    assert TokenSelector(TurboConfig(keep_ratio=0.25), grid, patch_shape).eval()(patches) is None  # no gather at all
+    assert TokenSelector("random", grid, patch_shape, 0.25).eval()(patches) is None  # no gather at all
     sel.set_keep_ratio(0.5)  # a schedule moves the training ratio only
     assert sel.train()(patches).shape == (3, 20) and sel.num_kept(training=False) == 20
+
+
+def test_the_config_spells_the_strategy_names_of_the_table():
+    # config imports nothing above it, so it spells the names; this keeps both lists equal
+    assert STRATEGY_NAMES == tuple(STRATEGIES)
 
 
 def test_per_slice_rule_of_the_shipped_strategies():
@@ -171,7 +177,7 @@ def test_schedules():
 ])
 def test_bad_turbo_config_names_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as err:
-        load_config("configs/demo_action_cls.yaml", [override])
+        checked(load_config("configs/demo_action_cls.yaml", [override]))
     assert "\n" not in str(err.value)
 
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from turbo_ds.config import Config, ConfigError, ModelConfig, TextConfig, validate
+from turbo_ds.config import Config, ConfigError, ModelConfig, TextConfig
+from turbo_ds.tasks import checked
 from turbo_ds.models.text import TextEncoder
 from turbo_ds.tasks.retrieval import retrieval_metrics, t2v_ranks, v2t_ranks
 from turbo_ds.tasks.video_language import VideoLanguage, check_text_model, contrastive_loss, prepare_tokenizer
@@ -130,12 +131,12 @@ def test_missing_tokenizer_stops_at_validation_with_the_build_command(tmp_path):
     cfg = Config(task="video_language", text=TextConfig(tokenizer=str(tmp_path / "spm.model")))
     with pytest.raises(ConfigError, match=r"text.tokenizer=.*spm.model: no such file; build it with python "
                                           r"data_prep/train_tokenizer.py --out .*spm --shards data/demo/train"):
-        validate(cfg)
+        checked(cfg)
     with pytest.raises(ConfigError, match="text.tokenizer: required by task=video_language"):
-        validate(Config(task="video_language"))
+        checked(Config(task="video_language"))
     with pytest.raises(ConfigError, match="data_prep/train_tokenizer.py --out"):  # the task checks again
         VideoLanguage(cfg, {})
-    validate(Config(task="video_language", text=TextConfig(tokenizer=str(tmp_path / "spm.model"),
+    checked(Config(task="video_language", text=TextConfig(tokenizer=str(tmp_path / "spm.model"),
                                                            train_tokenizer_if_missing=True)))
 
 
@@ -151,7 +152,7 @@ def test_missing_tokenizer_stops_at_validation_with_the_build_command(tmp_path):
 def test_bad_text_settings_stop_at_validation(tmp_path, override, message):
     (tmp_path / "spm.model").write_bytes(b"")
     with pytest.raises(ConfigError, match=message):
-        validate(Config(task="video_language", text=TextConfig(tokenizer=str(tmp_path / "spm.model"), **override)))
+        checked(Config(task="video_language", text=TextConfig(tokenizer=str(tmp_path / "spm.model"), **override)))
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +163,7 @@ def demo_tokenizer(tiny_demo, tmp_path_factory) -> Config:
                                  train_tokenizer_if_missing=True, tokenizer_type="bpe", tokenizer_vocab_size=100,
                                  max_length=12, width=32, depth=1, heads=2, embed_dim=16))
     cfg.data.train, cfg.data.val = f"{tiny_demo}/train", f"{tiny_demo}/val"
-    validate(cfg)
+    checked(cfg)
     prepare_tokenizer(cfg)
     return cfg
 

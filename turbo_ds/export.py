@@ -36,10 +36,11 @@ from typing import Any
 
 import torch
 
-from turbo_ds.config import Config, ConfigError, config_from_dict, to_dict
+from turbo_ds.config import ConfigError, config_from_dict, to_dict
 from turbo_ds.engine.checkpoint import CheckpointManager, NoCheckpoint
+from turbo_ds.engine.optim import group_names
 from turbo_ds.fileio import atomic_write_json
-from turbo_ds.tasks import build_task
+from turbo_ds.tasks import build_task, checked
 from turbo_ds.tasks.base import Task
 
 FORMAT = "turbo_ds.export/1"
@@ -60,15 +61,6 @@ class Consolidated:
     "run_dir, step, checkpoint, world_size, and where the weights came from"
 
 
-def optimizer_groups(model: torch.nn.Module, cfg: Config) -> list[list[str]]:
-    """Parameter names of each optimizer group in the trainer's order (the layout of ZeRO-0's fp32 masters)."""
-    from turbo_ds.engine.trainer import param_groups
-
-    names = {id(p): n for n, p in model.named_parameters()}
-    groups = param_groups(model, 1.0, cfg.train.layer_decay, cfg.model.depth)
-    return [[names[id(p)] for p in group["params"]] for group in groups]
-
-
 def from_run(run_dir: str | Path, step: int | None = None) -> Consolidated:
     """Rebuild the run's model from its latest checkpoint (or the one at ``step``) with float32 weights."""
     from turbo_ds.data.storage import ShardSource
@@ -80,14 +72,14 @@ def from_run(run_dir: str | Path, step: int | None = None) -> Consolidated:
     tree["model"]["pretrained"] = None  # the checkpoint holds every weight
     tree["eval"]["zero_shot_data"] = None  # an evaluation during training: rebuilding the model needs none of it
     try:
-        cfg = config_from_dict(tree)
+        cfg = checked(config_from_dict(tree))
         # class names (and what building the task reads), from a folder or URL as in training
         manifest = ShardSource.from_config(cfg.data, "train").manifest
         task = build_task(cfg, manifest)
     except (ConfigError, OSError, ValueError) as e:
         raise ExportError(f"cannot rebuild the model of {run_dir}: {e}; run from the directory the run was "
                           "started in (its config's paths are relative to it)") from e
-    weights, note = checkpoints.fp32_weights(checkpoint, optimizer_groups(task.model, cfg))
+    weights, note = checkpoints.fp32_weights(checkpoint, group_names(task.model, cfg.train.layer_decay, cfg.model.depth))
     missing, unexpected = task.model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise ExportError(f"{checkpoint} does not fit the model its config describes: missing {missing[:5]}, "
@@ -172,7 +164,7 @@ def load_export(folder: str | Path, device: str | torch.device = "cpu") -> Task:
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # its report on text_encoder/ (no pooler, unused) is noise: weights come next
     try:
-        task = build_task(config_from_dict(tree), {"class_names": meta["class_names"]})
+        task = build_task(checked(config_from_dict(tree)), {"class_names": meta["class_names"]})
     finally:
         hf_logging.set_verbosity(verbosity)
     weights = load_file(str(folder / WEIGHTS))

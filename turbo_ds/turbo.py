@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:  # the config schema reads STRATEGIES from here
-    from turbo_ds.config import TurboConfig
+from turbo_ds.config import TurboConfig
 
 Grid = tuple[int, int, int]  # (T', H', W') tokens along time, height, width
 PatchShape = tuple[int, int, int, int]  # (C, t, p, p): one raw tubelet, in Conv3d weight order
@@ -120,23 +119,23 @@ def motion_keep_indices(scores: torch.Tensor, keep: int, temperature: float, mix
 class Strategy:
     """One way to choose the kept tokens."""
 
-    select: Callable[[torch.Tensor, Grid, PatchShape, int, "TurboConfig"], torch.Tensor]
-    "(raw patches (B, N, P), grid, tubelet shape, K, config) -> sorted keep indices (B, K) int64"
+    select: Callable[[torch.Tensor, Grid, PatchShape, int, float, float], torch.Tensor]
+    "(raw patches (B, N, P), grid, tubelet shape, K, motion temperature, motion mix) -> sorted keep indices (B, K)"
     per_slice: bool = False
     "keeps the same count in every time slice, so K is a multiple of T'"
     doc: str = ""
 
 
-STRATEGIES: dict[str, Strategy] = {
-    "random": Strategy(lambda p, grid, shape, keep, cfg: random_keep_indices(len(p), p.shape[1], keep, p.device),
+STRATEGIES: dict[str, Strategy] = {  # the config schema spells these names too (STRATEGY_NAMES)
+    "random": Strategy(lambda p, grid, shape, keep, *_: random_keep_indices(len(p), p.shape[1], keep, p.device),
                        doc="a uniform random subset"),
-    "tube": Strategy(lambda p, grid, shape, keep, cfg: tube_keep_indices(len(p), grid, keep, p.device),
+    "tube": Strategy(lambda p, grid, shape, keep, *_: tube_keep_indices(len(p), grid, keep, p.device),
                      per_slice=True, doc="the same spatial positions at every time step"),
-    "frame_balanced": Strategy(lambda p, grid, shape, keep, cfg: frame_balanced_keep_indices(len(p), grid, keep,
-                                                                                             p.device),
+    "frame_balanced": Strategy(lambda p, grid, shape, keep, *_: frame_balanced_keep_indices(len(p), grid, keep,
+                                                                                            p.device),
                                per_slice=True, doc="an equal share of every time slice"),
-    "motion": Strategy(lambda p, grid, shape, keep, cfg: motion_keep_indices(
-        motion_scores(p, grid, shape), keep, cfg.motion_temperature, cfg.motion_mix),
+    "motion": Strategy(lambda p, grid, shape, keep, temperature, mix: motion_keep_indices(
+        motion_scores(p, grid, shape), keep, temperature, mix),
         doc="favours tubelets whose pixels change most between frames"),
 }
 
@@ -174,17 +173,19 @@ class TokenSelector(nn.Module):
     """Chooses kept token indices: the current training ratio, or ``eval_keep_ratio`` in eval mode.
 
     Returns None when every token is kept, so the encoder skips the gather entirely. The
-    training ratio starts at ``cfg.keep_ratio``; a trainer with a schedule moves it with
-    ``set_keep_ratio(keep_ratio_at(cfg, step, total))`` before each step.
+    training ratio starts at ``keep_ratio``; a schedule moves it with ``set_keep_ratio``
+    (the trainer asks the task, ``Task.set_keep_ratio``, before each step).
     """
 
-    def __init__(self, cfg: TurboConfig, grid: Grid, patch_shape: PatchShape):
+    def __init__(self, strategy: str, grid: Grid, patch_shape: PatchShape, keep_ratio: float,
+                 eval_keep_ratio: float = 1.0, motion_temperature: float = 1.0, motion_mix: float = 0.0):
         super().__init__()
-        self.cfg, self.grid, self.patch_shape = cfg, grid, patch_shape
-        if cfg.keep_ratio == "auto":
-            raise ValueError("turbo.keep_ratio=auto: train.py measures the ratio before building the model "
-                             "(turbo_ds.plan.pick_keep_ratio); give the model a number")
-        self.keep_ratio, self.eval_keep_ratio = cfg.keep_ratio, cfg.eval_keep_ratio
+        assert strategy in STRATEGIES, f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}"
+        assert 0 < eval_keep_ratio <= 1, f"eval_keep_ratio {eval_keep_ratio} outside (0, 1]"
+        self.strategy, self.grid, self.patch_shape = strategy, grid, patch_shape
+        self.motion_temperature, self.motion_mix = motion_temperature, motion_mix
+        self.eval_keep_ratio = eval_keep_ratio
+        self.set_keep_ratio(keep_ratio)
 
     def set_keep_ratio(self, keep_ratio: float) -> None:
         assert 0 < keep_ratio <= 1, f"keep_ratio {keep_ratio} outside (0, 1]"
@@ -193,7 +194,7 @@ class TokenSelector(nn.Module):
     def num_kept(self, training: bool | None = None) -> int:
         """Tokens kept per sample now (in training mode, or as ``training`` says)."""
         training = self.training if training is None else training
-        return keep_count(self.cfg.strategy, self.grid, self.keep_ratio if training else self.eval_keep_ratio)
+        return keep_count(self.strategy, self.grid, self.keep_ratio if training else self.eval_keep_ratio)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor | None:
         _, num_tokens, _ = patches.shape  # raw tubelet patches (B, N, P)
@@ -201,8 +202,9 @@ class TokenSelector(nn.Module):
         keep = self.num_kept()
         if keep == num_tokens:
             return None
-        return STRATEGIES[self.cfg.strategy].select(patches, self.grid, self.patch_shape, keep, self.cfg)
+        return STRATEGIES[self.strategy].select(patches, self.grid, self.patch_shape, keep, self.motion_temperature,
+                                                self.motion_mix)
 
     def extra_repr(self) -> str:
-        return (f"strategy={self.cfg.strategy}, keep_ratio={self.keep_ratio}, eval_keep_ratio={self.eval_keep_ratio}, "
+        return (f"strategy={self.strategy}, keep_ratio={self.keep_ratio}, eval_keep_ratio={self.eval_keep_ratio}, "
                 f"grid={self.grid}")

@@ -1,8 +1,10 @@
-"""Typed config tree: YAML recipe + ``--set key=value`` overrides, validated before any compute.
+"""The ground floor: it imports nothing else of turbo_ds.
+
+Typed config tree: YAML recipe + ``--set key=value`` overrides, validated before any compute.
 
     schema      the dataclasses (every field typed, with a default and a one-line doc)
     loading     YAML + overrides -> the typed tree (unknown keys and wrong types stop here)
-    validation  cross-field rules per section, then the task's own
+    validation  cross-field rules per section (a task's own: Task.check_config, run by the entry points)
     deepspeed   the one reader of the DeepSpeed JSON, and the batch plan it implies
 """
 

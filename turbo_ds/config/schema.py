@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from turbo_ds.turbo import STRATEGIES
+# The names of turbo_ds.turbo.STRATEGIES, spelled here so that config imports nothing above it
+# (tests/test_turbo_strategies.py keeps both lists equal).
+STRATEGY_NAMES = ("random", "tube", "frame_balanced", "motion")
 
 
 class ConfigError(ValueError):
@@ -58,7 +60,7 @@ class ModelConfig:
 
 @dataclass
 class TurboConfig:
-    strategy: Literal[tuple(STRATEGIES)] = "random"
+    strategy: Literal[STRATEGY_NAMES] = "random"
     "how kept tokens are chosen (turbo_ds.turbo.STRATEGIES): random, tube, frame_balanced, motion"
     keep_ratio: float | Literal["auto"] = 0.25
     "training fraction of space-time tokens in (0, 1] (a ramp's start), or auto: the largest that fits memory_budget_gb"

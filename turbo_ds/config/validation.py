@@ -1,16 +1,14 @@
 """Cross-field rules that types alone cannot express, one function per config section.
 
 Nothing here reads a file or knows a task: a task adds its own rules (and checks the files
-it will read) in its ``check_config``, which ``validate`` runs last.
+it will read) in its ``check_config``, which the entry points run after these
+(``turbo_ds.tasks.checked``).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from turbo_ds.config.schema import (Config, ConfigError, DataConfig, EvalConfig, LongVideoConfig, ModelConfig,
                                     TextConfig, TrainConfig, TurboConfig)
-from turbo_ds.data.locations import is_remote
 
 
 def _at_least(minimum: int, values: dict[str, int | float]) -> None:
@@ -82,10 +80,6 @@ def check_data(d: DataConfig) -> None:
     if not 0 <= d.max_skipped_shard_fraction <= 1:
         raise ConfigError(f"data.max_skipped_shard_fraction={d.max_skipped_shard_fraction}: must be in [0, 1] "
                           "(0: any shard that cannot be read stops the run)")
-    local = not (is_remote(d.train) or is_remote(d.val))  # the demo is generated into local folders only
-    if d.generate_demo and local and Path(d.train).parent != Path(d.val).parent:
-        raise ConfigError(f"data.generate_demo: data.train={d.train} and data.val={d.val} must share a parent "
-                          "folder (the demo is written to PARENT/train and PARENT/val)")
 
 
 def check_train(tr: TrainConfig) -> None:
@@ -143,9 +137,7 @@ def check_long_video(lv: LongVideoConfig) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Every section's rules, then the task's own (which may check the files it will read)."""
-    from turbo_ds.tasks import task_type  # the tasks import this package: resolve them at call time
-
+    """Every section's rules (the task's own come from ``Task.check_config``)."""
     check_model(cfg.model)
     check_turbo(cfg.turbo, cfg.train.steps)
     check_data(cfg.data)
@@ -153,4 +145,3 @@ def validate(cfg: Config) -> None:
     check_eval(cfg.eval)
     check_text(cfg.text)
     check_long_video(cfg.long_video)
-    task_type(cfg.task).check_config(cfg)

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from turbo_ds.models.pretrained import CheckpointMismatch, LoadReport, folder_config, folder_tensors, load_matching
 from turbo_ds.models.vit import VideoClassifier, VideoViT, interpolate_pos_embed
+from turbo_ds.models.weights import CheckpointMismatch, LoadReport, folder_config, folder_tensors, load_matching
 
 CLIP_TYPES = ("clip", "clip_vision_model", "clip_text_model")
 "transformers model_type values of CLIP folders (a CLIPModel, or one of its towers)"

@@ -192,7 +192,8 @@ class VideoViT(nn.Module):
         else:  # fixed: positions are informative from the first step
             self.register_buffer("pos_embed", sinusoid_table(num_tokens, cfg.width), persistent=False)
         self.norm_pre = nn.LayerNorm(cfg.width, eps=cfg.norm_eps) if clip else nn.Identity()
-        self.turbo = TokenSelector(turbo, self.grid, self.patch_embed.patch_shape)
+        self.turbo = TokenSelector(turbo.strategy, self.grid, self.patch_embed.patch_shape, turbo.keep_ratio,
+                                   turbo.eval_keep_ratio, turbo.motion_temperature, turbo.motion_mix)
         rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # 0 -> drop_path over depth
         act = QuickGELU if clip else nn.GELU
         self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.norm_eps, rate, act)

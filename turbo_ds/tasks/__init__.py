@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from turbo_ds.config import Config
+from turbo_ds.config import Config, validate
 from turbo_ds.tasks.action_cls import ActionClassification
 from turbo_ds.tasks.base import Task
 from turbo_ds.tasks.long_video import LongVideoClassification
@@ -23,6 +23,14 @@ TASKS: dict[str, type[Task]] = {
 
 def task_type(name: str) -> type[Task]:
     return TASKS[name]  # the config schema admits only these names (a test keeps both lists equal)
+
+
+def checked(cfg: Config) -> Config:
+    """``cfg`` once every section's rules and its task's own hold (what only the task knows, e.g. the files it
+    will read): what every entry point runs on a config before using it."""
+    validate(cfg)
+    task_type(cfg.task).check_config(cfg)
+    return cfg
 
 
 def build_task(cfg: Config, manifest: dict[str, Any]) -> Task:

@@ -16,7 +16,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
-from turbo_ds.config import Config, ConfigError
+from turbo_ds.config import Config, ConfigError, DataConfig
 from turbo_ds.data.locations import is_remote
 from turbo_ds.data.pipeline import Targets
 from turbo_ds.data.shards import MANIFEST
@@ -96,13 +96,17 @@ class Task(Evaluation):
         if pretrained is not None and not Path(pretrained).exists() and not cfg.model.generate_demo_clip:
             raise ConfigError(f"model.pretrained={pretrained}: no such file or directory; give a local "
                               "transformers VideoMAE or CLIP directory or a VideoMAE .pth")
+        data = cfg.data
+        if data.generate_demo and _local(data) and Path(data.train).parent != Path(data.val).parent:
+            raise ConfigError(f"data.generate_demo: data.train={data.train} and data.val={data.val} must share a "
+                              "parent folder (the demo is written to PARENT/train and PARENT/val)")
 
     @classmethod
     def prepare(cls, cfg: Config, log: Log) -> None:
         """Rank 0, before any rank builds the task: create what the run reads but may not exist yet."""
-        data, folders = cfg.data, (cfg.data.train, cfg.data.val)
-        if data.generate_demo and not any(map(is_remote, folders)) and not all((Path(p) / MANIFEST).is_file()
-                                                                              for p in folders):
+        data = cfg.data
+        if data.generate_demo and _local(data) and not all((Path(p) / MANIFEST).is_file()
+                                                           for p in (data.train, data.val)):
             cls.generate_demo(Path(data.train).parent, log)
         if cfg.model.generate_demo_clip and cfg.model.pretrained and not Path(cfg.model.pretrained).exists():
             from turbo_ds.prep.demo_clip import make_demo_clip
@@ -175,6 +179,11 @@ class Task(Evaluation):
     def extra_evaluations(self) -> list[Evaluation]:
         """Further validation sets evaluated at every eval (e.g. zero-shot classification)."""
         return []
+
+
+def _local(data: DataConfig) -> bool:
+    """Both splits are local folders: the only place the demo is generated into."""
+    return not (is_remote(data.train) or is_remote(data.val))
 
 
 def demo_clip_sizes(cfg: Config) -> dict[str, int]:
