@@ -24,7 +24,8 @@ from conftest import read_metrics, run_train, tiny_overrides
 from servers import NGINX_INSTALL, S3_INSTALL, MotoS3, Nginx
 from turbo_ds.config import ConfigError, DataConfig, ModelConfig, load_config
 from turbo_ds.data.locations import join, redact, redacted
-from turbo_ds.data.pipeline import StreamPosition, TrainStream, make_loader, run, shuffled
+from turbo_ds.data.pipeline import TrainStream, make_loader, run, shuffled
+from turbo_ds.data.position import StreamPosition
 from turbo_ds.data.storage import ReadPolicy, ShardReadError, ShardSource, SourceError, read_with_retries
 
 MODEL = ModelConfig()

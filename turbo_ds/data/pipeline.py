@@ -49,7 +49,6 @@ import json
 import math
 import random
 import signal
-import tarfile
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -63,7 +62,7 @@ from webdataset.filters import _shuffle
 from turbo_ds.config import DataConfig, EvalConfig, ModelConfig
 from turbo_ds.data import transforms as T
 from turbo_ds.data.errors import DataError
-from turbo_ds.data.position import Layout, Ranges, regroup, share
+from turbo_ds.data.position import Layout, Ranges, StreamPosition, regroup, share
 from turbo_ds.data.shards import check_readers
 from turbo_ds.data.storage import ShardSource, check_not_lost
 from turbo_ds.data.video import (DecodeLimits, VideoTooLarge, decode_frames, dense_indices, read_frames,
@@ -144,56 +143,6 @@ class ClipSpec:
                 return dense_indices(num_frames, self.frames, self.frame_stride, rng, clip, self.num_clips)
             return sample_indices(num_frames, self.frames, rng, clip, self.num_clips)
         return np.concatenate([pick(k) for k in range(self.num_clips)])
-
-
-# What reading a missing, truncated or garbage tar file raises (opening it, parsing its headers,
-# decompressing, grouping its members); webdataset passes them to StreamPosition.tar_handler.
-TAR_READ_ERRORS = (OSError, EOFError, ValueError, tarfile.TarError, zlib.error)
-
-
-class StreamPosition:
-    """Where a stream stands: epoch, raw samples consumed in it and which ones (``done``: per shard,
-    sample indices as ranges), bad samples skipped and short videos (fewer frames than the clip
-    needs: frames repeat) so far, shards that could not be read and retried shard reads so far.
-
-    It travels with every batch, so a checkpoint records exactly what training consumed
-    and a resumed stream continues from there instead of restarting its epoch (at another
-    world size too: data/position.py). ``events`` (what the shard reader did: retries, skipped
-    shards) is not state: it leaves with the next batch for the log (``take_events``).
-    """
-
-    def __init__(self, epoch: int = 0, consumed: int = 0, skipped: int = 0, short: int = 0,
-                 skipped_shards: int = 0, read_retries: int = 0, done: dict[str, str] | None = None):
-        self.epoch, self.consumed, self.skipped, self.short = epoch, consumed, skipped, short
-        self.skipped_shards, self.read_retries = skipped_shards, read_retries
-        self.done = {shard: Ranges.parse(r) for shard, r in (done or {}).items()}
-        self.events: list[str] = []
-
-    def count(self, samples: Iterator[dict]) -> Iterator[dict]:
-        for sample in samples:
-            self.consumed += 1
-            if "__shard__" in sample:
-                self.done.setdefault(sample["__shard__"], Ranges()).add(sample["__index__"])
-            yield sample
-
-    def next_epoch(self) -> None:
-        self.epoch, self.consumed, self.done = self.epoch + 1, 0, {}
-
-    def tar_handler(self, exn: Exception) -> bool:
-        """webdataset's handler for reading tar files: an unreadable file or member is skipped and counted."""
-        if not isinstance(exn, TAR_READ_ERRORS):
-            raise exn
-        self.skipped += 1
-        return True
-
-    def state(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "consumed": self.consumed, "skipped": self.skipped, "short": self.short,
-                "skipped_shards": self.skipped_shards, "read_retries": self.read_retries,
-                "done": {shard: str(r) for shard, r in self.done.items()}}
-
-    def take_events(self) -> list[str]:
-        events, self.events = self.events, []
-        return events
 
 
 class DecodedCache:

@@ -65,7 +65,7 @@ from turbo_ds.fileio import atomic_write_bytes
 
 if TYPE_CHECKING:
     from turbo_ds.config import DataConfig
-    from turbo_ds.data.pipeline import StreamPosition
+    from turbo_ds.data.position import StreamPosition
 
 CHUNK = 1 << 20  # bytes per read call while downloading
 MAX_BACKOFF_S = 60.0
