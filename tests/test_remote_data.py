@@ -26,7 +26,8 @@ from turbo_ds.config import ConfigError, DataConfig, ModelConfig, load_config
 from turbo_ds.data.locations import join, redact, redacted
 from turbo_ds.data.pipeline import TrainStream, make_loader, run, shuffled
 from turbo_ds.data.position import StreamPosition
-from turbo_ds.data.storage import ReadPolicy, ShardReadError, ShardSource, SourceError, read_with_retries
+from turbo_ds.data.source import ShardReadError, ShardSource, SourceError
+from turbo_ds.data.transport import ReadPolicy, read_with_retries
 
 MODEL = ModelConfig()
 SECRET = "s3cr3t-pw"

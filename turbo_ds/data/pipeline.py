@@ -36,7 +36,7 @@ tar file or member through ``StreamPosition.tar_handler``, a sample that raises
 ``DataError`` (corrupt mp4, a video over ``data.max_decode_pixels`` x 16 or still decoding after
 ``data.decode_timeout_s``, missing or unparsable member, no caption) through
 ``each_or_skip``. Any other exception is a bug and propagates. Shards are located and read
-by ``storage.ShardSource`` (a local folder or a URL): a shard that cannot be read after
+by ``source.ShardSource`` (a local folder or a URL): a shard that cannot be read after
 retries is counted in ``StreamPosition.skipped_shards`` and its samples become placeholders
 (numbered in their shard like real ones), skipped and counted after the stream has counted
 them, so no later sample moves and its ``done`` ranges stay whole.
@@ -64,7 +64,7 @@ from turbo_ds.data import transforms as T
 from turbo_ds.data.errors import DataError
 from turbo_ds.data.position import Layout, Ranges, StreamPosition, regroup, share
 from turbo_ds.data.shards import check_readers
-from turbo_ds.data.storage import ShardSource, check_not_lost
+from turbo_ds.data.source import ShardSource, check_not_lost
 from turbo_ds.data.video import (DecodeLimits, VideoTooLarge, decode_frames, dense_indices, read_frames,
                                  sample_indices)
 
