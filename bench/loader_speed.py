@@ -59,10 +59,11 @@ import av  # noqa: E402
 import numpy as np  # noqa: E402
 
 from turbo_ds.config import DataConfig, ModelConfig  # noqa: E402
-from turbo_ds.data.pipeline import TrainStream, make_loader  # noqa: E402
 from turbo_ds.data.locations import is_remote, redact  # noqa: E402
 from turbo_ds.data.shards import MANIFEST, shard_name, write_manifest, write_shard  # noqa: E402
-from turbo_ds.data.storage import ShardSource, read_bytes  # noqa: E402
+from turbo_ds.data.source import ShardSource  # noqa: E402
+from turbo_ds.data.streams import TrainStream, make_loader  # noqa: E402
+from turbo_ds.data.transport import read_bytes  # noqa: E402
 from turbo_ds.data.video import iter_frames  # noqa: E402
 from turbo_ds.prep.demo import CLASS_NAMES, DemoSettings, render_clip  # noqa: E402
 from turbo_ds.prep.transcode import TranscodeSettings, encode_mp4, transcode  # noqa: E402

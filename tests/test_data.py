@@ -14,8 +14,9 @@ import torch
 
 from conftest import REPO
 from turbo_ds.config import DataConfig, ModelConfig
-from turbo_ds.data.pipeline import ClipSpec, EvalStream, TrainStream, make_loader
+from turbo_ds.data.samples import ClipSpec
 from turbo_ds.data.shards import read_manifest
+from turbo_ds.data.streams import EvalStream, TrainStream, make_loader
 from turbo_ds.data.video import decode_frames
 from turbo_ds.prep.demo import CLASS_NAMES, DemoSettings, make_sample
 

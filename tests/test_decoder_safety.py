@@ -14,8 +14,9 @@ import pytest
 
 from conftest import REPO
 from turbo_ds.config import DataConfig, ModelConfig
-from turbo_ds.data.pipeline import DecodedCache, TrainStream, make_loader
+from turbo_ds.data.samples import DecodedCache
 from turbo_ds.data.shards import shard_name, write_manifest, write_shard
+from turbo_ds.data.streams import TrainStream, make_loader
 from turbo_ds.data import video
 from turbo_ds.data.video import DecodeLimits, DecodeTimeout, VideoTooLarge, read_frames, sample_indices
 from turbo_ds.memory import peak_rss_bytes, reset_peak_rss, rss_bytes

@@ -16,8 +16,9 @@ import pytest
 
 from conftest import REPO, read_metrics, run_train, tiny_overrides
 from turbo_ds.config import DataConfig, ModelConfig
-from turbo_ds.data.pipeline import TrainStream, make_loader, shuffled
 from turbo_ds.data.position import Layout, Ranges, regroup, share, stream_name
+from turbo_ds.data.stages import shuffled
+from turbo_ds.data.streams import TrainStream, make_loader
 
 
 def key_counts(seen: list, every: set) -> dict[str, int]:

@@ -12,7 +12,8 @@ import torch
 from turbo_ds.config import ConfigError, DataConfig, EvalConfig, ModelConfig, load_config
 from turbo_ds.data import transforms as T
 from turbo_ds.data import video
-from turbo_ds.data.pipeline import EvalStream, StreamPosition, TrainStream, make_loader
+from turbo_ds.data.position import StreamPosition
+from turbo_ds.data.streams import EvalStream, TrainStream, make_loader
 from turbo_ds.data.video import CorruptVideo, dense_indices, read_frames, sample_indices
 from turbo_ds.prep.transcode import encode_mp4
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from turbo_ds.config import Config, ConfigError, DataConfig, LongVideoConfig, ModelConfig, TurboConfig
-from turbo_ds.data.pipeline import ClipSpec, EvalStream, TrainStream, make_loader
+from turbo_ds.data.samples import ClipSpec
+from turbo_ds.data.streams import EvalStream, TrainStream, make_loader
 from turbo_ds.data.video import sample_indices
 from turbo_ds.models.long_video import SegmentClassifier
 from turbo_ds.prep.demo import (LONG_CLASS_NAMES, LONG_SEQUENCES, LongDemoSettings, long_demo_label, make_long_sample,

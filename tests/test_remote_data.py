@@ -24,8 +24,11 @@ from conftest import read_metrics, run_train, tiny_overrides
 from servers import NGINX_INSTALL, S3_INSTALL, MotoS3, Nginx
 from turbo_ds.config import ConfigError, DataConfig, ModelConfig, load_config
 from turbo_ds.data.locations import join, redact, redacted
-from turbo_ds.data.pipeline import StreamPosition, TrainStream, make_loader, run, shuffled
-from turbo_ds.data.storage import ReadPolicy, ShardReadError, ShardSource, SourceError, read_with_retries
+from turbo_ds.data.position import StreamPosition
+from turbo_ds.data.source import ShardReadError, ShardSource, SourceError
+from turbo_ds.data.stages import run, shuffled
+from turbo_ds.data.streams import TrainStream, make_loader
+from turbo_ds.data.transport import ReadPolicy, read_with_retries
 
 MODEL = ModelConfig()
 SECRET = "s3cr3t-pw"

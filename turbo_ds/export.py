@@ -63,7 +63,7 @@ class Consolidated:
 
 def from_run(run_dir: str | Path, step: int | None = None) -> Consolidated:
     """Rebuild the run's model from its latest checkpoint (or the one at ``step``) with float32 weights."""
-    from turbo_ds.data.storage import ShardSource
+    from turbo_ds.data.source import ShardSource
 
     checkpoints = CheckpointManager.reader(run_dir)
     checkpoint = checkpoints.find(step)

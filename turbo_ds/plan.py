@@ -44,7 +44,7 @@ from typing import Any, Callable
 import yaml
 
 from turbo_ds.config import Config, ConfigError, DeepSpeedConfig, load_config, load_ds_config, plan_batches, to_dict
-from turbo_ds.data.storage import ShardSource
+from turbo_ds.data.source import ShardSource
 from turbo_ds.memory import available_bytes, peak_rss_bytes, reset_peak_rss, rss_bytes
 
 KEEP_RATIOS = (1.0, 0.5, 0.25, 0.125)

@@ -26,8 +26,9 @@ import torch.nn.functional as F
 
 from turbo_ds.config import ConfigError
 from turbo_ds.data.errors import DataError
-from turbo_ds.data.pipeline import (ClipSpec, DecodedCache, EvalStream, StreamPosition, choose_views, collate, decode,
-                                    make_loader, to_device)
+from turbo_ds.data.position import StreamPosition
+from turbo_ds.data.samples import ClipSpec, DecodedCache, choose_views, collate, decode, to_device
+from turbo_ds.data.streams import EvalStream, make_loader
 from turbo_ds.engine.checkpoint import NoCheckpoint
 from turbo_ds.export import ExportError, load_model
 from turbo_ds.models.text import VideoTextModel

@@ -48,7 +48,7 @@ def check_data(cfg: Config, world: int) -> None:
     """The datasets are complete (and the training set feeds every rank), or local and missing but generated at
     start-up (the demo); a URL's manifest is read (with the configured retries), so an unreachable store stops
     the run here."""
-    from turbo_ds.data.storage import ShardSource
+    from turbo_ds.data.source import ShardSource
 
     for key, location in (("data.train", cfg.data.train), ("data.val", cfg.data.val),
                           ("eval.zero_shot_data", cfg.eval.zero_shot_data)):
@@ -196,7 +196,7 @@ def train(cfg: Config, ds: DeepSpeedConfig, plan, dist_info: "DistInfo", checkpo
           lock_note: str | None) -> int:
     import torch
 
-    from turbo_ds.data.storage import ShardReadError, ShardSource
+    from turbo_ds.data.source import ShardReadError, ShardSource
     from turbo_ds.engine.distributed import barrier, is_collective_failure
     from turbo_ds.engine.errors import EXIT_CODE
     from turbo_ds.engine.metrics import RunLog

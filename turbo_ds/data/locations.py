@@ -1,7 +1,7 @@
 """Dataset locations as strings: local path or URL, and how to show one without its credentials.
 
 Pure string functions (no I/O, no heavy imports), so that config checks and logging can use
-them; reading is ``turbo_ds.data.storage``.
+them; reading is ``turbo_ds.data.transport`` (bytes) and ``turbo_ds.data.source`` (a dataset's shards).
 """
 
 from __future__ import annotations

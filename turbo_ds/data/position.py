@@ -14,12 +14,17 @@ streams start at the oldest of those epochs and each reads an equal, contiguous 
 what is left of it (``share``), then of the next, and from the first epoch no old stream
 had started on, whole shards again. So over the epoch in which the layout changes,
 every sample is read exactly once.
+
+``StreamPosition`` is one stream's position as it travels with every batch, with its running
+counts of what the stream skipped (bad samples, lost shards) and retried.
 """
 
 from __future__ import annotations
 
 import bisect
 import re
+import tarfile
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
@@ -221,3 +226,53 @@ def regroup(states: dict[str, dict[str, Any]], old: Layout, taken: dict[int, dic
     return Regrouped(first, out, totals, f"epoch {first} continues with the {left} of {sum(counts)} samples "
                                                  "no stream had read" + (f" (epochs up to {last} were in progress)"
                                                                          if last > first else ""))
+
+
+# What reading a missing, truncated or garbage tar file raises (opening it, parsing its headers,
+# decompressing, grouping its members); webdataset passes them to StreamPosition.tar_handler.
+TAR_READ_ERRORS = (OSError, EOFError, ValueError, tarfile.TarError, zlib.error)
+
+
+class StreamPosition:
+    """Where a stream stands: epoch, raw samples consumed in it and which ones (``done``: per shard,
+    sample indices as ranges), bad samples skipped and short videos (fewer frames than the clip
+    needs: frames repeat) so far, shards that could not be read and retried shard reads so far.
+
+    It travels with every batch, so a checkpoint records exactly what training consumed
+    and a resumed stream continues from there instead of restarting its epoch (at another
+    world size too: ``regroup``). ``events`` (what the shard reader did: retries, skipped
+    shards) is not state: it leaves with the next batch for the log (``take_events``).
+    """
+
+    def __init__(self, epoch: int = 0, consumed: int = 0, skipped: int = 0, short: int = 0,
+                 skipped_shards: int = 0, read_retries: int = 0, done: dict[str, str] | None = None):
+        self.epoch, self.consumed, self.skipped, self.short = epoch, consumed, skipped, short
+        self.skipped_shards, self.read_retries = skipped_shards, read_retries
+        self.done = {shard: Ranges.parse(r) for shard, r in (done or {}).items()}
+        self.events: list[str] = []
+
+    def count(self, samples: Iterator[dict]) -> Iterator[dict]:
+        for sample in samples:
+            self.consumed += 1
+            if "__shard__" in sample:
+                self.done.setdefault(sample["__shard__"], Ranges()).add(sample["__index__"])
+            yield sample
+
+    def next_epoch(self) -> None:
+        self.epoch, self.consumed, self.done = self.epoch + 1, 0, {}
+
+    def tar_handler(self, exn: Exception) -> bool:
+        """webdataset's handler for reading tar files: an unreadable file or member is skipped and counted."""
+        if not isinstance(exn, TAR_READ_ERRORS):
+            raise exn
+        self.skipped += 1
+        return True
+
+    def state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "consumed": self.consumed, "skipped": self.skipped, "short": self.short,
+                "skipped_shards": self.skipped_shards, "read_retries": self.read_retries,
+                "done": {shard: str(r) for shard, r in self.done.items()}}
+
+    def take_events(self) -> list[str]:
+        events, self.events = self.events, []
+        return events

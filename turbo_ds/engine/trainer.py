@@ -17,7 +17,8 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from turbo_ds.config import BatchPlan, Config, DeepSpeedConfig
-from turbo_ds.data.pipeline import EvalStream, TrainStream, make_loader, to_device
+from turbo_ds.data.samples import to_device
+from turbo_ds.data.streams import EvalStream, TrainStream, make_loader
 from turbo_ds.engine.checkpoint import CheckpointManager
 from turbo_ds.engine.distributed import DistInfo, all_reduce_sum, set_collective_timeout
 from turbo_ds.engine.errors import DivergenceError

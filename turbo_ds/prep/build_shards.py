@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from turbo_ds.data.locations import is_remote, join, redact
 from turbo_ds.data.shards import MANIFEST
-from turbo_ds.data.storage import ReadFailed, delete, remote_size, write_bytes
+from turbo_ds.data.transport import ReadFailed, delete, remote_size, write_bytes
 from turbo_ds.prep.manifest_rows import (ROWS, TASKS, ManifestError, assign_classes, read_class_names,
                                          read_input_shard_items, read_manifest_items)
 from turbo_ds.prep.shard_builder import ERRORS, BuildError, BuildSettings, build

@@ -28,7 +28,8 @@ import numpy as np
 
 from turbo_ds.data.locations import is_remote, redact
 from turbo_ds.data.shards import MANIFEST, shard_paths
-from turbo_ds.data.storage import ReadFailed, ShardSource, read_bytes
+from turbo_ds.data.source import ShardSource
+from turbo_ds.data.transport import ReadFailed, read_bytes
 from turbo_ds.data.video import CorruptVideo, DecodeLimits, iter_frames, read_frames, sample_indices
 from turbo_ds.fileio import atomic_write_bytes
 from turbo_ds.prep.manifest_rows import VIDEO_EXTS, read_member, tar_samples

@@ -18,7 +18,7 @@ from torch import nn
 
 from turbo_ds.config import Config, ConfigError, DataConfig
 from turbo_ds.data.locations import is_remote
-from turbo_ds.data.pipeline import Targets
+from turbo_ds.data.samples import Targets
 from turbo_ds.data.shards import MANIFEST
 from turbo_ds.models.flops import num_weights, vit_flops
 

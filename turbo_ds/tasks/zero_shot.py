@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from turbo_ds.config import ConfigError
-from turbo_ds.data.pipeline import Targets
+from turbo_ds.data.samples import Targets
 from turbo_ds.data.shards import read_manifest
 from turbo_ds.data.tokenizer import TextTokenizer
 from turbo_ds.tasks.base import Evaluation, dummy_clip

@@ -1,0 +1,262 @@
+"""WebDataset loaders: each split's stream is one ordered, commented list of stages.
+
+As in open_clip's ``get_wds_dataset``, ``TrainStream.stages`` and ``EvalStream.stages``
+list the whole pipeline in order: a source (shard paths or URLs), then stages, each a function
+from an iterator to an iterator; ``run`` chains them (the generic stages: data/stages.py; the
+per-sample ones, what a sample holds and collate: data/samples.py). Training, one epoch of one
+rank/worker (epoch e is a deterministic function of the seed)::
+
+    this stream's share of the shards (shuffled by (seed, e), split by rank and worker; see
+    data/position.py) -> tar samples (remote shards prefetched and retried) -> number samples in their
+    shard -> keep the share -> shuffle buffer
+    (data.resampled: shards drawn with replacement by (seed, e, rank, worker) -> tar samples -> take its share
+    -> shuffle buffer) -> count -> drop first (resume) -> skip lost shards' placeholders -> seed per sample
+    -> parse targets -> decode -> choose views
+
+and the epochs one after another -> batch (uint8; a batch may span the end of an epoch: no sample is dropped)
+|| in the training process: to_device -> normalise (float32).
+
+Evaluation: every shard in order -> tar samples -> split by rank (sample i goes to rank
+i % world) -> split by worker ((i // world) % workers) -> count -> skip lost shards' placeholders
+-> parse targets -> decode
+-> choose views (num_clips x num_crops, no randomness) -> batch (the last one partial) || to_device
+-> normalise.
+
+Bad data is skipped and counted (``StreamPosition.skipped``), never fatal: an unreadable
+tar file or member through ``StreamPosition.tar_handler``, a sample that raises
+``DataError`` (corrupt mp4, a video over ``data.max_decode_pixels`` x 16 or still decoding after
+``data.decode_timeout_s``, missing or unparsable member, no caption) through
+``each_or_skip``. Any other exception is a bug and propagates. Shards are located and read
+by ``source.ShardSource`` (a local folder or a URL): a shard that cannot be read after
+retries is counted in ``StreamPosition.skipped_shards`` and its samples become placeholders
+(numbered in their shard like real ones), skipped and counted after the stream has counted
+them, so no later sample moves and its ``done`` ranges stay whole.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+from typing import Any, Iterator
+
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from turbo_ds.config import DataConfig, EvalConfig, ModelConfig
+from turbo_ds.data.position import Layout, Ranges, StreamPosition, regroup, share
+from turbo_ds.data.samples import (ClipSpec, DecodedCache, Targets, choose_views, collate, decode, parse_targets,
+                                   seed_per_sample)
+from turbo_ds.data.shards import check_readers
+from turbo_ds.data.source import ShardSource, check_not_lost
+from turbo_ds.data.stages import (batch, drop_first, each, each_or_skip, keep, number_samples, resampled, run,
+                                  shuffle, shuffled, split_by, take)
+
+
+def _worker() -> tuple[int, int]:
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info else (0, 1)
+
+
+class TrainStream(IterableDataset):
+    """Infinite, epoch-seeded training batches for one rank.
+
+    ``resume`` maps stream names (``rank<r>/worker<w>``) to the positions recorded in a
+    checkpoint; each stream skips the raw samples it had consumed (cheap: no decoding).
+    ``resume_layout`` (``layout_state``'s output) says which layout wrote them; when it is
+    another world size or worker count, the positions of all old streams are regrouped
+    (data/position.py) and the new streams read exactly what the old ones had left.
+    """
+
+    def __init__(self, data: DataConfig, model: ModelConfig, rank: int, world: int, batch_size: int, seed: int,
+                 resume: dict[str, dict[str, Any]] | None = None, frames: int | None = None,
+                 targets: Targets = "label", resume_layout: dict[str, Any] | None = None):
+        self.source = ShardSource.from_config(data, "train")  # a folder or URL: manifest, shard URLs, reading
+        self.manifest, self.shards = self.source.manifest, self.source.shards
+        self.names = [s["name"] for s in self.manifest["shards"]]
+        self.counts = [s["num_samples"] for s in self.manifest["shards"]]
+        check_readers(data, self.manifest, world)
+        self.spec = ClipSpec.from_config(data, model, train=True, frames=frames, targets=targets)
+        self.data, self.rank, self.world, self.batch_size, self.seed = data, rank, world, batch_size, seed
+        self.layout = Layout(world, max(1, data.num_workers))
+        self.resume, self.taken, self.regrouped = resume or {}, {}, None
+        if resume_layout is not None:
+            self._restore_layout(resume_layout)
+
+    def _restore_layout(self, recorded: dict[str, Any]) -> None:
+        index_of = {name: i for i, name in enumerate(self.names)}
+        named = [*recorded.get("taken", {}).values(), *(s.get("done", {}) for s in self.resume.values())]
+        gone = sorted({shard for part in named for shard in part} - set(index_of))
+        if gone:
+            raise ValueError(f"data.train={self.data.train}: the checkpoint's data position names shards that are "
+                             f"not in its manifest ({', '.join(gone[:3])}); resume with the run's dataset")
+        taken = {int(e): {index_of[shard]: Ranges.parse(r) for shard, r in part.items()}
+                 for e, part in recorded.get("taken", {}).items()}
+        old = Layout(recorded["ranks"], recorded["workers"])
+        if old == self.layout:
+            self.taken = taken
+            return
+        # Another world size or worker count: every rank regroups all old streams the same way.
+        self.regrouped = regroup(self.resume, old, taken, self.order, self.counts, index_of, self.data.resampled)
+        self.regrouped.note = f"data: {old} -> {self.layout}: {self.regrouped.note}"
+        self.taken = self.regrouped.taken
+        # The old totals (bad and short samples, lost shards, read retries) go on with the first stream,
+        # so logged sums continue.
+        self.resume = {name: {"epoch": self.regrouped.epoch, **(self.regrouped.totals if k == 0 else {})}
+                       for k, name in enumerate(self.layout.names())}
+
+    def order(self, epoch: int) -> list[int]:
+        """Epoch ``epoch``'s shard order (indices): the same on every rank, for any world size."""
+        return shuffled(list(range(len(self.shards))), f"{self.seed}-{epoch}")
+
+    def positions(self) -> dict[str, dict[str, Any]]:
+        """Where this rank's streams start (what a checkpoint records for a stream that has not yet delivered)."""
+        return {name: StreamPosition(**self.resume.get(name, {})).state()
+                for name in self.layout.names() if name.startswith(f"rank{self.rank}/")}
+
+    def layout_state(self, positions: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """What a checkpoint records beside every stream's ``positions``: the layout, and what was taken
+        of the epochs that were in progress when it last changed (while a stream is still in one)."""
+        oldest = min((p["epoch"] for p in positions.values()), default=0)
+        return {"ranks": self.layout.ranks, "workers": self.layout.workers,
+                "taken": {str(e): {self.names[i]: str(r) for i, r in part.items()}
+                          for e, part in self.taken.items() if e >= oldest}}
+
+    def stages(self, epoch: int, worker: int, workers: int, pos: StreamPosition, cache: DecodedCache | None = None,
+               resume_at: int = 0, raw: bool = False) -> list:
+        """Epoch ``epoch`` of this rank/worker's stream: ``[source, stage, ...]`` for ``run``.
+
+        ``resume_at`` raw samples are skipped undecoded; ``raw`` stops after the shuffle buffer.
+        """
+        if self.data.resampled:
+            # Every stream draws its own shards with replacement, so any shard count suits any
+            # world size; its epoch is its share of the manifest. A good shard yields at least
+            # one sample, so that many draws suffice (fewer samples only if shards are broken).
+            quota = self.manifest["num_samples"] // (self.world * workers)
+            shards_per_epoch = math.ceil(quota * len(self.shards) / self.manifest["num_samples"])
+            pipeline = [
+                resampled(self.shards, quota, random.Random(f"resample-{self.seed}-{epoch}-{self.rank}-{worker}")),
+                # tar members -> samples (remote shards prefetched); unreadable members and shards skipped, counted
+                self.source.samples(pos, shards_per_epoch),
+                take(quota),  # this stream's share of an epoch
+            ]
+        else:
+            # Whole shards order[k::streams] for stream k = rank + world * worker (split by rank, then by
+            # worker); in an epoch that was in progress when the world size changed, its part of the rest.
+            part = share(self.order(epoch), self.counts, self.taken.get(epoch), self.rank + self.world * worker,
+                         self.world * workers)
+            pipeline = [
+                [self.shards[i] for i in part],  # this stream's shards (paths or URLs), in the epoch's order
+                # tar members -> samples (remote shards prefetched); unreadable members and shards skipped, counted;
+                # a lost shard gives its manifest count of placeholders, so its indices still line up
+                self.source.samples(pos),
+                number_samples(self.source.names),  # __shard__, __index__: what a position records
+                keep({self.names[i]: r for i, r in part.items()}),  # only its part of partly read shards
+            ]
+        order = random.Random(f"{self.seed}-{epoch}-{self.rank}-{worker}")
+        pipeline.append(shuffle(self.data.shuffle_buffer, order))  # shuffle buffer, seeded per stream and epoch
+        if raw:
+            return pipeline
+        spec, cache = self.spec, cache or DecodedCache(0, self.data)
+        return pipeline + [
+            pos.count,  # raw samples consumed this epoch, and which: what a checkpoint records
+            drop_first(resume_at),  # resume mid-epoch: drop what was already trained on, without decoding
+            each_or_skip(check_not_lost, pos),  # placeholders of a shard that could not be read: skipped, counted
+            each(seed_per_sample(self.seed, epoch)),  # per-sample rng from (seed, epoch, key)
+            each_or_skip(parse_targets(spec.targets), pos),  # label or captions; bad ones skipped and counted
+            each_or_skip(decode(spec, cache, pos), pos),  # only the picked frames; a corrupt mp4 is skipped, counted
+            each(choose_views(spec)),  # random resized crop box, flip, one caption
+        ]
+
+    def epoch_samples(self, epoch: int, worker: int, workers: int, pos: StreamPosition) -> Iterator[dict]:
+        """The raw (undecoded) samples this rank/worker reads in ``epoch``, in order."""
+        return run(self.stages(epoch, worker, workers, pos, raw=True))
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, workers = _worker()
+        name, spec = f"rank{self.rank}/worker{worker}", self.spec
+        pos = StreamPosition(**self.resume.get(name, {}))
+        cache = DecodedCache(self.data.decoded_cache_clips, self.data)
+        resume_at, pos.consumed, pos.done = pos.consumed, 0, {}  # counted again while skipping
+
+        def epochs() -> Iterator[dict]:
+            nonlocal resume_at
+            while True:
+                yield from run(self.stages(pos.epoch, worker, workers, pos, cache, resume_at))
+                pos.next_epoch()
+                resume_at = 0
+
+        # crop + flip + resize on uint8, normalise into one batch tensor; batches span epoch ends
+        yield from batch(self.batch_size, lambda group: collate(group, spec, name, pos), partial=False)(epochs())
+
+
+class EvalStream(IterableDataset):
+    """Every validation sample exactly once across ranks (and workers): sample i goes to rank i % world.
+
+    With ``evaluation.num_clips * num_crops = V > 1`` views, ``video`` is (B, V, C, T, H, W).
+    ``num_workers`` must equal the loader's; ``num_batches`` accounts for the split.
+    """
+
+    def __init__(self, data: DataConfig, model: ModelConfig, rank: int, world: int, batch_size: int,
+                 evaluation: EvalConfig | None = None, num_workers: int = 0, frames: int | None = None,
+                 targets: Targets = "label"):
+        self.source = ShardSource.from_config(data, "val")  # a folder or URL: manifest, shard URLs, reading
+        self.manifest, self.shards = self.source.manifest, self.source.shards
+        self.spec = ClipSpec.from_config(data, model, train=False, evaluation=evaluation, frames=frames,
+                                         targets=targets)
+        self.data, self.rank, self.world, self.batch_size = data, rank, world, batch_size
+        self.workers = max(1, num_workers)
+
+    @property
+    def num_batches(self) -> int:
+        """Batches on the busiest rank; every rank runs this many (padding) so collectives line up."""
+        def batches(rank: int) -> int:
+            local = len(range(rank, self.manifest["num_samples"], self.world))
+            return sum(math.ceil(len(range(w, local, self.workers)) / self.batch_size) for w in range(self.workers))
+        return max(batches(r) for r in range(self.world))
+
+    def stages(self, worker: int, workers: int, pos: StreamPosition) -> list:
+        """This rank/worker's share of the validation set: ``[source, stage, ...]`` for ``run``."""
+        spec = self.spec
+        return [
+            self.shards,  # every shard, in manifest order
+            # tar members -> samples (remote shards prefetched); an unreadable shard gives placeholders, so that
+            # every rank still agrees on each sample's index
+            self.source.samples(pos),
+            split_by(self.rank, self.world),  # sample i -> rank i % world
+            split_by(worker, workers),  # then -> worker (i // world) % workers
+            pos.count,
+            each_or_skip(check_not_lost, pos),  # placeholders of a shard that could not be read: skipped, counted
+            each_or_skip(parse_targets(spec.targets), pos),  # label or captions; bad ones skipped and counted
+            each_or_skip(decode(spec, DecodedCache(0, self.data), pos), pos),  # corrupt, huge, hanging: skipped
+            each(choose_views(spec)),  # num_clips x num_crops fixed views
+            batch(self.batch_size, lambda group: collate(group, spec, f"eval{self.rank}/worker{worker}", pos),
+                  partial=True),
+        ]
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, workers = _worker()
+        if workers != self.workers:
+            raise ValueError(f"EvalStream(num_workers={self.workers}) is read by {workers} loader workers; "
+                             "pass the same count to both")
+        yield from run(self.stages(worker, workers, StreamPosition()))
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    # Slurm signals every process of a job step; the training process handles preemption
+    # (finish the step, checkpoint) and its workers must survive until it is done.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def make_loader(stream: TrainStream | EvalStream, num_workers: int, prefetch_factor: int | None = None,
+                pin_memory: bool = False) -> DataLoader:
+    """Batches are formed inside the stream, so the DataLoader only adds worker processes.
+
+    ``prefetch_factor`` (batches queued per worker) defaults to the stream's ``data.prefetch_factor``.
+    ``pin_memory`` (for a GPU) copies each batch into page-locked memory in a background thread, so that
+    its copy to the GPU runs asynchronously.
+    """
+    prefetch = prefetch_factor or stream.data.prefetch_factor
+    return DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0,
+                      prefetch_factor=prefetch if num_workers else None, worker_init_fn=_ignore_stop_signals,
+                      pin_memory=pin_memory)
