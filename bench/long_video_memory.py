@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
 from turbo_ds.config import Config, DeepSpeedConfig, LongVideoConfig, ModelConfig  # noqa: E402
-from turbo_ds.plan import KEEP_RATIOS, Planner  # noqa: E402
+from turbo_ds.plan.search import KEEP_RATIOS, Planner  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
