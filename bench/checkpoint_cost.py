@@ -63,6 +63,7 @@ def worker(args: argparse.Namespace) -> None:
     from turbo_ds.config import DeepSpeedConfig, load_config, plan_batches
     from turbo_ds.engine.checkpoint import CheckpointManager
     from turbo_ds.engine.distributed import init_distributed
+    from turbo_ds.engine.metrics import RunLog
     from turbo_ds.engine.optim import param_groups
     from turbo_ds.tasks import build_task
 
@@ -87,7 +88,7 @@ def worker(args: argparse.Namespace) -> None:
     checkpoints = CheckpointManager(run_dir, dist_info, cfg.train)
     torch.distributed.barrier()
     start = time.perf_counter()
-    path = checkpoints.save(engine, 1, {"data_position": {}})
+    path = checkpoints.save(engine, 1, {}, RunLog(run_dir, dist_info.is_main))  # the engine's state alone
     save_s = time.perf_counter() - start
     if dist_info.is_main:
         files = {p.name: p.stat().st_size for p in path.iterdir() if p.suffix == ".pt"}

@@ -208,7 +208,7 @@ def loader_rate(data: DataConfig, model: ModelConfig, batch_size: int, batches: 
     so ``cpu_ms_per_clip`` slightly overstates the loader's cost.
     """
     cpu = cpu_seconds()
-    batches_iter = iter(make_loader(TrainStream(data, model, 0, 1, batch_size, seed=0), data.num_workers))
+    batches_iter = iter(make_loader(TrainStream.from_config(data, model, 0, 1, batch_size, seed=0), data.num_workers))
     for _ in range(warmup):
         next(batches_iter)
     start = time.perf_counter()

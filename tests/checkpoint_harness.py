@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from turbo_ds.config import TrainConfig  # noqa: E402
+from turbo_ds.config import BatchPlan, DeepSpeedConfig, TrainConfig  # noqa: E402
 from turbo_ds.engine.checkpoint import TRAINER_STATE, CheckpointManager  # noqa: E402
 from turbo_ds.engine.distributed import init_distributed  # noqa: E402
 from turbo_ds.engine.metrics import RunLog  # noqa: E402
@@ -30,6 +30,19 @@ REPO = Path(__file__).resolve().parents[1]
 def checksum(engine) -> float:
     """Of the fp32 master weights the checkpoint holds (ZeRO-2 on one rank: one flat partition per group)."""
     return float(sum(p.detach().double().sum() for p in engine.optimizer.single_partition_of_fp32_groups))
+
+
+class Weights:
+    """What the harness keeps besides the engine (as the trainer's state_dict does): the step and a checksum."""
+
+    def __init__(self, engine) -> None:
+        self.engine, self.step, self.saved = engine, 0, None
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "checksum": checksum(self.engine)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.saved = state["step"], state["checksum"]
 
 
 def main(run_dir: str) -> None:
@@ -43,23 +56,23 @@ def main(run_dir: str) -> None:
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     log = RunLog(run_dir, True)
     manager = CheckpointManager(run_dir, dist_info, TrainConfig(keep_last_checkpoints=2))
-    resume = manager.prepare_resume(model, ds, log.info)
+    resume = manager.prepare_resume(model, DeepSpeedConfig(ds), BatchPlan(4, 1, 1), log.info)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds,
                                       lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0))
-    state = manager.restore(engine, log, resume)
-    step = 0 if state is None else state["step"]
-    if state is not None:
+    weights = Weights(engine)
+    if manager.restore(engine, log, resume, {"weights": weights}):
         saved = json.loads((manager.latest / TRAINER_STATE).read_text())["checksum"]
+        assert saved == weights.saved
         assert abs(checksum(engine) - saved) <= 1e-9 * max(1.0, abs(saved)), (checksum(engine), saved)
-    print(f"resumed {step}", flush=True)
+    print(f"resumed {weights.step}", flush=True)
     print("ready", flush=True)
     while True:
-        step += 1
+        weights.step += 1
         with torch.no_grad():  # new weights for every checkpoint, without a training step's cost
             for partition in engine.optimizer.single_partition_of_fp32_groups:
                 partition.add_(1.0)
-        print(f"saving {step}", flush=True)
-        manager.save(engine, step, {"checksum": checksum(engine)}, log)
+        print(f"saving {weights.step}", flush=True)
+        manager.save(engine, weights.step, {"weights": weights}, log)
 
 
 if __name__ == "__main__":

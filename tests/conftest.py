@@ -58,5 +58,11 @@ def run_train(args: list[str], ranks: int | None = 2, ds_config: str = "ds_confi
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def resumed(stream, positions: dict, layout: dict | None = None):
+    """``stream`` resumed at ``positions`` (stream name -> position), as a checkpoint resumes it."""
+    stream.load_state_dict({"data_position": positions, "data_layout": layout})
+    return stream
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

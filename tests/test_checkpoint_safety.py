@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import REPO, free_port, read_metrics, run_train, tiny_overrides
-from turbo_ds.config import TrainConfig
+from turbo_ds.config import BatchPlan, DeepSpeedConfig, TrainConfig
 from turbo_ds.engine.checkpoint import CheckpointManager
 from turbo_ds.engine.distributed import DistInfo
 from turbo_ds.engine.errors import CheckpointLoadError
@@ -180,13 +180,13 @@ def test_a_failed_universal_conversion_stops_with_one_line_and_keeps_the_checkpo
     files are gone) leaves the checkpoint and `latest` as they were and no partial universal copy."""
     ckpts = tmp_path / "checkpoints"
     (ckpts / "step_00000004").mkdir(parents=True)
-    zero2 = {"zero_optimization": {"stage": 2}, "train_batch_size": 8}
+    zero2 = json.loads((REPO / "ds_configs" / "zero2_bf16.json").read_text())
     (ckpts / "step_00000004" / "trainer_state.json").write_text(json.dumps({"step": 4, "world_size": 2,
-                                                                            "ds_config": zero2}))
+                                                                            "ds_config": {**zero2, "train_batch_size": 32}}))
     (ckpts / "latest").write_text("step_00000004")
     manager = CheckpointManager(tmp_path, DistInfo(0, 1, 0), TrainConfig())
     with pytest.raises(CheckpointLoadError, match=r"^checkpoint error: converting checkpoint .*step_00000004 to a "
                                                   r"universal checkpoint failed: [^\n]*; fix the cause and rerun"):
-        manager.prepare_resume(torch.nn.Linear(2, 2), {**zero2, "train_batch_size": 4}, print)
+        manager.prepare_resume(torch.nn.Linear(2, 2), DeepSpeedConfig(zero2), BatchPlan(16, 1, 1), print)
     assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_00000004"]
     assert (ckpts / "latest").read_text() == "step_00000004"

@@ -13,7 +13,7 @@ import torch
 from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer, CLIPTokenizerFast, CLIPVisionModel
 
 from conftest import read_metrics, run_train, tiny_overrides
-from turbo_ds.config import Config, ConfigError, EvalConfig, ModelConfig, TextConfig, TurboConfig
+from turbo_ds.config import Config, ConfigError, DataConfig, EvalConfig, ModelConfig, TextConfig, TurboConfig
 from turbo_ds.tasks import checked
 from turbo_ds.data.shards import read_manifest, write_manifest
 from turbo_ds.models.pretrained import CheckpointMismatch, load_pretrained
@@ -21,7 +21,7 @@ from turbo_ds.models.vit import VideoViT
 from turbo_ds.prep.demo_clip import make_demo_clip
 from turbo_ds.tasks.retrieval import dual_softmax, retrieval_metrics
 from turbo_ds.tasks.video_language import VideoLanguage, build_model, build_tokenizer
-from turbo_ds.tasks.zero_shot import KINETICS_TEMPLATES, class_texts
+from turbo_ds.tasks.zero_shot import KINETICS_TEMPLATES, class_texts, open_source
 from turbo_ds.turbo import STRATEGIES
 
 VIDEO = ModelConfig(arch="clip", num_frames=8, img_size=32, patch_size=8, tubelet_size=2, width=32, depth=2, heads=2,
@@ -196,7 +196,7 @@ def test_dual_softmax_rescoring():
 @pytest.mark.unit
 def test_class_texts_and_templates(tiny_demo, tmp_path):
     assert len(KINETICS_TEMPLATES) == 28 and KINETICS_TEMPLATES[8] == "a video of a person {}."
-    assert class_texts(str(tiny_demo / "val"))[4] == "to the left slowly"  # the demo manifest says it as captions do
+    assert class_texts(open_source(str(tiny_demo / "val"), DataConfig()))[4] == "to the left slowly"  # the demo manifest says it as captions do
     manifest = json.loads((tiny_demo / "val" / "manifest.json").read_text())
     shards = manifest["shards"]
     folder = tmp_path / "names_only"
@@ -204,7 +204,7 @@ def test_class_texts_and_templates(tiny_demo, tmp_path):
     for shard in shards:
         (folder / shard["name"]).symlink_to(tiny_demo / "val" / shard["name"])
     write_manifest(folder, task="action_cls", shards=shards, class_names=["playing_guitar", "abseiling"])
-    assert class_texts(str(folder)) == ["playing guitar", "abseiling"]
+    assert class_texts(open_source(str(folder), DataConfig())) == ["playing guitar", "abseiling"]
 
 
 # -------------------------------------------------------------------------- end to end

@@ -113,13 +113,13 @@ def test_compile_is_refused_with_zero3_only():
 
 @pytest.mark.unit
 def test_compile_without_a_cxx_compiler_is_a_config_error(monkeypatch):
-    from turbo_ds.train import check_compiler
+    from turbo_ds.models.vit import check_compiler
     cfg = Config()
     monkeypatch.setenv("CXX", "/nonexistent/g++")
-    check_compiler(cfg)  # not asked to compile: no compiler needed
+    check_compiler(cfg.model)  # not asked to compile: no compiler needed
     cfg.model.compile = True
     with pytest.raises(ConfigError, match=r"model.compile=true: .*/nonexistent/g\+\+"):
-        check_compiler(cfg)
+        check_compiler(cfg.model)
 
 
 @pytest.mark.unit

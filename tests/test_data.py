@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, resumed
 from turbo_ds.config import DataConfig, ModelConfig
 from turbo_ds.data.samples import ClipSpec
 from turbo_ds.data.shards import read_manifest
@@ -63,7 +63,7 @@ def test_manifest_counts(tiny_demo):
 
 
 def test_train_stream_batches(tiny_demo):
-    stream = TrainStream(data_config(tiny_demo), MODEL, rank=0, world=2, batch_size=4, seed=0)
+    stream = TrainStream.from_config(data_config(tiny_demo), MODEL, rank=0, world=2, batch_size=4, seed=0)
     batches = iter(make_loader(stream, 0))
     first = next(batches)
     assert first["video"].shape == (4, 3, 16, 64, 64) and first["video"].dtype == torch.uint8  # normalised on the device
@@ -75,18 +75,19 @@ def test_train_stream_batches(tiny_demo):
 
 def test_resumed_stream_continues_where_it_stopped(tiny_demo):
     cfg = data_config(tiny_demo)
-    batches = iter(make_loader(TrainStream(cfg, MODEL, 1, 2, 4, seed=3), 0))
+    batches = iter(make_loader(TrainStream.from_config(cfg, MODEL, 1, 2, 4, seed=3), 0))
     seen = [next(batches) for _ in range(11)]
-    resumed = iter(make_loader(TrainStream(cfg, MODEL, 1, 2, 4, seed=3, resume={seen[5]["stream"]: seen[5]["position"]}), 0))
+    again = iter(make_loader(resumed(TrainStream.from_config(cfg, MODEL, 1, 2, 4, seed=3),
+                                     {seen[5]["stream"]: seen[5]["position"]}), 0))
     for expected in seen[6:]:
-        got = next(resumed)
+        got = next(again)
         assert torch.equal(got["label"], expected["label"]) and torch.equal(got["video"], expected["video"])
 
 
 def test_eval_stream_covers_every_clip_once(tiny_demo):
     keys = []
     for rank in range(3):
-        stream = EvalStream(data_config(tiny_demo), MODEL, rank, 3, batch_size=5)
+        stream = EvalStream.from_config(data_config(tiny_demo), MODEL, rank, 3, batch_size=5)
         batches = list(make_loader(stream, 0))
         assert len(batches) <= stream.num_batches
         keys += [b["position"]["consumed"] for b in batches[-1:]]
@@ -113,7 +114,7 @@ def test_corrupt_video_is_skipped_and_counted(tiny_demo, tmp_path):
         return b"\x00\x00\x00 ftypisom garbage" + data[200:260] if name.endswith("0000003.mp4") else data
 
     folder = rewrite_shards(tiny_demo / "train", tmp_path / "train", corrupt)
-    stream = TrainStream(DataConfig(train=str(folder), shuffle_buffer=8), MODEL, 0, 1, 7, seed=0)
+    stream = TrainStream.from_config(DataConfig(train=str(folder), shuffle_buffer=8), MODEL, 0, 1, 7, seed=0)
     batches = iter(make_loader(stream, 0))
     positions = [next(batches)["position"] for _ in range(9)]  # 63 clips good per epoch -> 9 batches of 7
     assert positions[-1]["skipped"] == 1 and positions[-1]["epoch"] == 0
@@ -136,7 +137,7 @@ def bad_samples(tiny_demo, tmp_path_factory) -> Path:
 @pytest.mark.parametrize("targets, bad", [("label", {3, 5, 7, 9}), ("captions", {3, 9, 11, 13})])
 def test_bad_samples_are_skipped_and_counted(bad_samples, targets, bad):
     """Every DataError (corrupt video, missing or unparsable member, no caption) skips one sample and counts it."""
-    stream = TrainStream(DataConfig(train=str(bad_samples), shuffle_buffer=8), ModelConfig(num_frames=4), 0, 1, 4,
+    stream = TrainStream.from_config(DataConfig(train=str(bad_samples), shuffle_buffer=8), ModelConfig(num_frames=4), 0, 1, 4,
                          seed=0, targets=targets)
     batches = iter(make_loader(stream, 0))
     epoch = [next(batches) for _ in range(15)]  # 60 good clips: 15 batches of 4
@@ -155,7 +156,7 @@ def test_a_bug_in_our_code_propagates_instead_of_being_counted(bad_samples, monk
         raise error("a bug")
 
     monkeypatch.setattr(ClipSpec, "frame_indices", broken)  # runs inside the decoder's error handling
-    for stream in (EvalStream(DataConfig(val=str(bad_samples)), MODEL, 0, 1, 4),
-                   TrainStream(DataConfig(train=str(bad_samples), shuffle_buffer=8), MODEL, 0, 1, 4, seed=0)):
+    for stream in (EvalStream.from_config(DataConfig(val=str(bad_samples)), MODEL, 0, 1, 4),
+                   TrainStream.from_config(DataConfig(train=str(bad_samples), shuffle_buffer=8), MODEL, 0, 1, 4, seed=0)):
         with pytest.raises(error, match="a bug"):
             next(iter(make_loader(stream, 0)))

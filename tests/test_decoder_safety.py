@@ -128,7 +128,7 @@ def monster_shards(monsters, tmp_path_factory):
 @pytest.mark.parametrize("max_pixels, skipped", [(1920 * 1080, 0), (64 * 64, 3)])  # 64x64: all three refused
 def test_the_loader_trains_on_monsters_or_skips_and_counts_them(monster_shards, max_pixels, skipped):
     data = DataConfig(train=str(monster_shards), shuffle_buffer=4, max_decode_pixels=max_pixels)
-    batches = iter(make_loader(TrainStream(data, ModelConfig(num_frames=8, img_size=32, patch_size=8), 0, 1,
+    batches = iter(make_loader(TrainStream.from_config(data, ModelConfig(num_frames=8, img_size=32, patch_size=8), 0, 1,
                                            8 - skipped, seed=0), 0))
     batch = next(batches)
     assert batch["video"].shape == (8 - skipped, 3, 8, 32, 32) and batch["position"]["skipped"] == skipped

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, read_metrics, run_train, tiny_overrides
+from conftest import REPO, read_metrics, run_train, tiny_overrides, resumed
 from turbo_ds.config import DataConfig, ModelConfig
 from turbo_ds.data.position import Layout, Ranges, regroup, share, stream_name
 from turbo_ds.data.stages import shuffled
@@ -149,8 +149,8 @@ def read_ranks(demo: Path, layout: Layout, steps: int, batch: int, resume=None, 
                       num_workers=layout.workers if layout.workers > 1 else 0)
     keys, positions, epochs = [], {}, []
     for rank in range(layout.ranks):
-        stream = TrainStream(data, ModelConfig(num_frames=4, img_size=32), rank, layout.ranks, batch, seed=7,
-                             resume=resume, resume_layout=resume_layout)
+        stream = resumed(TrainStream.from_config(data, ModelConfig(num_frames=4, img_size=32), rank, layout.ranks,
+                                                 batch, seed=7), resume or {}, resume_layout)
         positions.update(stream.positions())
         batches = iter(make_loader(stream, data.num_workers))
         for _ in range(steps):

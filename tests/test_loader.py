@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import resumed
 from turbo_ds.config import ConfigError, DataConfig, EvalConfig, ModelConfig, load_config
 from turbo_ds.data import transforms as T
 from turbo_ds.data import video
@@ -143,7 +144,7 @@ def test_transforms_crop_flip_resize_normalise():
 def test_cache_and_seek_decoding_give_identical_batches(tiny_demo):
     """The decoded-clip cache (decode all, pick from memory) and seek decoding see the same frames."""
     for sampling in ("uniform", "dense"):
-        loaders = [iter(make_loader(TrainStream(data_config(tiny_demo, decoded_cache_clips=c, sampling=sampling,
+        loaders = [iter(make_loader(TrainStream.from_config(data_config(tiny_demo, decoded_cache_clips=c, sampling=sampling,
                                                             frame_stride=2), ModelConfig(num_frames=6), 0, 2, 4,
                                                 seed=1), 0)) for c in (0, 64)]
         for _ in range(3):
@@ -156,7 +157,7 @@ def test_multi_view_eval_covers_every_sample_once(tiny_demo):
     views = EvalConfig(batch_size=5, num_clips=2, num_crops=3)
     keys = []
     for rank in range(3):
-        stream = EvalStream(data_config(tiny_demo), model, rank, 3, 5, views)
+        stream = EvalStream.from_config(data_config(tiny_demo), model, rank, 3, 5, views)
         batches = list(make_loader(stream, 0))
         assert len(batches) <= stream.num_batches
         for b in batches:
@@ -170,22 +171,22 @@ def test_multi_view_eval_covers_every_sample_once(tiny_demo):
 def test_eval_workers_split_without_duplicates(tiny_demo):
     keys = []
     for rank in range(2):
-        stream = EvalStream(data_config(tiny_demo), MODEL, rank, 2, 3, num_workers=2)
+        stream = EvalStream.from_config(data_config(tiny_demo), MODEL, rank, 2, 3, num_workers=2)
         batches = list(make_loader(stream, 2))
         assert len(batches) <= stream.num_batches and batches[0]["video"].shape[1:] == (3, 16, 64, 64)
         keys += [k for b in batches for k in b["key"]]
     assert sorted(keys) == [f"val{i:07d}" for i in range(32)]
     with pytest.raises(ValueError, match="num_workers"):
-        next(iter(make_loader(EvalStream(data_config(tiny_demo), MODEL, 0, 1, 3, num_workers=2), 0)))
+        next(iter(make_loader(EvalStream.from_config(data_config(tiny_demo), MODEL, 0, 1, 3, num_workers=2), 0)))
 
 
 def test_resampled_streams_are_deterministic_with_equal_counts(tiny_demo):
     cfg = data_config(tiny_demo, resampled=True, num_workers=2)
     with pytest.raises(ValueError, match="shards cannot feed"):  # 4 shards, 3 ranks x 2 workers
-        TrainStream(data_config(tiny_demo, num_workers=2), MODEL, 0, 3, 4, seed=0)
+        TrainStream.from_config(data_config(tiny_demo, num_workers=2), MODEL, 0, 3, 4, seed=0)
 
     def keys(seed: int, epoch: int, rank: int, worker: int) -> list[str]:
-        stream = TrainStream(cfg, MODEL, rank, 3, 4, seed=seed)
+        stream = TrainStream.from_config(cfg, MODEL, rank, 3, 4, seed=seed)
         return [s["__key__"] for s in stream.epoch_samples(epoch, worker, 2, StreamPosition())]
 
     streams = {(r, w): keys(0, 0, r, w) for r in range(3) for w in range(2)}
@@ -197,18 +198,18 @@ def test_resampled_streams_are_deterministic_with_equal_counts(tiny_demo):
 
 def test_resampled_epochs_and_exact_resume(tiny_demo):
     cfg = data_config(tiny_demo, resampled=True)
-    batches = iter(make_loader(TrainStream(cfg, MODEL, 2, 3, 4, seed=3), 0))
+    batches = iter(make_loader(TrainStream.from_config(cfg, MODEL, 2, 3, 4, seed=3), 0))
     seen = [next(batches) for _ in range(12)]
     assert [b["position"]["epoch"] for b in seen[4:6]] == [0, 1]  # 64 // 3 = 21 samples: 5 batches an epoch
-    resumed = iter(make_loader(TrainStream(cfg, MODEL, 2, 3, 4, seed=3,
-                                           resume={seen[6]["stream"]: seen[6]["position"]}), 0))
+    again = iter(make_loader(resumed(TrainStream.from_config(cfg, MODEL, 2, 3, 4, seed=3),
+                                       {seen[6]["stream"]: seen[6]["position"]}), 0))
     for expected in seen[7:]:
-        got = next(resumed)
+        got = next(again)
         assert got["key"] == expected["key"] and torch.equal(got["video"], expected["video"])
 
 
 def test_loader_takes_prefetch_from_config(tiny_demo):
-    stream = TrainStream(data_config(tiny_demo, num_workers=1, prefetch_factor=3), MODEL, 0, 1, 4, seed=0)
+    stream = TrainStream.from_config(data_config(tiny_demo, num_workers=1, prefetch_factor=3), MODEL, 0, 1, 4, seed=0)
     assert make_loader(stream, 1).prefetch_factor == 3 and make_loader(stream, 1, 5).prefetch_factor == 5
 
 

@@ -195,7 +195,7 @@ def test_short_videos_repeat_frames():
 def test_short_videos_are_counted(tiny_demo, frames, short):
     """The 16-frame demo clips are short for a 24-frame clip: every decoded sample is counted, in both streams."""
     data, model = DataConfig(train=f"{tiny_demo}/train", val=f"{tiny_demo}/val", shuffle_buffer=8), ModelConfig(img_size=32)
-    train = next(iter(make_loader(TrainStream(data, model, 0, 1, 8, seed=0, frames=frames), 0)))
+    train = next(iter(make_loader(TrainStream.from_config(data, model, 0, 1, 8, seed=0, frames=frames), 0)))
     assert train["video"].shape[2] == frames and train["position"]["short"] == (8 if short else 0)
-    batches = list(make_loader(EvalStream(data, model, 0, 1, 32, frames=frames), 0))
+    batches = list(make_loader(EvalStream.from_config(data, model, 0, 1, 32, frames=frames), 0))
     assert batches[-1]["position"]["short"] == (32 if short else 0)

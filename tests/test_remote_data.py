@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import read_metrics, run_train, tiny_overrides
+from conftest import read_metrics, run_train, tiny_overrides, resumed
 from servers import NGINX_INSTALL, S3_INSTALL, MotoS3, Nginx
 from turbo_ds.config import ConfigError, DataConfig, ModelConfig, load_config
 from turbo_ds.data.locations import join, redact, redacted
@@ -40,7 +40,8 @@ def data_config(train: str, val: str, **kw) -> DataConfig:
 
 
 def keys_and_positions(cfg: DataConfig, rank: int = 0, world: int = 2, batches: int = 4, resume=None):
-    loader = make_loader(TrainStream(cfg, MODEL, rank, world, 4, seed=1, resume=resume), cfg.num_workers)
+    loader = make_loader(resumed(TrainStream.from_config(cfg, MODEL, rank, world, 4, seed=1), resume or {}),
+                         cfg.num_workers)
     return [b for _, b in zip(range(batches), loader)]
 
 
@@ -121,7 +122,7 @@ def web(tiny_demo, tmp_path_factory):
 def raw_epoch(cfg: DataConfig, rank: int, world: int = 2) -> tuple[list[str], StreamPosition]:
     """The keys of a rank's epoch 0 as read (undecoded, placeholders included) and its position."""
     pos = StreamPosition()
-    return [s["__key__"] for s in TrainStream(cfg, MODEL, rank, world, 4, seed=1).epoch_samples(0, 0, 1, pos)], pos
+    return [s["__key__"] for s in TrainStream.from_config(cfg, MODEL, rank, world, 4, seed=1).epoch_samples(0, 0, 1, pos)], pos
 
 
 @pytest.mark.e2e
@@ -142,7 +143,7 @@ def test_http_stream_equals_local_and_resumes_exactly(web, tiny_demo):
 @pytest.mark.e2e
 def test_failing_and_missing_shards_are_skipped_counted_and_keep_positions(web, tiny_demo):
     local = data_config(str(tiny_demo / "train"), str(tiny_demo / "val"))
-    shards = TrainStream(local, MODEL, 0, 2, 4, seed=1).shards
+    shards = TrainStream.from_config(local, MODEL, 0, 2, 4, seed=1).shards
 
     def reader(shard: int) -> int:
         """The rank that reads ``shards[shard]`` in epoch 0."""
@@ -166,7 +167,7 @@ def test_failing_and_missing_shards_are_skipped_counted_and_keep_positions(web, 
     assert [k for b in got for k in b["key"]] == [k for k in expected if not 16 <= int(k[5:]) < 32]
     # the placeholders are numbered in their shard: the whole epoch is recorded as done, the lost shard too
     pos = StreamPosition()
-    assert len(list(run(TrainStream(flaky, MODEL, rank, 2, 4, seed=1).stages(0, 0, 1, pos)))) == 16
+    assert len(list(run(TrainStream.from_config(flaky, MODEL, rank, 2, 4, seed=1).stages(0, 0, 1, pos)))) == 16
     assert pos.state()["done"] == {f"train-{s:06d}.tar": "0:16" for s in range(4) if reader(s) == rank}
     assert pos.skipped == 16 and pos.skipped_shards == 1
 

@@ -14,7 +14,6 @@ stderr and skipped; the others are still processed, and the exit status is then 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 import sys
@@ -28,7 +27,9 @@ from turbo_ds.config import ConfigError
 from turbo_ds.data.errors import DataError
 from turbo_ds.data.position import StreamPosition
 from turbo_ds.data.samples import ClipSpec, DecodedCache, choose_views, collate, decode, to_device
+from turbo_ds.data.source import ShardSource
 from turbo_ds.data.streams import EvalStream, make_loader
+from turbo_ds.data.transport import ReadPolicy
 from turbo_ds.engine.checkpoint import NoCheckpoint
 from turbo_ds.export import ExportError, load_model
 from turbo_ds.models.text import VideoTextModel
@@ -122,8 +123,9 @@ def rank_videos(task: Task, clips: Clips, files: list, texts: list[str], top_k: 
 def evaluate(task: Task, dataset: str, batch_size: int, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     """The task's evaluation (its eval_step and eval_metrics) over every clip of a shard folder, in this process."""
     cfg = task.cfg
-    stream = EvalStream(dataclasses.replace(cfg.data, val=dataset), cfg.model, 0, 1, batch_size, cfg.eval,
-                        frames=task.clip_frames, targets=task.targets)
+    source = ShardSource(dataset, None, ReadPolicy.from_config(cfg.data), "--dataset")
+    stream = EvalStream(source, cfg.data, cfg.model, 0, 1, batch_size, cfg.eval, frames=task.clip_frames,
+                        targets=task.targets)
     outputs, position = [], {}
     for batch in make_loader(stream, 0):
         outputs.append(task.eval_step(task.model, to_device(batch, device, stream.spec.normalize), dtype))

@@ -26,10 +26,10 @@ import torch
 from turbo_ds.config import ConfigError
 from turbo_ds.engine.checkpoint import NoCheckpoint
 from turbo_ds.engine.distributed import DistInfo
-from turbo_ds.engine.trainer import run_evaluation
 from turbo_ds.export import ExportError, load_model
 from turbo_ds.tasks.video_language import VideoLanguage
-from turbo_ds.tasks.zero_shot import ZeroShot
+from turbo_ds.tasks.zero_shot import ZeroShot, open_source
+from turbo_ds.trainer import run_evaluation
 
 ONE_PROCESS = DistInfo(rank=0, world=1, local_rank=0)
 
@@ -86,14 +86,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg = task.cfg
         templates = templates or cfg.eval.zero_shot_templates
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, batch_size=args.batch_size))
-        shots = ZeroShot(args.data, templates, task.tokenizer, cfg.text.max_length, task.clip_frames,
+        shots = ZeroShot(open_source(args.data, cfg.data, "--data"), templates, task.tokenizer, cfg.text.max_length, task.clip_frames,
                          cfg.model.img_size, prefix="")
     except (ConfigError, FileNotFoundError) as e:
         print(f"zeroshot: error: {e}", file=sys.stderr)
         return 2
     print(f"zeroshot: {args.model} on {args.data}: {len(shots.texts)} classes x {len(shots.templates)} templates, "
           f"e.g. {shots.prompts[0]!r}", flush=True)
-    metrics = run_evaluation(shots, task.model, cfg, ONE_PROCESS, torch.float32)
+    metrics = run_evaluation(shots, shots.source, task.model, cfg, ONE_PROCESS, torch.float32)
     if args.json:
         args.json.write_text(json.dumps({**metrics, "model": str(args.model), "data": args.data,
                                          "templates": shots.templates}, indent=2) + "\n")

@@ -118,6 +118,11 @@ class DeepSpeedConfig:
         return int(self.raw.get("zero_optimization", {}).get("stage", 0))
 
     @property
+    def global_batch(self) -> int | None:
+        """Clips per optimizer step over all ranks, as a resolved JSON records it (``resolved``; None before)."""
+        return self.raw.get("train_batch_size")
+
+    @property
     def skips_nonfinite_steps(self) -> bool:
         """Whether DeepSpeed's own overflow check skips a step whose gradients are not finite (no update,
         gradients cleared, LR schedule held): fp16 always; bf16 unless ``bf16.check_grad_overflow`` is false

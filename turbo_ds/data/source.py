@@ -27,7 +27,6 @@ held in memory.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import re
@@ -140,10 +139,7 @@ class ShardSource:
     def from_config(cls, data: DataConfig, split: str) -> "ShardSource":
         """The source of ``data.<split>`` (``train`` or ``val``) with its ``data.<split>_manifest``."""
         location, manifest = getattr(data, split), getattr(data, f"{split}_manifest")
-        policy = ReadPolicy.from_config(data)
-        if is_remote(location) or manifest is not None:
-            return _cached_source(location, manifest, policy, f"data.{split}")
-        return cls(location, None, policy, f"data.{split}")
+        return cls(location, manifest, ReadPolicy.from_config(data), f"data.{split}")
 
     # -------------------------------------------------------------- reading
 
@@ -232,9 +228,3 @@ class ShardSource:
 
         retries, error = _retrying(open_once, self.policy, f"opening {path}", _stderr)
         return Read(opened[0] if opened else None, retries, error, time.monotonic() - start)
-
-
-@functools.lru_cache(maxsize=16)
-def _cached_source(location: str, manifest: str | None, policy: ReadPolicy, key: str) -> ShardSource:
-    """Remote manifests are read once per process (every evaluation builds its stream again)."""
-    return ShardSource(location, manifest, policy, key)

@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 import random
 import signal
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -52,35 +52,68 @@ from turbo_ds.data.stages import (batch, drop_first, each, each_or_skip, keep, n
                                   shuffle, shuffled, split_by, take)
 
 
+def _alone(obj: Any) -> list[Any]:
+    """``gather`` of a single process: its own object (a module-level function: streams go to loader workers)."""
+    return [obj]
+
+
 def _worker() -> tuple[int, int]:
     info = get_worker_info()
     return (info.id, info.num_workers) if info else (0, 1)
 
 
 class TrainStream(IterableDataset):
-    """Infinite, epoch-seeded training batches for one rank.
+    """Infinite, epoch-seeded training batches for one rank, read from ``source`` (opened once per rank).
 
-    ``resume`` maps stream names (``rank<r>/worker<w>``) to the positions recorded in a
-    checkpoint; each stream skips the raw samples it had consumed (cheap: no decoding).
-    ``resume_layout`` (``layout_state``'s output) says which layout wrote them; when it is
-    another world size or worker count, the positions of all old streams are regrouped
-    (data/position.py) and the new streams read exactly what the old ones had left.
+    In the training process it also keeps where this rank's streams stand (``record`` each batch):
+    ``state_dict`` is what a checkpoint records (every rank's positions, through ``gather``, a
+    collective), ``load_state_dict`` resumes it: each stream skips the raw samples it had consumed
+    (cheap: no decoding). When the checkpoint was written by another world size or worker count,
+    the positions of all old streams are regrouped (data/position.py) and the new streams read
+    exactly what the old ones had left.
     """
 
-    def __init__(self, data: DataConfig, model: ModelConfig, rank: int, world: int, batch_size: int, seed: int,
-                 resume: dict[str, dict[str, Any]] | None = None, frames: int | None = None,
-                 targets: Targets = "label", resume_layout: dict[str, Any] | None = None):
-        self.source = ShardSource.from_config(data, "train")  # a folder or URL: manifest, shard URLs, reading
+    def __init__(self, source: ShardSource, data: DataConfig, model: ModelConfig, rank: int, world: int,
+                 batch_size: int, seed: int, frames: int | None = None, targets: Targets = "label",
+                 gather: Callable[[Any], list[Any]] = _alone):
+        self.source = source  # a folder or URL: manifest, shard URLs, reading
         self.manifest, self.shards = self.source.manifest, self.source.shards
         self.names = [s["name"] for s in self.manifest["shards"]]
         self.counts = [s["num_samples"] for s in self.manifest["shards"]]
-        check_readers(data, self.manifest, world)
         self.spec = ClipSpec.from_config(data, model, train=True, frames=frames, targets=targets)
         self.data, self.rank, self.world, self.batch_size, self.seed = data, rank, world, batch_size, seed
+        self.gather = gather
         self.layout = Layout(world, max(1, data.num_workers))
-        self.resume, self.taken, self.regrouped = resume or {}, {}, None
-        if resume_layout is not None:
-            self._restore_layout(resume_layout)
+        self.resume, self.taken, self.regrouped = {}, {}, None
+        self.position = self.positions()  # this rank's streams, recorded even before they deliver
+
+    @classmethod
+    def from_config(cls, data: DataConfig, *args: Any, **kwargs: Any) -> "TrainStream":
+        """A stream over ``data.train``, opened here (one-process tools and tests; a run opens it once per rank
+        in ``data.datasets``, which checks the readers too, and hands it over)."""
+        stream = cls(ShardSource.from_config(data, "train"), data, *args, **kwargs)
+        check_readers(data, stream.manifest, stream.world)
+        return stream
+
+    # ------------------------------------------------ state (the training process)
+
+    def record(self, batch: dict[str, Any]) -> list[str]:
+        """Note where ``batch``'s stream stands after it; what its shard readers reported, for the log."""
+        self.position[batch["stream"]] = batch["position"]
+        return [f"{batch['stream']}: {e}" for e in batch["events"]]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every rank's stream positions and the layout that wrote them (a collective: every rank calls it)."""
+        merged = {k: v for part in self.gather(self.position) for k, v in part.items()}
+        return {"data_position": merged, "data_layout": self.layout_state(merged)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from a checkpoint's ``data_position`` and ``data_layout`` (before the first ``iter``); without a
+        layout, the positions are this stream's own layout's."""
+        self.resume = state["data_position"]
+        if state.get("data_layout") is not None:
+            self._restore_layout(state["data_layout"])
+        self.position = self.positions()
 
     def _restore_layout(self, recorded: dict[str, Any]) -> None:
         index_of = {name: i for i, name in enumerate(self.names)}
@@ -196,15 +229,20 @@ class EvalStream(IterableDataset):
     ``num_workers`` must equal the loader's; ``num_batches`` accounts for the split.
     """
 
-    def __init__(self, data: DataConfig, model: ModelConfig, rank: int, world: int, batch_size: int,
-                 evaluation: EvalConfig | None = None, num_workers: int = 0, frames: int | None = None,
-                 targets: Targets = "label"):
-        self.source = ShardSource.from_config(data, "val")  # a folder or URL: manifest, shard URLs, reading
+    def __init__(self, source: ShardSource, data: DataConfig, model: ModelConfig, rank: int, world: int,
+                 batch_size: int, evaluation: EvalConfig | None = None, num_workers: int = 0,
+                 frames: int | None = None, targets: Targets = "label"):
+        self.source = source  # a folder or URL: manifest, shard URLs, reading
         self.manifest, self.shards = self.source.manifest, self.source.shards
         self.spec = ClipSpec.from_config(data, model, train=False, evaluation=evaluation, frames=frames,
                                          targets=targets)
         self.data, self.rank, self.world, self.batch_size = data, rank, world, batch_size
         self.workers = max(1, num_workers)
+
+    @classmethod
+    def from_config(cls, data: DataConfig, *args: Any, **kwargs: Any) -> "EvalStream":
+        """A stream over ``data.val``, opened here (one-process tools and tests)."""
+        return cls(ShardSource.from_config(data, "val"), data, *args, **kwargs)
 
     @property
     def num_batches(self) -> int:

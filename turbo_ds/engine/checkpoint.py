@@ -2,7 +2,10 @@
 
     RUN/config.yaml, RUN/ds_config.json  the resolved configs of the run (keep_ratio: auto as a number)
     RUN/checkpoints/step_00000500/       a complete checkpoint: DeepSpeed's files of every rank, plus
-                                         trainer_state.json (step, data stream positions, resolved configs)
+                                         trainer_state.json: one JSON object holding the ``state_dict()`` of
+                                         every state handed to ``save`` (the trainer's step, guard and wall
+                                         clock; the stream's positions and layout), the step, the world size
+                                         and the resolved configs
     RUN/checkpoints/step_00000500.universal/  its DeepSpeed universal copy, made once when a run resumes
                                          at another world size (a cache: made again when missing)
     RUN/checkpoints/latest               names the newest complete checkpoint
@@ -42,11 +45,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Protocol
 
 import yaml
 
-from turbo_ds.config import ConfigError, TrainConfig
+from turbo_ds.config import BatchPlan, ConfigError, DeepSpeedConfig, TrainConfig
 from turbo_ds.engine.consolidate import fp32_state_dict
 from turbo_ds.engine.distributed import DistInfo, barrier, broadcast_from_main, is_collective_failure
 from turbo_ds.engine.errors import CheckpointLoadError, CheckpointWriteError
@@ -58,6 +61,15 @@ from turbo_ds.fileio import atomic_write_bytes, atomic_write_json
 TRAINER_STATE = "trainer_state.json"
 PARTIAL, DELETING, DIVERGED, UNIVERSAL = ".partial", ".deleting", ".diverged", ".universal"
 _STEP_DIR = re.compile(r"step_(\d{8})")
+
+
+class Stateful(Protocol):
+    """What a checkpoint keeps besides the engine: its ``state_dict`` keys are its own (one flat JSON object holds
+    them all), and ``load_state_dict`` gets that whole object back, old layouts already brought up to date."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 class NoCheckpoint(FileNotFoundError):
@@ -73,10 +85,6 @@ class Resume:
     tag: str
     state: dict[str, Any] | None  # trainer_state.json (None in checkpoints older than it)
     universal: bool = False
-
-
-def zero_stage(ds_config: dict[str, Any]) -> int:
-    return int(ds_config.get("zero_optimization", {}).get("stage", 0))
 
 
 def saved_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -166,8 +174,10 @@ class CheckpointManager:
         """Save every ``train.ckpt_every`` steps, at the last step, and when the run stops early."""
         return step % self.train.ckpt_every == 0 or step == total or stop
 
-    def save(self, engine: Any, step: int, state: dict[str, Any], log: RunLog, last: bool = False) -> Path | None:
-        """Write a complete checkpoint of ``engine`` at ``step`` with the trainer's ``state`` (collective).
+    def save(self, engine: Any, step: int, states: Mapping[str, Stateful], log: RunLog,
+             last: bool = False) -> Path | None:
+        """Write a complete checkpoint of ``engine`` at ``step`` with the ``state_dict()`` of each of ``states``
+        (collective: a state may gather over ranks).
 
         Returns its folder, or None when it failed and ``train.ckpt_failure`` is ``continue`` (the
         failure is logged); raises CheckpointWriteError when it failed otherwise, or when ``last``
@@ -175,6 +185,7 @@ class CheckpointManager:
         """
         tag = f"step_{step:08d}"
         final, partial = self.dir / tag, self.dir / (tag + PARTIAL)
+        state = {k: v for owner in states.values() for k, v in owner.state_dict().items()}
         try:
             # Rank 0 makes the folder first: DeepSpeed's own makedirs would fail before its opening barrier.
             error = self._agree(self._main_only(lambda: _fresh_dir(partial)))
@@ -233,7 +244,8 @@ class CheckpointManager:
         errors = all_gather_objects(error)
         return next((f"rank {r}: {e}" if len(errors) > 1 else e for r, e in enumerate(errors) if e), None)
 
-    def prepare_resume(self, model: Any, ds_config: dict[str, Any], log: Callable[[str], None]) -> Resume | None:
+    def prepare_resume(self, model: Any, ds: DeepSpeedConfig, plan: BatchPlan,
+                       log: Callable[[str], None]) -> Resume | None:
         """Decide, before the engine exists, how the latest checkpoint is loaded (collective); None for a new run.
 
         A checkpoint of another model shape stops with a ConfigError naming the first tensor that
@@ -248,14 +260,14 @@ class CheckpointManager:
         self._check_model(latest, state, model)
         if state is None or state["world_size"] == self.dist.world:
             return Resume(latest, latest.name, state)
-        stages = zero_stage(state["ds_config"]), zero_stage(ds_config)
+        saved_ds = DeepSpeedConfig(state["ds_config"])
+        stages = saved_ds.zero_stage, ds.zero_stage
         if stages[0] != stages[1]:
             raise ConfigError(f"ds_config zero_optimization.stage={stages[1]}: checkpoint {latest} was written with "
                               f"ZeRO stage {stages[0]} by {state['world_size']} rank(s); resume at another world size "
                               "with the stage it was written with")
         change = (f"elastic resume: checkpoint {latest.name} was written by {state['world_size']} rank(s), this run "
-                  f"has {self.dist.world}; global batch {state['ds_config'].get('train_batch_size')} -> "
-                  f"{ds_config.get('train_batch_size')} clips/step")
+                  f"has {self.dist.world}; global batch {saved_ds.global_batch} -> {plan.global_size} clips/step")
         if stages[0] == 0:  # every rank holds the whole optimizer state: it loads at any world size
             log(f"{change}; ZeRO stage 0 loads it as it is")
             return Resume(latest, latest.name, state)
@@ -309,15 +321,15 @@ class CheckpointManager:
             f"({target.name}, {size / 2**20:.1f} MB, kept for later resumes)")
         return None
 
-    def restore(self, engine: Any, log: RunLog, resume: Resume | None) -> dict[str, Any] | None:
-        """Load ``resume`` (``prepare_resume``'s answer) into ``engine`` and rewind the metrics log to its step.
+    def restore(self, engine: Any, log: RunLog, resume: Resume | None, states: Mapping[str, Stateful]) -> bool:
+        """Load ``resume`` (``prepare_resume``'s answer) into ``engine`` and each of ``states``, and rewind the
+        metrics log to its step; False for a new run (nothing loaded).
 
         The peak LR is the DeepSpeed JSON's, not the checkpoint's (DeepSpeed would restore the
         scheduler's base LRs): a run resumed with a lower LR after a divergence trains at that LR.
-        Returns the trainer state saved with it (``step``, ``data_position``, ...) or None for a new run.
         """
         if resume is None:
-            return None
+            return False
         configured = list(engine.lr_scheduler.base_lrs)
         path, client_state = engine.load_checkpoint(str(self.dir), tag=resume.tag)
         if path is None:
@@ -325,9 +337,11 @@ class CheckpointManager:
                                       "found no checkpoint files there); move it aside and point checkpoints/latest "
                                       "at an earlier step_X folder, or use a new run_dir to start fresh")
         _keep_configured_lr(engine.lr_scheduler, configured, log)
-        state = resume.state or client_state  # older checkpoints keep it in DeepSpeed's client state
+        state = _up_to_date(resume.state or client_state, self.dist.world)
+        for owner in states.values():
+            owner.load_state_dict(state)
         log.rewind(state["step"])
-        return state
+        return True
 
     def roll_back(self, step: int) -> Path | None:
         """Checkpoints from ``step`` on hold weights that produced bad losses: rename them to ``step_X.diverged``
@@ -371,6 +385,18 @@ class CheckpointManager:
     def lock(self) -> RunDirLock:
         """The run dir's lock (rank 0 holds it for the whole run)."""
         return RunDirLock(self.run_dir / "lock.json")
+
+
+def _up_to_date(state: dict[str, Any], world: int) -> dict[str, Any]:
+    """A saved trainer state in today's layout: the fallbacks for checkpoints written by older versions."""
+    state = dict(state)  # older checkpoints keep it in DeepSpeed's client state (no trainer_state.json)
+    state.setdefault("guard", {})
+    state.setdefault("wall_s", 0.0)
+    if "data_position" in state and not state.get("data_layout"):
+        # Checkpoints older than data_layout were written by world_size ranks x num_workers streams, no change.
+        state["data_layout"] = {"ranks": state.get("world_size", world),
+                                "workers": max(1, state["config"]["data"]["num_workers"])}
+    return state
 
 
 def _fresh_dir(path: Path) -> None:

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
+from turbo_ds.engine.distributed import DistInfo, broadcast_from_main
 from turbo_ds.engine.errors import RunDirLocked
 from turbo_ds.fileio import atomic_write_bytes
 
@@ -98,6 +99,21 @@ class RunDirLock:
         self.me: Holder | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def hold(self, dist_info: DistInfo) -> str | None:
+        """Rank 0 takes the lock before anything is written to the run dir; every rank learns the outcome
+        (collective): the line to log, or RunDirLocked raised on every rank."""
+        outcome: str | RunDirLocked | None = None
+        if dist_info.is_main:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                outcome = self.acquire()
+            except RunDirLocked as e:
+                outcome = e
+        outcome = broadcast_from_main(outcome)
+        if isinstance(outcome, RunDirLocked):
+            raise outcome
+        return outcome
 
     def acquire(self) -> str | None:
         """Take the lock; returns a line to log when a dead holder's lock was taken over. Raises RunDirLocked."""

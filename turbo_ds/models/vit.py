@@ -16,13 +16,15 @@ Two layouts (``model.arch``), so that either family's weights load without conve
 from __future__ import annotations
 
 import math
+import os
+import shutil
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from turbo_ds.config import ModelConfig, TurboConfig
+from turbo_ds.config import ConfigError, ModelConfig, TurboConfig
 from turbo_ds.turbo import Grid, PatchShape, TokenSelector
 
 
@@ -248,3 +250,12 @@ class VideoClassifier(nn.Module):
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(video))  # (B, num_classes)
+
+
+def check_compiler(cfg: ModelConfig) -> None:
+    """model.compile builds kernels with the C++ compiler torch's inductor uses ($CXX, else g++): without one the
+    first step would fail deep inside torch."""
+    compiler = os.environ.get("CXX", "g++")
+    if cfg.compile and not shutil.which(compiler):
+        raise ConfigError(f"model.compile=true: torch.compile needs a C++ compiler and {compiler} ($CXX, else g++) "
+                          "is not on PATH; install one (e.g. apt-get install g++) or set model.compile=false")

@@ -22,6 +22,7 @@ from turbo_ds.config import ConfigError, load_config, load_ds_config, plan_batch
 from turbo_ds.data.source import ShardSource
 from turbo_ds.plan.measure import Setting, _child, default_device
 from turbo_ds.plan.search import KEEP_RATIOS, Planner, PlanError, frame_unit
+from turbo_ds.tasks import checked, task_type
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,14 +50,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from turbo_ds.tasks import task_type
-
     args = parse_args(argv)
     if args._measure:
         _child(args._measure)
         return 0
     try:
-        cfg = load_config(args.config, args.set)
+        cfg = checked(load_config(args.config, args.set))
         ds = load_ds_config(args.ds_config)
         if args.ranks < 1 or args.memory_gb <= 0:
             raise PlanError("--ranks must be >= 1 and --memory-gb > 0")

@@ -38,6 +38,7 @@ import yaml
 
 from turbo_ds.config import Config, DeepSpeedConfig, load_config, to_dict
 from turbo_ds.memory import available_bytes, peak_rss_bytes, reset_peak_rss, rss_bytes
+from turbo_ds.tasks import task_type
 
 _GB = 1024**3
 _OVER_BUDGET = 3  # exit status of a child stopped by its memory watchdog
@@ -66,8 +67,6 @@ class Measurement:
 
 def with_setting(cfg: Config, frames: int, keep_ratio: float) -> Config:
     """``cfg`` training ``frames`` per video at a constant ``keep_ratio``, without pretrained weights (no size change)."""
-    from turbo_ds.tasks import task_type
-
     turbo = dataclasses.replace(cfg.turbo, keep_ratio=keep_ratio, schedule="constant", keep_ratio_end=None,
                                 full_token_steps=0)
     cfg = dataclasses.replace(cfg, turbo=turbo, model=dataclasses.replace(cfg.model, pretrained=None))

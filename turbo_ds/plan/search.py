@@ -14,6 +14,7 @@ from typing import Callable
 
 from turbo_ds.config import Config, ConfigError, DeepSpeedConfig, plan_batches
 from turbo_ds.plan.measure import Measurement, Setting, default_device, measure, spare_gb
+from turbo_ds.tasks import task_type
 
 KEEP_RATIOS = (1.0, 0.5, 0.25, 0.125)
 AUTO_KEEP_RATIOS = (1.0, 0.75, 0.5, 0.375, 0.25, 0.1875, 0.125)  # turbo.keep_ratio: auto picks among these
@@ -32,8 +33,6 @@ class Planner:
     def __init__(self, cfg: Config, ds: DeepSpeedConfig, budget_gb: float, device: str = "cpu", steps: int = 3,
                  ranks: int = 1, num_classes: int = 10, log: Callable[[str], None] | None = None,
                  measure_fn: Callable[..., Measurement] | None = None):
-        from turbo_ds.tasks import task_type
-
         if not task_type(cfg.task).plannable:
             raise PlanError(f"task={cfg.task}: the memory planner cannot measure this task (it measures tasks "
                             "trained on labelled clips)")
@@ -135,8 +134,6 @@ def pick_keep_ratio(cfg: Config, ds: DeepSpeedConfig, budget_gb: float, device: 
                     ) -> float:
     """The largest keep ratio in ``ratios`` whose training step fits ``budget_gb`` at the config's frames and
     the JSON's micro-batch (for ``turbo.keep_ratio: auto``); PlanError when even the smallest does not fit."""
-    from turbo_ds.tasks import task_type
-
     micro = plan_batches(cfg, ds, ranks).micro
     planner = Planner(cfg, ds, budget_gb, device or default_device(), ranks=ranks, log=log, measure_fn=measure_fn)
     return planner.best_keep_ratio(task_type(cfg.task).frames(cfg), micro, ratios).setting.keep_ratio

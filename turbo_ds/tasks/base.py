@@ -20,17 +20,19 @@ from turbo_ds.config import Config, ConfigError, DataConfig
 from turbo_ds.data.locations import is_remote
 from turbo_ds.data.samples import Targets
 from turbo_ds.data.shards import MANIFEST
+from turbo_ds.data.source import ShardSource
 from turbo_ds.models.flops import num_weights, vit_flops
 
 Log = Callable[[str], None]
 
 
 class Evaluation(ABC):
-    """One pass over a validation set: the trainer reads ``eval_data`` with an eval stream delivering
-    ``clip_frames`` frames and ``targets`` per sample, calls ``eval_begin`` once, then ``eval_step`` per
-    batch (``eval_padding`` on ranks out of clips), then ``eval_metrics``; every key starts ``eval_prefix``.
+    """One pass over a validation set: the trainer reads it with an eval stream delivering ``clip_frames``
+    frames and ``targets`` per sample, calls ``eval_begin`` once, then ``eval_step`` per batch
+    (``eval_padding`` on ranks out of clips), then ``eval_metrics``; every key starts ``eval_prefix``.
 
-    A task is the evaluation of its own ``data.val``; ``Task.extra_evaluations`` adds others.
+    A task is the evaluation of its own ``data.val`` (opened once by the trainer); ``Task.extra_evaluations``
+    adds others, each with its own ``source``.
     """
 
     targets: Targets
@@ -39,11 +41,8 @@ class Evaluation(ABC):
     "frames per sample the loader delivers"
     eval_prefix: str = "eval/"
     "prefix of this evaluation's metric keys (its skipped-sample counts included)"
-
-    @property
-    @abstractmethod
-    def eval_data(self) -> str:
-        """The dataset folder (or URL) evaluated."""
+    source: ShardSource | None = None
+    "the dataset an extra evaluation reads (a task's own is data.val, which the trainer hands over)"
 
     def eval_begin(self, model: nn.Module, dtype: torch.dtype) -> None:
         """Before the first batch, on every rank (e.g. embed class prompts once per evaluation)."""
@@ -139,6 +138,10 @@ class Task(Evaluation):
 
     # ------------------------------------------------------------ training
 
+    def set_keep_ratio(self, ratio: float) -> None:
+        """The training keep ratio from now on (the trainer's schedule sets it before every step)."""
+        self.encoder.turbo.set_keep_ratio(ratio)
+
     @property
     @abstractmethod
     def tokens_kept(self) -> int:
@@ -167,10 +170,6 @@ class Task(Evaluation):
         return {"video": torch.randn(micro, 3, self.clip_frames, size, size, device=device)}  # (B, C, F, H, W)
 
     # ---------------------------------------------------------- evaluation
-
-    @property
-    def eval_data(self) -> str:
-        return self.cfg.data.val
 
     @torch.no_grad()
     def eval_padding(self, model: nn.Module, dtype: torch.dtype) -> None:

@@ -33,7 +33,7 @@ from turbo_ds.models.text import TextEncoder, VideoTextModel
 from turbo_ds.models.vit import VideoViT
 from turbo_ds.tasks.base import Evaluation, Log, Task, dummy_clip
 from turbo_ds.tasks.retrieval import retrieval_metrics
-from turbo_ds.tasks.zero_shot import ZeroShot
+from turbo_ds.tasks.zero_shot import ZeroShot, open_source
 
 COUNTERS = ("captions", "truncated_captions", "empty_captions")
 
@@ -131,8 +131,9 @@ class VideoLanguage(Task):
         self.tokens_total = self.encoder.num_tokens
         self.zero_shot = None
         if cfg.eval.zero_shot_data:
-            self.zero_shot = ZeroShot(cfg.eval.zero_shot_data, cfg.eval.zero_shot_templates, self.tokenizer,
-                                      cfg.text.max_length, self.clip_frames, cfg.model.img_size)
+            # the zero-shot dataset's check: opened (its manifest read) once, here, and kept for every evaluation
+            self.zero_shot = ZeroShot(open_source(cfg.eval.zero_shot_data, cfg.data), cfg.eval.zero_shot_templates,
+                                      self.tokenizer, cfg.text.max_length, self.clip_frames, cfg.model.img_size)
         self.train_counts, self.eval_counts = dict.fromkeys(COUNTERS, 0), dict.fromkeys(COUNTERS, 0)
 
     @classmethod

@@ -17,10 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from turbo_ds.config import ConfigError
+from turbo_ds.config import ConfigError, DataConfig
 from turbo_ds.data.samples import Targets
-from turbo_ds.data.shards import read_manifest
+from turbo_ds.data.locations import redact
+from turbo_ds.data.source import ShardSource
 from turbo_ds.data.tokenizer import TextTokenizer
+from turbo_ds.data.transport import ReadPolicy
 from turbo_ds.tasks.base import Evaluation, dummy_clip
 from turbo_ds.tasks.classification import accuracy, topk_hits
 
@@ -32,12 +34,17 @@ KINETICS_TEMPLATES = [f"{prefix}{middle}{{}}." for prefix in ("a photo of ", "a 
 PROMPT_BATCH = 256  # prompts per text-tower call
 
 
-def class_texts(folder: str, key: str = "eval.zero_shot_data") -> list[str]:
-    """How each class of the dataset at ``folder`` reads in a sentence, in label order."""
+def open_source(location: str, data: DataConfig, key: str = "eval.zero_shot_data") -> ShardSource:
+    """The zero-shot dataset at ``location`` (a folder or URL, read with ``data``'s retries), opened once."""
     try:
-        manifest = read_manifest(folder)
+        return ShardSource(location, None, ReadPolicy.from_config(data), key)
     except (FileNotFoundError, ValueError) as e:
-        raise ConfigError(f"{key}={folder}: {e}") from e
+        raise ConfigError(str(e) if str(e).startswith(key) else f"{key}={location}: {e}") from e
+
+
+def class_texts(source: ShardSource) -> list[str]:
+    """How each class of the dataset ``source`` reads in a sentence, in label order."""
+    manifest, key, folder = source.manifest, source.key, redact(source.location)
     names = manifest.get("class_names")
     if not names:
         raise ConfigError(f"{key}={folder}: its manifest has no class_names, which zero-shot classification puts "
@@ -55,18 +62,14 @@ class ZeroShot(Evaluation):
     targets: Targets = "label"
     eval_prefix = "eval/zero_shot_"
 
-    def __init__(self, folder: str, templates: list[str] | None, tokenizer: TextTokenizer, max_length: int,
+    def __init__(self, source: ShardSource, templates: list[str] | None, tokenizer: TextTokenizer, max_length: int,
                  clip_frames: int, img_size: int, prefix: str = "eval/zero_shot_"):
-        self.eval_prefix, self.folder, self.texts = prefix, folder, class_texts(folder)
+        self.eval_prefix, self.source, self.texts = prefix, source, class_texts(source)
         self.templates = templates or KINETICS_TEMPLATES
         self.prompts = [t.format(text) for text in self.texts for t in self.templates]  # class-major
         self.tokenizer, self.max_length = tokenizer, max_length
         self.clip_frames, self.img_size = clip_frames, img_size
         self.classes: torch.Tensor | None = None
-
-    @property
-    def eval_data(self) -> str:
-        return self.folder
 
     @torch.no_grad()
     def eval_begin(self, model: nn.Module, dtype: torch.dtype) -> None:

@@ -1,5 +1,11 @@
-"""The training loop on a DeepSpeed engine: steps, logging, evaluation, checkpoints, preemption, and the
-divergence guard (``engine/guard.py``): a bad step is skipped, a run of them stops the run."""
+"""The trainer, the floor above the tasks: it drives any ``Task`` on a DeepSpeed engine with the
+components of ``engine/`` (checkpoints, distributed set-up, divergence guard, logging, optimizer
+groups) and the streams of ``data/``.
+
+    run(...)        one training run on every rank: prepare, open the data, build the task, fit
+    Trainer.fit     the loop: train_step, then logging, evaluation, checkpoints, stop signals
+    run_evaluation  one ``Evaluation`` over its dataset, every clip once across ranks
+"""
 
 from __future__ import annotations
 
@@ -9,83 +15,48 @@ import itertools
 import math
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, Iterator, NoReturn
 
+import deepspeed
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from turbo_ds.config import BatchPlan, Config, DeepSpeedConfig
-from turbo_ds.data.samples import to_device
+from turbo_ds.config import BatchPlan, Config, DeepSpeedConfig, to_dict
+from turbo_ds.data.datasets import Datasets
+from turbo_ds.data.locations import redact, redacted
+from turbo_ds.data.source import ShardReadError, ShardSource
 from turbo_ds.data.streams import EvalStream, TrainStream, make_loader
+from turbo_ds.data.samples import to_device
 from turbo_ds.engine.checkpoint import CheckpointManager
-from turbo_ds.engine.distributed import DistInfo, all_reduce_sum, set_collective_timeout
-from turbo_ds.engine.errors import DivergenceError
+from turbo_ds.engine.distributed import (DistInfo, all_reduce_sum, barrier, broadcast_from_main,
+                                         is_collective_failure, set_collective_timeout)
+from turbo_ds.engine.errors import EXIT_CODE, DivergenceError
 from turbo_ds.engine.gather import all_gather_objects
 from turbo_ds.engine.guard import DivergenceGuard, finish_step
 from turbo_ds.engine.metrics import RunLog, peak_memory_mb, progress_bar
+from turbo_ds.engine.monitors import Monitors
+from turbo_ds.engine.optim import param_groups, warmup_cosine
 from turbo_ds.models.flops import TRAIN_FACTOR
-from turbo_ds.models.vit import VideoViT
+from turbo_ds.plan.search import AUTO_KEEP_RATIOS, pick_keep_ratio
+from turbo_ds.tasks import build_task, task_type
 from turbo_ds.tasks.base import Evaluation, Task
-from turbo_ds.turbo import TokenSelector, keep_ratio_at
+from turbo_ds.turbo import keep_ratio_at
 
-
-def warmup_cosine(warmup: int, total: int, min_ratio: float):
-    """LR multiplier: linear warmup from 0, then cosine decay to ``min_ratio``."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
-
-
-def video_layer_ids(model: torch.nn.Module, depth: int) -> dict[int, int]:
-    """Layer index of every video-encoder parameter: 0 for embeddings, i + 1 for block i, depth + 1
-    after the blocks. Parameters outside a VideoViT (heads, text or temporal towers) are absent."""
-    ids = {}
-    for module in model.modules():
-        if isinstance(module, VideoViT):
-            for name, p in module.named_parameters():
-                block = int(name.split(".")[1]) + 1 if name.startswith("blocks.") else None
-                ids[id(p)] = block if block is not None else 0 if name.startswith(module.embedding_names) else depth + 1
-    return ids
-
-
-def param_groups(model: torch.nn.Module, base_lr: float, layer_decay: float = 1.0, depth: int = 0) -> list[dict[str, Any]]:
-    """No weight decay on biases, norms and position embeddings; optional layer-wise LR decay.
-
-    Each group carries its own lr (the JSON's lr times the layer's scale), which the
-    warmup-cosine schedule then multiplies.
-    """
-    layers = video_layer_ids(model, depth) if layer_decay < 1 else {}
-    groups: dict[tuple[int, bool], dict[str, Any]] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        layer = layers.get(id(p), depth + 1)
-        no_decay = p.ndim <= 1 or name.endswith(("pos_embed", "cls_token"))
-        group = groups.setdefault((layer, no_decay), {"params": [], "lr": base_lr * layer_decay ** (depth + 1 - layer)})
-        if no_decay:
-            group["weight_decay"] = 0.0
-        group["params"].append(p)
-    return list(groups.values())
+LOST_PEER = 1  # exit status when a collective failed: a rank or its node is gone (config errors exit 2, run errors 3)
 
 
 @torch.no_grad()
-def run_evaluation(evaluation: Evaluation, model: torch.nn.Module, cfg: Config, dist_info: DistInfo,
-                   dtype: torch.dtype, pin_memory: bool = False, events: list[str] | None = None) -> dict[str, Any]:
-    """One evaluation's metrics over every clip of its data, each rank a share (``model``: an engine or a module
+def run_evaluation(evaluation: Evaluation, source: ShardSource, model: torch.nn.Module, cfg: Config,
+                   dist_info: DistInfo, dtype: torch.dtype, pin_memory: bool = False,
+                   events: list[str] | None = None) -> dict[str, Any]:
+    """One evaluation's metrics over every clip of ``source``, each rank a share (``model``: an engine or a module
     in eval mode); ranks out of clips run padding batches so collectives match. ``events``: gets what this
     rank's shard readers reported (retries, lost shards)."""
-    own_data = evaluation.eval_data == cfg.data.val  # another dataset (zero-shot) has no data.val_manifest
-    data = dataclasses.replace(cfg.data, val=evaluation.eval_data,
-                               val_manifest=cfg.data.val_manifest if own_data else None)
     workers = cfg.data.num_workers  # decoding in worker processes, as in training
-    stream = EvalStream(data, cfg.model, dist_info.rank, dist_info.world, cfg.eval.batch_size, cfg.eval,
+    stream = EvalStream(source, cfg.data, cfg.model, dist_info.rank, dist_info.world, cfg.eval.batch_size, cfg.eval,
                         num_workers=workers, frames=evaluation.clip_frames, targets=evaluation.targets)
     device = next(model.parameters()).device
     evaluation.eval_begin(model, dtype)
@@ -144,11 +115,13 @@ class LogWindow:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, ds: DeepSpeedConfig, plan: BatchPlan, dist_info: DistInfo, task: Task,
-                 checkpoints: CheckpointManager, log: RunLog):
-        import deepspeed
+    """One task trained on one DeepSpeed engine; its ``state_dict`` and the training stream's are what a
+    checkpoint keeps besides the engine (``CheckpointManager.save(states)``)."""
 
+    def __init__(self, cfg: Config, ds: DeepSpeedConfig, plan: BatchPlan, dist_info: DistInfo, task: Task,
+                 datasets: Datasets, checkpoints: CheckpointManager, log: RunLog):
         self.cfg, self.plan, self.dist, self.task, self.log = cfg, plan, dist_info, task, log
+        self.datasets, self.checkpoints = datasets, checkpoints
         if cfg.train.deterministic:
             use_deterministic_kernels()
         self.dtype = ds.dtype
@@ -156,22 +129,19 @@ class Trainer:
         groups = param_groups(task.model, ds.lr, cfg.train.layer_decay, cfg.model.depth)
         # How to load the latest checkpoint is known before the engine exists (an elastic resume needs
         # DeepSpeed's universal loader); a checkpoint of another model shape stops here.
-        self.resuming = checkpoints.prepare_resume(task.model, ds.resolved(plan), log.info)
+        self.resuming = checkpoints.prepare_resume(task.model, ds, plan, log.info)
         universal = self.resuming is not None and self.resuming.universal
         self.engine, *_ = deepspeed.initialize(model=task.model, model_parameters=groups,
                                                config=ds.engine_config(plan, load_universal=universal),
                                                lr_scheduler=lambda opt: LambdaLR(opt, schedule))
-        # Every token selector (video towers, segment encoders) follows the keep-ratio schedule.
-        self.selectors = [m for m in task.model.modules() if isinstance(m, TokenSelector)]
-        self.checkpoints = checkpoints
         self.guard = DivergenceGuard(cfg.train.divergence_factor, cfg.train.max_bad_steps, dist_info.world,
                                      overflow_is_bad=ds.precision != "fp16")
         self.can_skip = ds.skips_nonfinite_steps  # else a bad step stops the run before it is applied
         self.preemption = PreemptionFlag()
-        self.data_position: dict[str, dict[str, Any]] = {}  # this rank's streams
-        self.data_layout: dict[str, Any] | None = None  # the layout that wrote the positions resumed from
+        self.stream = TrainStream(datasets.train, cfg.data, cfg.model, dist_info.rank, dist_info.world, plan.micro,
+                                  cfg.train.seed, frames=task.clip_frames, targets=task.targets,
+                                  gather=all_gather_objects)
         self.data_events: list[str] = []  # what this rank's shard readers reported since the last log line
-        self.stream: TrainStream | None = None
         self.step = 0
         self.keep_ratio: float | None = None
         self.wall_before = 0.0  # training wall-clock seconds of the invocations this run resumed from
@@ -181,26 +151,28 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "guard": self.guard.state_dict(), "wall_s": self.wall_s()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.wall_before = state["step"], state["wall_s"]
+        self.guard.load_state_dict(state["guard"])
+
     def resume(self) -> None:
-        state = self.checkpoints.restore(self.engine, self.log, self.resuming)
-        if state is None:
+        if not self.checkpoints.restore(self.engine, self.log, self.resuming, self.states):
             self.log.info(f"starting a new run in {self.cfg.run_dir}")
             return
-        self.step, self.data_position = state["step"], state["data_position"]
-        self.guard.load_state_dict(state.get("guard", {}))
-        # Checkpoints older than data_layout were written by world_size ranks x num_workers streams, no change.
-        self.data_layout = state.get("data_layout") or {"ranks": state.get("world_size", self.dist.world),
-                                                        "workers": max(1, state["config"]["data"]["num_workers"])}
-        self.wall_before = state.get("wall_s", 0.0)
+        if self.stream.regrouped is not None:
+            self.log.info(self.stream.regrouped.note)
         self.log.info(f"resuming from checkpoint {self.checkpoints.latest} at step {self.step}")
 
+    @property
+    def states(self) -> dict[str, Any]:
+        """Everything with state besides the engine, by name (``state_dict`` / ``load_state_dict``)."""
+        return {"trainer": self, "data": self.stream}
+
     def save(self, last: bool) -> bool:
-        positions = all_gather_objects(self.data_position)  # every rank's streams into rank 0's file
-        merged = {k: v for p in positions for k, v in p.items()}
-        path = self.checkpoints.save(self.engine, self.step, {"data_position": merged, "guard": self.guard.state_dict(),
-                                                              "wall_s": self.wall_s(),
-                                                              "data_layout": self.stream.layout_state(merged)},
-                                     self.log, last)
+        path = self.checkpoints.save(self.engine, self.step, self.states, self.log, last)
         if path is not None:
             self.log.info(f"saved checkpoint {path}")
         return path is not None
@@ -208,19 +180,14 @@ class Trainer:
     # --------------------------------------------------------------- training
 
     def fit(self) -> None:
+        """Train from the latest checkpoint (or the start) to ``train.steps``, or until a stop signal."""
         cfg, total = self.cfg, self.cfg.train.steps
         self.resume()
         if self.step >= total:
             self.log.info(f"run already finished at step {self.step}; nothing to train "
                           f"(use a new run_dir or raise train.steps to train more)")
             return
-        stream = self.stream = TrainStream(cfg.data, cfg.model, self.dist.rank, self.dist.world, self.plan.micro,
-                                           cfg.train.seed, resume=self.data_position, frames=self.task.clip_frames,
-                                           targets=self.task.targets, resume_layout=self.data_layout)
-        if stream.regrouped is not None:
-            self.log.info(stream.regrouped.note)
-        self.data_position = stream.positions()  # this rank's streams, recorded even before they deliver
-        batches = iter(make_loader(stream, cfg.data.num_workers, pin_memory=self.pin_memory))
+        batches = iter(make_loader(self.stream, cfg.data.num_workers, pin_memory=self.pin_memory))
         if cfg.data.repeat_batch:  # a benchmark of everything but the loader: its first batch, over and over
             batches = itertools.repeat(next(batches))  # (the loader and its workers end here)
             self.log.info("data.repeat_batch: training on the first batch repeated from memory (a benchmark)")
@@ -234,52 +201,14 @@ class Trainer:
         self.engine.train()
         while self.step < total:
             self.step += 1
-            ratio = keep_ratio_at(cfg.turbo, self.step - 1, total)
-            if ratio != self.keep_ratio and self.step > total - cfg.turbo.full_token_steps:
-                self.log.info(f"turbo: unmasked tuning from step {self.step} to {total} (turbo.full_token_steps="
-                              f"{cfg.turbo.full_token_steps}): every token kept, {self.task.tokens_total} per clip")
-            self._set_keep_ratio(ratio)
-            # Randomness (token choice) depends on (seed, step, rank) only, so a resumed run repeats it.
-            torch.manual_seed(cfg.train.seed * 1_000_003 + self.step * 1009 + self.dist.rank)
-            losses, keys = [], []
-            for micro in range(self.plan.accumulation):
-                batch = next(batches)
-                keys += batch["key"]
-                loss = self.task.loss(self.engine, to_device(batch, self.engine.device, stream.spec.normalize),
-                                      self.dtype)
-                self.data_position[batch["stream"]] = batch["position"]
-                self.data_events += [f"{batch['stream']}: {e}" for e in batch["events"]]
-                losses.append(loss.detach())  # stays on the device: no host sync per micro-step
-                if micro + 1 < self.plan.accumulation:  # the last micro-batch waits for the verdict
-                    self.engine.backward(loss)
-                    self.engine.step()
-            # The step's one collective and host read, which the guard cannot do without: whether to skip depends
-            # on every rank's loss, and all ranks must agree before the optimizer step (a rank skipping alone
-            # would leave ZeRO's collectives unmatched). It also carries the stop signals (no collective of their own).
-            verdict = self.guard.verdict(torch.stack(losses).mean(), self.preemption.signal is not None)
-            skip = verdict.problem is not None
-            applied = finish_step(self.engine, loss, skip) if self.can_skip or not skip else False
-            problem = self.guard.record(self.step, verdict, applied)
-            window.steps += 1
-            window.flops += TRAIN_FACTOR * self._forward_flops() * self.plan.global_size
-            if cfg.train.log_samples:
-                self.log.samples(self.step, all_gather_objects(keys))
-            if problem is not None:
-                self.log.info(f"step {self.step}: skipped, {problem} ({self.guard.bad_in_row}/"
-                              f"{cfg.train.max_bad_steps} bad in a row)")
-                if self.guard.diverged or not self.can_skip or self.step == total:
-                    self._log_train(window)  # the metrics show where it stopped
-                    self._diverged(problem)
-            else:
-                window.loss_sum += verdict.loss
-                window.good_steps += 1
+            problem, stop_signal = self.train_step(batches, window)
             bar.update(1)
             if self.step == self.first_step + 1:  # start-up skew is over: from now on a silent peer is a lost one
                 set_collective_timeout(cfg.train.collective_timeout_s)
             if self.step % cfg.train.log_every == 0 or self.step == total:
                 self._log_train(window)
                 window = LogWindow()
-            stop = verdict.stop_signal or self.step == cfg.train.stop_at_step
+            stop = stop_signal or self.step == cfg.train.stop_at_step
             if self.step % cfg.train.eval_every == 0 or self.step == total:
                 self.evaluate()
             saved = False
@@ -297,6 +226,51 @@ class Trainer:
         bar.close()
         if self.step >= total:
             self.checkpoints.finish(self.step)
+
+    def train_step(self, batches: Iterator[dict[str, Any]], window: LogWindow) -> tuple[str | None, bool]:
+        """Optimizer step ``self.step``: keep ratio, micro-batches, the guard's verdict, the update (or its skip).
+        Returns what was wrong with the step (None: it was applied) and whether a stop signal arrived."""
+        cfg, total = self.cfg, self.cfg.train.steps
+        ratio = keep_ratio_at(cfg.turbo, self.step - 1, total)
+        if ratio != self.keep_ratio and self.step > total - cfg.turbo.full_token_steps:
+            self.log.info(f"turbo: unmasked tuning from step {self.step} to {total} (turbo.full_token_steps="
+                          f"{cfg.turbo.full_token_steps}): every token kept, {self.task.tokens_total} per clip")
+        self.keep_ratio = ratio
+        self.task.set_keep_ratio(ratio)
+        # Randomness (token choice) depends on (seed, step, rank) only, so a resumed run repeats it.
+        torch.manual_seed(cfg.train.seed * 1_000_003 + self.step * 1009 + self.dist.rank)
+        losses, keys = [], []
+        for micro in range(self.plan.accumulation):
+            batch = next(batches)
+            keys += batch["key"]
+            loss = self.task.loss(self.engine, to_device(batch, self.engine.device, self.stream.spec.normalize),
+                                  self.dtype)
+            self.data_events += self.stream.record(batch)
+            losses.append(loss.detach())  # stays on the device: no host sync per micro-step
+            if micro + 1 < self.plan.accumulation:  # the last micro-batch waits for the verdict
+                self.engine.backward(loss)
+                self.engine.step()
+        # The step's one collective and host read, which the guard cannot do without: whether to skip depends
+        # on every rank's loss, and all ranks must agree before the optimizer step (a rank skipping alone
+        # would leave ZeRO's collectives unmatched). It also carries the stop signals (no collective of their own).
+        verdict = self.guard.verdict(torch.stack(losses).mean(), self.preemption.signal is not None)
+        skip = verdict.problem is not None
+        applied = finish_step(self.engine, loss, skip) if self.can_skip or not skip else False
+        problem = self.guard.record(self.step, verdict, applied)
+        window.steps += 1
+        window.flops += TRAIN_FACTOR * self._forward_flops() * self.plan.global_size
+        if cfg.train.log_samples:
+            self.log.samples(self.step, all_gather_objects(keys))
+        if problem is not None:
+            self.log.info(f"step {self.step}: skipped, {problem} ({self.guard.bad_in_row}/"
+                          f"{cfg.train.max_bad_steps} bad in a row)")
+            if self.guard.diverged or not self.can_skip or self.step == total:
+                self._log_train(window)  # the metrics show where it stopped
+                self._diverged(problem)
+        else:
+            window.loss_sum += verdict.loss
+            window.good_steps += 1
+        return problem, verdict.stop_signal
 
     def _diverged(self, problem: str) -> NoReturn:
         """Stop: checkpoints of the weights that gave the bad losses are set aside, the last good one is named."""
@@ -319,11 +293,6 @@ class Trainer:
         left = (time.perf_counter() - self.started) / max(done, 1) * (self.cfg.train.steps - self.step)
         return str(datetime.timedelta(seconds=round(left)))
 
-    def _set_keep_ratio(self, ratio: float) -> None:
-        self.keep_ratio = ratio
-        for selector in self.selectors:
-            selector.set_keep_ratio(ratio)
-
     def _forward_flops(self) -> float:
         """One training clip's forward FLOPs at the current keep ratio."""
         if self.keep_ratio not in self._flops:
@@ -332,7 +301,7 @@ class Trainer:
 
     def _log_train(self, window: LogWindow) -> None:
         elapsed = time.perf_counter() - window.start
-        positions = self.data_position.values()
+        positions = self.stream.position.values()
         skipped, short, shards, retries, events = all_reduce_sum(
             [sum(p["skipped"] for p in positions), sum(p.get("short", 0) for p in positions),
              sum(p.get("skipped_shards", 0) for p in positions), sum(p.get("read_retries", 0) for p in positions),
@@ -379,8 +348,9 @@ class Trainer:
         """The task's validation set and its extra evaluations (e.g. zero-shot), every clip once across ranks."""
         start, record = time.perf_counter(), {"step": self.step}
         self.engine.eval()
-        for evaluation in (self.task, *self.task.extra_evaluations()):
-            record.update(run_evaluation(evaluation, self.engine, self.cfg, self.dist, self.dtype,
+        evaluations = [(self.task, self.datasets.val), *((e, e.source) for e in self.task.extra_evaluations())]
+        for evaluation, source in evaluations:
+            record.update(run_evaluation(evaluation, source, self.engine, self.cfg, self.dist, self.dtype,
                                          self.pin_memory, self.data_events))
         self.engine.train()
         self._log_data_events(all_reduce_sum([len(self.data_events)])[0])
@@ -391,3 +361,91 @@ class Trainer:
                            for k, v in record.items() if k not in ("step", "wall_s"))
         self.log.info(f"eval @ step {self.step} | {shown}")
         return record
+
+
+def resolve_keep_ratio(cfg: Config, ds: DeepSpeedConfig, dist_info: DistInfo, log: RunLog,
+                       started: dict[str, Any] | None) -> Config:
+    """``turbo.keep_ratio: auto`` made a number, the same on every rank, before any component sees the config.
+
+    Rank 0 measures the largest ratio whose training step fits turbo.memory_budget_gb
+    (``turbo_ds.plan.search.pick_keep_ratio``), or, when the run resumes (``started``: the config it
+    started with), takes the ratio it started with: a run must not change its token budget halfway.
+    Whatever stops the measurement (a budget nothing fits: the planner's ConfigError) is raised on
+    every rank, so no rank waits for a ratio that never comes.
+    """
+    if cfg.turbo.keep_ratio != "auto":
+        return cfg
+    outcome: float | Exception | None = None
+    if dist_info.is_main:
+        if started is not None:
+            outcome = started["turbo"]["keep_ratio"]
+            log.info(f"turbo.keep_ratio auto: {outcome:g}, as chosen when this run started")
+        else:
+            budget, device = cfg.turbo.memory_budget_gb, str(dist_info.device)
+            log.info(f"turbo.keep_ratio auto: measuring keep ratios {', '.join(map(str, AUTO_KEEP_RATIOS))} "
+                     f"against {budget:g} GB per rank on {device} (a few real training steps each)")
+            try:
+                outcome = pick_keep_ratio(cfg, ds, budget, device, ranks=dist_info.world, log=log.info)
+                log.info(f"turbo.keep_ratio auto: {outcome:g} is the largest that fits {budget:g} GB")
+            except Exception as e:  # noqa: BLE001 - handed to every rank below
+                outcome = e
+    outcome = broadcast_from_main(outcome)
+    if isinstance(outcome, Exception):
+        raise outcome
+    return dataclasses.replace(cfg, turbo=dataclasses.replace(cfg.turbo, keep_ratio=float(outcome)))
+
+
+def run(cfg: Config, ds: DeepSpeedConfig, plan: BatchPlan, datasets: Datasets | None, dist_info: DistInfo,
+        checkpoints: CheckpointManager, lock_note: str | None) -> int:
+    """One training run on this rank, the run dir held: the exit status (0, or ``LOST_PEER``, ``EXIT_CODE``);
+    a ConfigError found once the ranks exist (the demo data, a tokenizer, a checkpoint of another shape) is raised
+    on every rank. ``datasets``: opened by the entry point, or None for the demo that ``Task.prepare`` generates."""
+    log = RunLog(cfg.run_dir, dist_info.is_main)
+    try:
+        return _run(cfg, ds, plan, datasets, dist_info, checkpoints, lock_note, log)
+    finally:
+        log.close()
+
+
+def _run(cfg: Config, ds: DeepSpeedConfig, plan: BatchPlan, datasets: Datasets | None, dist_info: DistInfo,
+         checkpoints: CheckpointManager, lock_note: str | None, log: RunLog) -> int:
+    if lock_note:
+        log.info(lock_note)
+    if dist_info.is_main:
+        task_type(cfg.task).prepare(cfg, log.info)  # e.g. demo data, a tokenizer trained on the captions
+    cfg = resolve_keep_ratio(cfg, ds, dist_info, log, checkpoints.started_config() if dist_info.is_main else None)
+    checkpoints.record_configs(redacted(to_dict(cfg)), ds.resolved(plan))  # no credentials in the run dir
+    if dist_info.is_main and ds.monitors:
+        log.attach(Monitors(ds.monitors, checkpoints.configs))
+        log.info(f"metrics also go to {'; '.join(log.monitors.destinations())} (x-axis: step)")
+    barrier()  # demo data and run dir exist before any rank reads them
+
+    log.info(f"turbo_ds: task {cfg.task} | run_dir {cfg.run_dir} | {dist_info.world} rank(s) | "
+             f"keep_ratio {cfg.turbo.keep_ratio} (eval {cfg.turbo.eval_keep_ratio})")
+    log.info(f"ranks: {dist_info.layout()}")
+    if cfg.model.compile:  # bounded by torch's recompile limit (then eager); each recompilation's reason on stderr
+        torch._logging.set_logs(recompiles=True)
+        log.info("model.compile: the encoder blocks compile at their first steps (cached on disk for later runs)")
+    datasets = datasets or Datasets.open(cfg.data, dist_info.world)  # the task and the streams share them
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    task = build_task(cfg, datasets.train.manifest)
+    if task.pretrained_report:
+        log.info(str(task.pretrained_report))
+    trainer = Trainer(cfg, ds, plan, dist_info, task, datasets, checkpoints, log)
+    try:
+        trainer.fit()
+    except ShardReadError as e:  # the store lost too much of an epoch: one line, not a traceback
+        log.info(f"data error: {e}")
+        print(f"data error (rank {dist_info.rank}): {redact(str(e))}", file=sys.stderr)
+        return EXIT_CODE
+    except RuntimeError as e:
+        if not is_collective_failure(e):
+            raise
+        # every surviving rank says so (rank 0 may be the lost one); no traceback for a known failure
+        print(f"rank {dist_info.rank} on {dist_info.hosts[dist_info.rank]}: a collective failed "
+              f"({str(e).splitlines()[0]}): a peer rank or its node is lost, or stalled longer than "
+              f"train.collective_timeout_s={cfg.train.collective_timeout_s:g}; the newest complete checkpoint is "
+              f"{checkpoints.latest}: rerun (or requeue) with the same run_dir to resume from it",
+              file=sys.stderr, flush=True)
+        return LOST_PEER
+    return 0
