@@ -1,4 +1,4 @@
-"""The task interface: everything the trainer, the memory planner and ``train.py`` know of a task.
+"""The task interface: everything the trainer, the memory planner and the entry points know of a task.
 
 A task owns its model, what the loader must deliver per sample (``targets``,
 ``clip_frames``), its loss, evaluation and metrics, and its rules: config checks, what
@@ -78,7 +78,7 @@ class Task(Evaluation):
     tokens_total: int
     "space-time tokens per sample with every token kept"
     pretrained_report: Any = None
-    "what loading ``model.pretrained`` did (logged by train.py), or None"
+    "what loading ``model.pretrained`` did (logged by the trainer), or None"
 
     def __init__(self, cfg: Config, manifest: dict[str, Any]):
         self.cfg = cfg
