@@ -27,9 +27,9 @@ from torch.optim.lr_scheduler import LambdaLR
 from turbo_ds.config import BatchPlan, Config, DeepSpeedConfig, to_dict
 from turbo_ds.data.datasets import Datasets
 from turbo_ds.data.locations import redact, redacted
+from turbo_ds.data.samples import to_device
 from turbo_ds.data.source import ShardReadError, ShardSource
 from turbo_ds.data.streams import EvalStream, TrainStream, make_loader
-from turbo_ds.data.samples import to_device
 from turbo_ds.engine.checkpoint import CheckpointManager
 from turbo_ds.engine.distributed import (DistInfo, all_reduce_sum, barrier, broadcast_from_main,
                                          is_collective_failure, set_collective_timeout)
@@ -162,9 +162,9 @@ class Trainer:
         if not self.checkpoints.restore(self.engine, self.log, self.resuming, self.states):
             self.log.info(f"starting a new run in {self.cfg.run_dir}")
             return
+        self.log.info(f"resuming from checkpoint {self.checkpoints.latest} at step {self.step}")
         if self.stream.regrouped is not None:
             self.log.info(self.stream.regrouped.note)
-        self.log.info(f"resuming from checkpoint {self.checkpoints.latest} at step {self.step}")
 
     @property
     def states(self) -> dict[str, Any]:
