@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ from typing import Any
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see either the old file or the new one."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    # pid and host: writers of the same file on several nodes of a shared filesystem never share a temp file
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{socket.gethostname()}")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -23,6 +25,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def json_bytes(obj: Any) -> bytes:
+    """``obj`` as indented JSON with sorted keys and a final newline: the one layout of our JSON files."""
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """``obj`` as indented JSON with sorted keys and a final newline, written atomically."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    """``obj`` as ``json_bytes``, written atomically."""
+    atomic_write_bytes(path, json_bytes(obj))

@@ -66,10 +66,10 @@ def shard_name(prefix: str, index: int) -> str:
     return f"{prefix}-{index:06d}.tar"
 
 
-def write_manifest(folder: str | os.PathLike, *, task: str, shards: list[dict[str, Any]],
-                   class_names: list[str] | None = None, build: dict[str, Any] | None = None,
-                   **extra: Any) -> dict[str, Any]:
-    manifest = {
+def make_manifest(*, task: str, shards: list[dict[str, Any]], class_names: list[str] | None = None,
+                  build: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """A dataset folder's manifest (written with ``fileio.json_bytes``, as ``write_manifest`` does)."""
+    return {
         "format": FORMAT,
         "task": task,
         "num_samples": sum(s["num_samples"] for s in shards),
@@ -78,6 +78,11 @@ def write_manifest(folder: str | os.PathLike, *, task: str, shards: list[dict[st
         "build": build or {},
         **extra,
     }
+
+
+def write_manifest(folder: str | os.PathLike, **fields: Any) -> dict[str, Any]:
+    """Write ``make_manifest(**fields)`` into ``folder``; returns it."""
+    manifest = make_manifest(**fields)
     atomic_write_json(Path(folder) / MANIFEST, manifest)
     return manifest
 

@@ -26,6 +26,16 @@ A URL --out (s3://, gs://, or http(s):// on a server that accepts PUT) is built 
 staging folder (--staging) and then uploaded: the shards and errors.jsonl first, manifest.json
 last, so a reader never sees a manifest before its shards. A rerun resumes the build and uploads
 only what the store lacks (same name and size). Delete the staging folder once it is uploaded.
+
+Many machines: --part I --parts N (in a Slurm array task: SLURM_ARRAY_TASK_ID and
+SLURM_ARRAY_TASK_COUNT) builds only part I of the shards, into a folder all parts share or
+the same URL, resumable on its own; the part that finishes last merges them (manifest.json,
+errors.jsonl), as does `build_shards.py --merge OUT`, which refuses, naming them, parts that
+are missing or were built with other settings. The result has the bytes of a one-part build.
+slurm/build_shards.sh runs this as an array job.
+
+    sbatch --array=0-63%16 slurm/build_shards.sh --task video_language --manifest webvid.csv --video-root /data/webvid --out /shared/webvid/train
+    python data_prep/build_shards.py --merge /shared/webvid/train
 """
 
 import argparse
@@ -45,7 +55,7 @@ from turbo_ds.data.shards import MANIFEST
 from turbo_ds.data.transport import ReadFailed, delete, remote_size, write_bytes
 from turbo_ds.prep.manifest_rows import (ROWS, TASKS, ManifestError, assign_classes, read_class_names,
                                          read_input_shard_items, read_manifest_items)
-from turbo_ds.prep.shard_builder import ERRORS, BuildError, BuildSettings, build
+from turbo_ds.prep.shard_builder import BUILD_DIR, ERRORS, PARTS, BuildError, BuildSettings, Part, build, merge
 from turbo_ds.prep.transcode import TranscodeSettings
 
 ENCODING_OPTIONS = ("fps", "short_side", "max_seconds", "crf", "gop", "keep_audio")
@@ -61,16 +71,20 @@ def _sha256(path: Path) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--task", choices=TASKS, help="what the rows are for (required to build)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--manifest", type=Path, help="CSV (with a header) or JSONL (.jsonl) listing the videos")
     src.add_argument("--input-shards", metavar="DIR_OR_GLOB",
                      help="existing shards to re-shard/re-encode: a folder of .tar files or a quoted glob")
+    src.add_argument("--merge", metavar="OUT",
+                     help="only merge the finished parts of the build at OUT (a folder or URL): check them, write "
+                          "manifest.json; refuses, naming them, parts missing or built with other settings")
     p.add_argument("--video-root", type=Path,
                    help="folder the manifest paths are relative to (default: the manifest's folder)")
-    p.add_argument("--out", required=True,
+    p.add_argument("--out",
                    help="output dataset folder (created; rerun to resume), or a URL: s3://, gs://, or http(s):// "
-                        "on a server that accepts PUT (built in --staging, then uploaded, manifest.json last)")
+                        "on a server that accepts PUT (built in --staging, then uploaded, manifest.json last); "
+                        "required to build")
     p.add_argument("--staging", type=Path,
                    help="with a URL --out: the local folder to build in before uploading (default: "
                         "TMPDIR/turbo_ds_build/<hash of the URL>); rerun with the same one to resume")
@@ -85,6 +99,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", default="shard", help="shard file prefix: PREFIX-000000.tar (default 'shard')")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="parallel processes, one video each at a time (default: CPU count); never changes the output")
+    parts = p.add_argument_group("parts (one build on many machines; never changes the output)")
+    parts.add_argument("--part", type=int, metavar="I",
+                       help="build only part I (from 0) of the shards (default: $SLURM_ARRAY_TASK_ID, else 0)")
+    parts.add_argument("--parts", type=int, metavar="N",
+                       help="how many parts the build is cut into (default: $SLURM_ARRAY_TASK_COUNT, else 1); "
+                            "the part that finishes last merges them")
     enc = p.add_argument_group("encoding (default: re-encode to H.264 yuv420p mp4)")
     enc.add_argument("--fps", type=float, help="output frame rate (default: the source rate, at most 30)")
     enc.add_argument("--short-side", type=int,
@@ -155,23 +175,72 @@ def check_writable(url: str) -> None:
     delete(probe)
 
 
-def upload(folder: Path, url: str, manifest: dict) -> int:
-    """Copy the built shards and errors.jsonl to ``url``, then manifest.json; returns how many were sent
-    (files the store holds already with the same size are kept)."""
-    names = [s["name"] for s in manifest["shards"]] + [ERRORS]
+def upload(folder: Path, url: str, names: list[str], last: list[str]) -> int:
+    """Copy ``names`` from ``folder`` to ``url`` (those the store holds already with the same size are kept),
+    then ``last``, which say that the rest is complete; returns how many files were sent."""
     sent = 0
     for name in tqdm(names, unit="file", desc="upload", file=sys.stderr, mininterval=1.0):
         target = join(url, name)
         if remote_size(target) != (folder / name).stat().st_size:
             write_bytes(target, (folder / name).read_bytes())
             sent += 1
-    write_bytes(join(url, MANIFEST), (folder / MANIFEST).read_bytes())  # last: the dataset is complete
-    return sent + 1
+    for name in last:
+        write_bytes(join(url, name), (folder / name).read_bytes())
+    return sent + len(last)
+
+
+def _part(a: argparse.Namespace, p: argparse.ArgumentParser) -> Part:
+    """This run's part, from --part/--parts or the Slurm array task."""
+    env = os.environ
+    index, count = a.part, a.parts
+    source = ["--part", "--parts"]
+    if index is None and "SLURM_ARRAY_TASK_ID" in env:
+        index, source[0] = int(env["SLURM_ARRAY_TASK_ID"]), "SLURM_ARRAY_TASK_ID"
+    if count is None and "SLURM_ARRAY_TASK_COUNT" in env:
+        count, source[1] = int(env["SLURM_ARRAY_TASK_COUNT"]), "SLURM_ARRAY_TASK_COUNT"
+    index, count = index or 0, count or 1
+    if count < 1 or not 0 <= index < count:
+        p.error(f"part {index} ({source[0]}) of {count} ({source[1]}) does not exist: parts run from 0 to N-1 "
+                f"(sbatch --array=0-{count - 1}, or give --part I --parts N, e.g. --parts N when rerunning one task)")
+    return Part(index, count)
+
+
+def _merge_only(location: str) -> int:
+    try:
+        result = merge(location)
+    except BuildError as e:
+        print(f"build_shards: error: {e}", file=sys.stderr)
+        return 2
+    except ReadFailed as e:
+        print(f"build_shards: error: cannot read the parts at {redact(location)}: {e}", file=sys.stderr)
+        return 2
+    return _report(result, location, "merged: ")
+
+
+def _report(result, location: str, prefix: str = "", start: float | None = None) -> int:
+    """Print 'N written, M skipped'; status 1 when nothing was written."""
+    took = f", {time.time() - start:.1f} s" if start is not None else ""
+    errors = join(location, ERRORS)
+    print(f"{prefix}{result.written} written, {result.skipped} skipped ({redact(location)}{took}"
+          f"{'; see ' + redact(errors) if result.skipped else ''})")
+    if not result.written:
+        print(f"build_shards: nothing was written; the reasons are in {redact(errors)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv=None) -> int:
     p = _parser()
     a = p.parse_args(argv)
+    if a.merge is not None:
+        given = [opt for opt, v in (("--task", a.task), ("--out", a.out), ("--part", a.part), ("--parts", a.parts))
+                 if v is not None]
+        if given:
+            p.error(f"--merge OUT merges what the parts wrote there; drop {', '.join(given)}")
+        return _merge_only(a.merge)
+    if a.task is None or a.out is None:
+        p.error("--task and --out are required to build")
+    part = _part(a, p)
     remote = is_remote(a.out)
     if a.staging is not None and not remote:
         p.error("--staging is for a URL --out (a local --out is built in place)")
@@ -197,10 +266,27 @@ def main(argv=None) -> int:
                                  class_names=tuple(given) if given is not None else None)
         if remote:
             check_writable(a.out)
-        result = build(items, settings, class_names, out, workers=a.workers)
-        if remote and result.written:
-            sent = upload(out, a.out, result.manifest)
-            print(f"uploaded {sent} files to {redact(a.out)} (built in {out}; delete it when no longer needed)")
+        record = build(items, settings, class_names, out, workers=a.workers, part=part)
+        if part.count == 1:  # the whole build: the dataset at once, then its upload
+            result = merge(str(out))
+            if remote and result.written:
+                names = [s["name"] for s in result.manifest["shards"]] + [ERRORS]
+                sent = upload(out, a.out, names, [MANIFEST])
+                print(f"uploaded {sent} files to {redact(a.out)} (built in {out}; delete it when no longer needed)")
+            return _report(result, a.out, start=start)
+        if remote:  # its shards, then the records that say they are there
+            names = [s["name"] for s in record["shards"] if s["num_samples"]]
+            upload(out, a.out, names, [f"{BUILD_DIR}/{PARTS}", f"{BUILD_DIR}/{part.record_name}"])
+        written = sum(s["num_samples"] for s in record["shards"])
+        print(f"part {part.index} of {part.count} (shards {record['first_shard']}-{record['end_shard'] - 1} of "
+              f"{record['num_shards']}): {written} written, {len(record['errors'])} skipped "
+              f"({time.time() - start:.1f} s)")
+        result = merge(a.out, if_complete=True)  # the last part to finish merges
+        if result is None:
+            print(f"other parts are still to finish; the last one merges them (or: build_shards.py --merge "
+                  f"{redact(a.out)})")
+            return 0
+        return _report(result, a.out, f"all {part.count} parts done, merged: ")
     except (ManifestError, BuildError) as e:
         print(f"build_shards: error: {e}", file=sys.stderr)
         return 2
@@ -209,12 +295,6 @@ def main(argv=None) -> int:
               "store that accepts uploads (s3://, gs://, an http server with PUT enabled, e.g. nginx dav_methods PUT)",
               file=sys.stderr)
         return 2
-    print(f"{result.written} written, {result.skipped} skipped ({redact(a.out)}, {time.time() - start:.1f} s"
-          f"{'; see ' + str(out / 'errors.jsonl') if result.skipped else ''})")
-    if not result.written:
-        print(f"build_shards: nothing was written; the reasons are in {out / 'errors.jsonl'}", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@ extension, in any sub-folder) and writes into OUT:
                          the builder lists them in OUT/errors.jsonl)
   class_names.json       the class names in the dataset's official order (classification)
 then runs the shard builder (data_prep/build_shards.py) on them: every other option
-(--workers, --shard-size, --fps, --short-side, ...) is the builder's. It ends with
+(--workers, --shard-size, --fps, --short-side, --part/--parts, ...) is the builder's. It ends with
 "<name> <split>: N listed / M found / K written". Rerunning the same command resumes; once
 videos appeared or vanished under --video-root the listing differs, and a rerun into the
-same OUT stops and says so (build into a new --out).
+same OUT stops and says so (build into a new --out). In a Slurm array task (slurm/build_shards.sh)
+each task builds its part of OUT; the last part to finish merges them (build_shards.py --merge OUT).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def _datasets_help() -> str:
     for name, ds in DATASETS.items():
         lines.append(f"  {name:<12} {ds.task}; {', '.join(ds.splits)}\n  {'':<12} {ds.annotations}")
     builder = [opt for action in build_shards._parser()._actions for opt in action.option_strings[:1]
-               if opt not in (*OWN_OPTIONS, "-h", "--out", "--video-root", "--class-names")]
+               if opt not in (*OWN_OPTIONS, "-h", "--out", "--video-root", "--class-names", "--merge")]
     lines += ["", "shard builder options (passed through; see data_prep/build_shards.py --help):",
               "  " + " ".join(builder)]
     return "\n".join(lines)
@@ -129,7 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     status = build_shards.main(args)
     if status == 2:  # the builder refused to start; it said why
         return status
-    written, listed = _written(a.out), len(listing.videos)
+    listed = len(listing.videos)
+    if status == 0 and not (a.out / MANIFEST).is_file():  # a part, not the last to finish: no total yet
+        print(f"{a.name} {a.split}: {listed} listed / {found.found} found; the written count comes with the merge")
+        return status
+    written = _written(a.out)
     problems = [f"{n} {what}" for n, what in ((listed - found.found, "not found on disk"),
                                                (found.found - written, "found but unusable")) if n]
     detail = f" ({', '.join(problems)}: see {a.out / 'errors.jsonl'})" if problems else ""

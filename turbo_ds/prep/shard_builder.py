@@ -1,12 +1,15 @@
-"""Build WebDataset shards from ``Item`` lists: parallel, resumable, byte-reproducible.
+"""Build WebDataset shards from ``Item`` lists: parallel, resumable, byte-reproducible, in parts.
 
 An output folder holds::
 
     <prefix>-000000.tar ...    shards; shard k holds items [k*S, (k+1)*S) that built fine
     errors.jsonl               skipped items, one {"row", "path", "reason"} a line
-    manifest.json              written last: the folder is complete when it exists
-    .build/settings.json       written first: a rerun must use the same settings
+    manifest.json              written last (by the merge): the folder is complete when it exists
+    .build/settings.json       written first: a rerun (every part) must use the same settings
     .build/<shard>.json        a shard's completion record (sample count + its errors)
+    .build/parts.json          how many parts the build was cut into, and how many shards it has
+    .build/part-000003.json    part 3's record, written when all its shards are: their names, sample
+                               counts and sizes, its errors, the settings and class names it used
 
 Every file is written to a temp name and renamed, so a killed run (even ``kill -9``)
 leaves only complete files; a rerun skips shards that have a completion record and
@@ -14,6 +17,11 @@ rebuilds the rest, ending with the same bytes as an uninterrupted run. One item 
 video) is one unit of work: workers transcode items, and a shard is written, its items in
 manifest order, once all of them are in. So every worker is busy even when a manifest holds
 fewer (long) videos than one shard, and the bytes do not depend on the number of workers.
+
+Parts: rows are cut into shards first, then part i of N builds the contiguous shards
+``part_shards(i, N, K)``, so several machines (a Slurm array) build one dataset, each part
+resumable on its own. ``merge`` checks that every part's record is there and agrees with the
+others, then writes errors.jsonl and manifest.json: the bytes of a one-part build.
 """
 
 from __future__ import annotations
@@ -26,7 +34,9 @@ import json
 import multiprocessing as mp
 import os
 import signal
+import socket
 import sys
+from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -35,14 +45,17 @@ from typing import Any, Callable, Iterator
 
 from tqdm import tqdm
 
-from turbo_ds.data.shards import shard_name, write_manifest, write_shard
+from turbo_ds.data.locations import join, redact
+from turbo_ds.data.shards import MANIFEST, make_manifest, shard_name, write_shard
+from turbo_ds.data.transport import ReadFailed, read_bytes, remote_size, write_bytes
 from turbo_ds.data.video import CorruptVideo
-from turbo_ds.fileio import atomic_write_bytes, atomic_write_json
+from turbo_ds.fileio import atomic_write_json, json_bytes
 from turbo_ds.prep.manifest_rows import ROWS, Item, read_member
 from turbo_ds.prep.transcode import TranscodeSettings, describe_error, probe, transcode
 
 BUILD_DIR = ".build"
 SETTINGS = "settings.json"
+PARTS = "parts.json"
 ERRORS = "errors.jsonl"
 TOOL = "data_prep/build_shards.py"
 # Settings whose option name is not simply "--" + the key with dashes.
@@ -51,7 +64,8 @@ OPTION_NAMES = {"manifest_sha256": "--manifest (the file's contents changed)",
 
 
 class BuildError(RuntimeError):
-    """The build cannot start (settings mismatch, a concurrent run); the message says how to fix it."""
+    """The build cannot start (settings mismatch, a concurrent run) or its parts cannot be merged (one missing,
+    one built otherwise); the message says how to fix it."""
 
 
 class SkipSample(Exception):
@@ -101,6 +115,22 @@ class BuildResult:
     written: int
     skipped: int
     manifest: dict | None
+
+
+@dataclass(frozen=True)
+class Part:
+    """Which share of the build this run makes: part ``index`` of ``count``."""
+
+    index: int = 0
+    count: int = 1
+
+    @property
+    def record_name(self) -> str:
+        return f"part-{self.index:06d}.json"
+
+    def shards(self, num_shards: int) -> range:
+        """Its contiguous shards; the parts' shard counts differ by at most one."""
+        return range(self.index * num_shards // self.count, (self.index + 1) * num_shards // self.count)
 
 
 # ---------------------------------------------------------------- one sample
@@ -245,37 +275,59 @@ def _option(key: str) -> str:
     return OPTION_NAMES.get(key, "--" + key.replace("_", "-"))
 
 
+def _differing(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The keys whose values differ between two settings records, sorted."""
+    return [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def _also(keys: list[str]) -> str:
+    return f" (also differs: {', '.join(_option(k) for k in keys)})" if keys else ""
+
+
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:
-    """Save the settings on the first run; on a rerun they must match what built the folder."""
+    """Save the settings on the first run; on a rerun (or another part) they must match what built the folder."""
     path = out / BUILD_DIR / SETTINGS
     if not path.exists():
-        atomic_write_json(path, settings)
-        return
+        tmp = path.with_name(f".{SETTINGS}.tmp{os.getpid()}.{socket.gethostname()}")
+        tmp.write_bytes(json_bytes(settings))
+        try:  # link, not rename: of parts starting at once on a shared filesystem, exactly one saves its settings
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
     saved = json.loads(path.read_text())
-    diffs = [k for k in sorted(set(saved) | set(settings)) if saved.get(k) != settings.get(k)]
+    diffs = _differing(saved, settings)
     if diffs:
         first = diffs[0]
-        more = f" (also differs: {', '.join(_option(k) for k in diffs[1:])})" if diffs[1:] else ""
         raise BuildError(f"{out} holds shards built with different settings: {_option(first)} was "
-                         f"{saved.get(first)!r}, now {settings.get(first)!r}{more}. Use a new --out, or "
+                         f"{saved.get(first)!r}, now {settings.get(first)!r}{_also(diffs[1:])}. Use a new --out, or "
                          f"delete {out} to rebuild it with the new settings.")
 
 
 @contextmanager
-def _exclusive(out: Path) -> Iterator[None]:
-    """One build per folder at a time; the lock dies with the process, so kill -9 frees it."""
-    with open(out / BUILD_DIR / "lock", "w") as f:
+def _exclusive(out: Path, part: Part) -> Iterator[None]:
+    """One build per folder (per part) at a time; the lock dies with the process, so kill -9 frees it."""
+    name = "lock" if part.count == 1 else f"lock.part-{part.index:06d}"
+    with open(out / BUILD_DIR / name, "w") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise BuildError(f"another build_shards run is writing to {out}; "
+            which = "" if part.count == 1 else f" (part {part.index} of {part.count})"
+            raise BuildError(f"another build_shards run is writing to {out}{which}; "
                              f"wait for it or use another --out") from None
         yield
 
 
-def _remove_stale_temp(out: Path) -> None:
-    """Temp files of a killed run (see shards.atomic_write_bytes) are never completed: delete them."""
-    for path in [*out.glob(".*.tmp*"), *(out / BUILD_DIR).glob(".*.tmp*")]:
+def _remove_stale_temp(out: Path, jobs: list[ShardJob] | None) -> None:
+    """Temp files of a killed run (see fileio.atomic_write_bytes) are never completed: delete them; those of
+    ``jobs`` only when given (other parts may be writing theirs into the same folder right now)."""
+    if jobs is None:
+        found = [*out.glob(".*.tmp*"), *(out / BUILD_DIR).glob(".*.tmp*")]
+    else:
+        found = [p for job in jobs for p in (*out.glob(f".{job.name}.tmp*"),
+                                             *(out / BUILD_DIR).glob(f".{job.name}.json.tmp*"))]
+    for path in found:
         path.unlink(missing_ok=True)
 
 
@@ -294,35 +346,136 @@ def _jobs(items: list[Item], settings: BuildSettings, class_names: list[str] | N
             for k, start in enumerate(range(0, len(items), size))]
 
 
-def _finish(out: Path, jobs: list[ShardJob], settings: BuildSettings, class_names: list[str] | None) -> BuildResult:
-    """Merge the shard records (in shard order) into errors.jsonl, then write the manifest."""
-    records = [json.loads(_record_path(out, job.name).read_text()) for job in jobs]
-    errors = [e for r in records for e in r["errors"]]
-    atomic_write_bytes(out / ERRORS, "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors).encode())
-    shards = [{"name": job.name, "num_samples": r["num_samples"]} for job, r in zip(jobs, records) if r["num_samples"]]
-    written = sum(s["num_samples"] for s in shards)
-    manifest = None
-    if written:
-        manifest = write_manifest(out, task=settings.task, shards=shards, class_names=class_names,
-                                  build={"tool": TOOL, "settings": settings.record()}, num_skipped=len(errors))
-    return BuildResult(written, len(errors), manifest)
+def _write_part(out: Path, part: Part, jobs: list[ShardJob], num_shards: int, settings: BuildSettings,
+                class_names: list[str] | None) -> dict[str, Any]:
+    """The part's record from its shard records (in shard order): what the merge needs of it."""
+    shards, errors = [], []
+    for job in jobs:
+        record = json.loads(_record_path(out, job.name).read_text())
+        size = (out / job.name).stat().st_size if record["num_samples"] else 0
+        shards.append({"name": job.name, "num_samples": record["num_samples"], "size": size})
+        errors += record["errors"]
+    span = part.shards(num_shards)
+    layout = {"parts": part.count, "num_shards": num_shards}
+    record = {**layout, "part": part.index, "first_shard": span.start, "end_shard": span.stop, "shards": shards,
+              "errors": errors, "settings": settings.record(), "class_names": class_names}
+    atomic_write_json(out / BUILD_DIR / PARTS, layout)
+    atomic_write_json(out / BUILD_DIR / part.record_name, record)
+    return record
 
 
 def build(items: list[Item], settings: BuildSettings, class_names: list[str] | None, out: str | Path,
-          workers: int = 1) -> BuildResult:
-    """Build (or finish building) ``out`` from ``items``; see the module docstring."""
+          workers: int = 1, part: Part = Part()) -> dict[str, Any]:
+    """Build (or finish building) ``part`` of ``out`` from ``items`` and return its record; see the module
+    docstring. ``merge(out)`` then makes the dataset."""
     out = Path(out)
     if not (out / BUILD_DIR / SETTINGS).exists() and any(out.glob("*.tar")):
         raise BuildError(f"{out} already holds .tar files not built by build_shards (no {BUILD_DIR}/{SETTINGS}): "
                          f"use a new --out, or delete those files")
     (out / BUILD_DIR).mkdir(parents=True, exist_ok=True)
-    with _exclusive(out):
+    with _exclusive(out, part):
         _check_settings(out, settings.record())
-        _remove_stale_temp(out)
         jobs = _jobs(items, settings, class_names, out)
-        pending = [job for job in jobs if not _is_done(job)]
-        done = len(items) - sum(len(job.items) for job in pending)
-        with tqdm(total=len(items), initial=done, unit="video", desc="build_shards", file=sys.stderr,
+        mine = [jobs[k] for k in part.shards(len(jobs))]
+        _remove_stale_temp(out, None if part.count == 1 else mine)
+        pending = [job for job in mine if not _is_done(job)]
+        total = sum(len(job.items) for job in mine)
+        done = total - sum(len(job.items) for job in pending)
+        with tqdm(total=total, initial=done, unit="video", desc="build_shards", file=sys.stderr,
                   mininterval=1.0, smoothing=0.1) as bar:
             _run_jobs(pending, workers, bar)
-        return _finish(out, jobs, settings, class_names)
+        return _write_part(out, part, mine, len(jobs), settings, class_names)
+
+
+# ---------------------------------------------------------------- the merge
+
+
+def _read_json(location: str, name: str) -> dict | None:
+    """``location``/.build/``name`` (a folder or URL), or None when there is none."""
+    try:
+        return json.loads(read_bytes(join(location, f"{BUILD_DIR}/{name}")))
+    except ReadFailed as e:
+        if e.missing:
+            return None
+        raise
+
+
+def _numbers(parts: list[int], one: str = "", many: str = "") -> str:
+    """'part 3' + ``one``, or 'parts 1, 3' + ``many`` (a verb that agrees)."""
+    return f"part{'s' if len(parts) > 1 else ''} {', '.join(map(str, parts))}{many if len(parts) > 1 else one}"
+
+
+def _missing(missing: list[int], parts: int) -> str:
+    part = f"--part {missing[0]}" if len(missing) == 1 else "--part I"
+    return (f"{_numbers(missing)} of {parts} missing (not finished): run {'them' if len(missing) > 1 else 'it'} "
+            f"({part} --parts {parts}, or in Slurm: sbatch --array={','.join(map(str, missing))} "
+            f"slurm/build_shards.sh ... --parts {parts}) and merge again")
+
+
+def _inconsistent(layout: dict, records: dict[int, dict]) -> str | None:
+    """What keeps the parts from being one dataset (the parts named), or None."""
+    def span(i: int) -> tuple[int, int, int, int]:
+        shards = Part(i, layout["parts"]).shards(layout["num_shards"])
+        return layout["parts"], layout["num_shards"], shards.start, shards.stop
+
+    bad = [i for i, r in records.items() if (r["parts"], r["num_shards"], r["first_shard"], r["end_shard"]) != span(i)]
+    if bad:
+        r = records[bad[0]]
+        return (f"{_numbers(bad, ' covers', ' cover')} other shards than in a {layout['parts']}-part build of "
+                f"{layout['num_shards']} shards (part {bad[0]}: shards {r['first_shard']}-{r['end_shard'] - 1} of "
+                f"{r['num_shards']}, as part {r['part']} of {r['parts']}): rerun with --parts {layout['parts']} and "
+                "the others' options")
+    kinds = Counter(json.dumps([r["settings"], r["class_names"]], sort_keys=True) for r in records.values())
+    usual, names = json.loads(kinds.most_common(1)[0][0])
+    odd = [i for i, r in records.items() if [r["settings"], r["class_names"]] != [usual, names]]
+    if not odd:
+        return None
+    r = records[odd[0]]
+    diffs = _differing(usual, r["settings"])
+    what = (f"{_option(diffs[0])} {r['settings'].get(diffs[0])!r}, not {usual.get(diffs[0])!r}{_also(diffs[1:])}"
+            if diffs else f"class names {r['class_names']!r}, not {names!r}")
+    return (f"{_numbers(odd, ' was', ' were')} built with other settings than "
+            f"{_numbers([i for i in records if i not in odd])} ({what}): rebuild {'them' if len(odd) > 1 else 'it'} "
+            "with the others' options (in a fresh --staging)")
+
+
+def _absent_shards(location: str, records: dict[int, dict]) -> str | None:
+    """The first part whose shard is not at ``location`` with the size it was built with, or None."""
+    for i, r in records.items():
+        for shard in r["shards"]:
+            if shard["num_samples"] and remote_size(join(location, shard["name"])) != shard["size"]:
+                return (f"part {i}: {shard['name']} is missing from {redact(location)} or has another size than it "
+                        f"was built with: rerun part {i}")
+    return None
+
+
+def merge(location: str, *, if_complete: bool = False) -> BuildResult | None:
+    """Check every part of the build at ``location`` (a folder or URL) and write its errors.jsonl, then its
+    manifest.json (when anything was written): the bytes a one-part build writes. BuildError (one line, naming
+    the parts) when a part is missing or disagrees with the others; with ``if_complete``, None while parts are
+    missing (a part that is not the last)."""
+    layout = _read_json(location, PARTS)
+    if layout is None:
+        if if_complete:
+            return None
+        raise BuildError(f"cannot merge {redact(location)}: no part has finished there (no {BUILD_DIR}/{PARTS})")
+    records = {i: _read_json(location, Part(i, layout["parts"]).record_name) for i in range(layout["parts"])}
+    missing = [i for i, r in records.items() if r is None]
+    if missing and if_complete:
+        return None
+    problem = (_missing(missing, layout["parts"]) if missing else
+               _inconsistent(layout, records) or _absent_shards(location, records))
+    if problem:
+        raise BuildError(f"cannot merge {redact(location)}: {problem}")
+    ordered = [records[i] for i in range(layout["parts"])]
+    errors = [e for r in ordered for e in r["errors"]]
+    write_bytes(join(location, ERRORS), "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors).encode())
+    shards = [{"name": s["name"], "num_samples": s["num_samples"]} for r in ordered for s in r["shards"]
+              if s["num_samples"]]
+    manifest = None
+    if shards:
+        first = ordered[0]
+        manifest = make_manifest(task=first["settings"]["task"], shards=shards, class_names=first["class_names"],
+                                 build={"tool": TOOL, "settings": first["settings"]}, num_skipped=len(errors))
+        write_bytes(join(location, MANIFEST), json_bytes(manifest))  # last: the dataset is complete
+    return BuildResult(sum(s["num_samples"] for s in shards), len(errors), manifest)
