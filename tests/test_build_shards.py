@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,9 +21,11 @@ import pytest
 import webdataset as wds
 
 from conftest import REPO
+from servers import NGINX_INSTALL, Nginx
 from turbo_ds.data.shards import write_shard
 from turbo_ds.prep.build_shards import grouped_by_label
 from turbo_ds.prep.manifest_rows import assign_classes, items_from_records
+from turbo_ds.prep.shard_builder import Part
 from turbo_ds.prep.transcode import TranscodeSettings, transcode
 
 BUILD = str(REPO / "data_prep" / "build_shards.py")
@@ -418,3 +421,82 @@ def test_fewer_videos_than_one_shard_still_use_every_worker_with_identical_bytes
     run_build(*args, "--out", tmp_path / "three", "--workers", 3)
     assert build_files(tmp_path / "three") == build_files(tmp_path / "one")
     assert [s["__key__"] for s in read_samples(tmp_path / "three")] == [f"{i:09d}" for i in (0, 1, 3, 4)]
+
+
+# ---------------------------------------------------------------- parts (one build on many machines) and the merge
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("parts, shards", [(1, 5), (4, 13), (4, 3), (7, 100)])
+def test_parts_cover_every_shard_once_in_order(parts, shards):
+    spans = [Part(i, parts).shards(shards) for i in range(parts)]
+    assert [k for span in spans for k in span] == list(range(shards))  # contiguous, no gap, no overlap
+    assert max(map(len, spans)) - min(map(len, spans)) <= 1
+
+
+def _part_clips(tmp_path: Path) -> tuple[Path, list[str]]:
+    """10 tiny clips in 3 classes, then a missing and a corrupt one (skipped rows, in the last shard)."""
+    root = tmp_path / "videos"
+    root.mkdir()
+    for i in range(10):
+        make_video(root / f"v{i}.mp4", "mp4", "libx264", size=(48, 32), frames=10, fps=10, texture=i)
+    (root / "bad.mp4").write_bytes(b"not a video" * 20)
+    return root, [f"v{i}.mp4,c{i % 3}" for i in range(10)] + ["gone.mp4,c0", "bad.mp4,c1"]
+
+
+@pytest.mark.e2e
+def test_parts_in_any_order_merge_to_the_bytes_of_one_build_and_a_missing_part_is_named(tmp_path):
+    root, rows = _part_clips(tmp_path)
+    args = ["--task", "action_cls", "--manifest", write_csv(tmp_path / "m.csv", "path,label", rows), "--video-root",
+            root, "--short-side", 16, "--shard-size", 2, "--shuffle", "--workers", 1]
+    run_build(*args, "--out", tmp_path / "one")
+    out = tmp_path / "parts"
+    for part in (3, 0):
+        proc = run_build(*args, "--out", out, "--part", part, "--parts", 4)
+        assert "other parts are still to finish" in proc.stdout and not (out / "manifest.json").exists()
+    refused = run_build("--merge", out, check=False)
+    assert refused.returncode == 2 and "cannot merge" in refused.stderr and "parts 1, 2 of 4 missing" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and "sbatch --array=1,2" in refused.stderr
+    env = {**os.environ, "SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "4"}  # a Slurm array task's defaults
+    proc = subprocess.run([sys.executable, BUILD, *map(str, args), "--out", str(out)], env=env, cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "part 2 of 4 (shards 3-3 of 6)" in proc.stdout, proc.stderr
+    last = run_build(*args, "--out", out, "--part", 1, "--parts", 4)  # the last part to finish merges
+    assert "all 4 parts done, merged: 10 written, 2 skipped" in last.stdout
+    assert build_files(out) == build_files(tmp_path / "one")
+    again = run_build("--merge", out)
+    assert "merged: 10 written, 2 skipped" in again.stdout and build_files(out) == build_files(tmp_path / "one")
+    wrong = run_build(*args, "--out", out, "--part", 4, "--parts", 4, check=False)
+    assert wrong.returncode == 2 and "part 4 (--part) of 4 (--parts) does not exist" in wrong.stderr
+    other = run_build(*args, "--out", out, "--part", 1, "--parts", 4, "--crf", 30, check=False)
+    assert other.returncode == 2 and "--crf was 23, now 30" in other.stderr  # a shared folder refuses it at start
+
+
+@pytest.mark.e2e
+def test_parts_uploaded_with_other_settings_are_refused_at_the_merge(tmp_path):
+    """Parts that build on their own machines (each in its own staging folder) and upload to one URL: the merge
+    names the part built with another --crf; rebuilt with the others' options, the URL holds the one-build bytes."""
+    if shutil.which("nginx") is None:
+        pytest.skip(f"nginx is not installed: {NGINX_INSTALL}")
+    root, rows = _part_clips(tmp_path)
+    args = ["--task", "action_cls", "--manifest", write_csv(tmp_path / "m.csv", "path,label", rows), "--video-root",
+            root, "--short-side", 16, "--shard-size", 3, "--workers", 1]
+    run_build(*args, "--out", tmp_path / "one")
+    www = tmp_path / "www"
+    (www / "up").mkdir(parents=True)
+    put = "location /up/ { dav_methods PUT DELETE; create_full_put_path on; client_max_body_size 0; }"
+    with Nginx(www, tmp_path / "nginx", put) as web:
+        url = f"{web.url}/up/ds"
+        for part in (0, 2):
+            run_build(*args, "--out", url, "--staging", tmp_path / "a", "--part", part, "--parts", 3)
+        last = run_build(*args, "--out", url, "--staging", tmp_path / "b", "--part", 1, "--parts", 3, "--crf", 30,
+                         check=False)  # built and uploaded, but as the last part it cannot merge
+        refused = run_build("--merge", url, check=False)
+        for proc in (last, refused):
+            assert proc.returncode == 2 and proc.stderr.count("error") == 1, proc.stderr
+            assert (f"build_shards: error: cannot merge {url}: part 1 was built with other settings than parts 0, 2 "
+                    "(--crf 30, not 23)" in proc.stderr)
+        assert not (www / "up" / "ds" / "manifest.json").exists()
+        last = run_build(*args, "--out", url, "--staging", tmp_path / "c", "--part", 1, "--parts", 3)
+        assert "all 3 parts done, merged: 10 written, 2 skipped" in last.stdout
+    assert build_files(www / "up" / "ds") == build_files(tmp_path / "one")

@@ -125,6 +125,26 @@ def test_kinetics_clips_full_videos_missing_and_official_class_order(tmp_path, c
 
 
 @pytest.mark.e2e
+def test_a_dataset_built_in_parts_is_the_one_built_at_once(tmp_path, capsys):
+    """--part/--parts pass through to the builder (a Slurm array task's defaults too); the last part merges."""
+    ann, train, _ = kinetics_fixture(tmp_path)
+    status, log = run(capsys, "kinetics400", ann, train, "train", tmp_path / "one", "--shard-size", "1")
+    assert status == 0 and "5 listed / 4 found / 4 written" in log
+    status, log = run(capsys, "kinetics400", ann, train, "train", tmp_path / "parts", "--shard-size", "1",
+                      "--part", "1", "--parts", "2")
+    assert status == 0 and "part 1 of 2 (shards 2-4 of 5)" in log and "written count comes with the merge" in log
+    status, log = run(capsys, "kinetics400", ann, train, "train", tmp_path / "parts", "--shard-size", "1",
+                      "--part", "0", "--parts", "2")
+    assert status == 0 and "all 2 parts done, merged: 4 written, 1 skipped" in log and "4 found / 4 written" in log
+    for name in ("errors.jsonl", *(f"shard-{k:06d}.tar" for k in range(5) if k != 3)):  # row 4 is not on disk
+        assert (tmp_path / "parts" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+    manifests = [built(tmp_path / out)[0] for out in ("one", "parts")]
+    for manifest in manifests:  # the one difference: where each build manifest was written (OUT/...)
+        assert manifest["build"]["settings"].pop("manifest").endswith("build_manifest.jsonl")
+    assert manifests[0] == manifests[1]
+
+
+@pytest.mark.e2e
 def test_ssv2_ids_from_the_labels_json(tmp_path, capsys):
     ann = tmp_path / "labels"
     # the file's key order is not the id order: ids come from the values

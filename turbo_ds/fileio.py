@@ -13,11 +13,17 @@ from pathlib import Path
 from typing import Any
 
 
+def temp_path(path: str | os.PathLike) -> Path:
+    """Where this process writes ``path`` before renaming it: ``.<name>.tmp<pid>.<host>`` (pid and host: writers of
+    one file on several nodes of a shared filesystem never share a temp file)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp{os.getpid()}.{socket.gethostname()}")
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see either the old file or the new one."""
     path = Path(path)
-    # pid and host: writers of the same file on several nodes of a shared filesystem never share a temp file
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{socket.gethostname()}")
+    tmp = temp_path(path)
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()

@@ -48,6 +48,12 @@ def encode_sample(sample: dict[str, Any]) -> dict[str, bytes]:
 
 def write_shard(path: str | os.PathLike, samples: list[dict[str, Any]]) -> int:
     """Write one complete tar shard atomically; byte-identical for identical samples."""
+    atomic_write_bytes(path, shard_bytes(samples))
+    return len(samples)
+
+
+def shard_bytes(samples: list[dict[str, Any]]) -> bytes:
+    """The tar shard of ``samples``; the same bytes for the same samples."""
     buf = io.BytesIO()
     # Fixed metadata (mtime, owner) makes shards reproducible byte for byte.
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
@@ -58,8 +64,7 @@ def write_shard(path: str | os.PathLike, samples: list[dict[str, Any]]) -> int:
                 info.size, info.mtime, info.mode = len(data), 0, 0o444
                 info.uname = info.gname = "turbo_ds"
                 tar.addfile(info, io.BytesIO(data))
-    atomic_write_bytes(path, buf.getvalue())
-    return len(samples)
+    return buf.getvalue()
 
 
 def shard_name(prefix: str, index: int) -> str:

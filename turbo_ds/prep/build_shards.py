@@ -34,7 +34,7 @@ errors.jsonl), as does `build_shards.py --merge OUT`, which refuses, naming them
 are missing or were built with other settings. The result has the bytes of a one-part build.
 slurm/build_shards.sh runs this as an array job.
 
-    sbatch --array=0-63%16 slurm/build_shards.sh --task video_language --manifest webvid.csv --video-root /data/webvid --out /shared/webvid/train
+    sbatch --array=0-63%16 slurm/build_shards.sh --task video_language --manifest webvid.csv --out /shared/webvid/train
     python data_prep/build_shards.py --merge /shared/webvid/train
 """
 
@@ -55,7 +55,8 @@ from turbo_ds.data.shards import MANIFEST
 from turbo_ds.data.transport import ReadFailed, delete, remote_size, write_bytes
 from turbo_ds.prep.manifest_rows import (ROWS, TASKS, ManifestError, assign_classes, read_class_names,
                                          read_input_shard_items, read_manifest_items)
-from turbo_ds.prep.shard_builder import BUILD_DIR, ERRORS, PARTS, BuildError, BuildSettings, Part, build, merge
+from turbo_ds.prep.shard_builder import (BUILD_DIR, ERRORS, PARTS, BuildError, BuildResult, BuildSettings, Part, build,
+                                         merge, read_build_json)
 from turbo_ds.prep.transcode import TranscodeSettings
 
 ENCODING_OPTIONS = ("fps", "short_side", "max_seconds", "crf", "gop", "keep_audio")
@@ -175,18 +176,28 @@ def check_writable(url: str) -> None:
     delete(probe)
 
 
-def upload(folder: Path, url: str, names: list[str], last: list[str]) -> int:
-    """Copy ``names`` from ``folder`` to ``url`` (those the store holds already with the same size are kept),
-    then ``last``, which say that the rest is complete; returns how many files were sent."""
+def upload(folder: Path, url: str, names: list[str], last: list[str], keep_same_size: bool = True) -> int:
+    """Copy ``names`` from ``folder`` to ``url`` (with ``keep_same_size``, those the store holds already with the
+    same size are kept), then ``last``, which say that the rest is complete; returns how many files were sent."""
     sent = 0
     for name in tqdm(names, unit="file", desc="upload", file=sys.stderr, mininterval=1.0):
         target = join(url, name)
-        if remote_size(target) != (folder / name).stat().st_size:
+        if not keep_same_size or remote_size(target) != (folder / name).stat().st_size:
             write_bytes(target, (folder / name).read_bytes())
             sent += 1
     for name in last:
         write_bytes(join(url, name), (folder / name).read_bytes())
     return sent + len(last)
+
+
+def upload_part(folder: Path, url: str, part: Part, record: dict) -> None:
+    """A part's shards, then the records that say they are there. A shard is kept only when this part's
+    record at ``url`` lists the same bytes (a rerun after the upload): sizes alone do not tell a shard from
+    one built with other settings (tar files come in 10 kB blocks)."""
+    before = {s["name"]: s for s in (read_build_json(url, part.record_name) or {"shards": []})["shards"]}
+    names = [s["name"] for s in record["shards"] if s["num_samples"] and (
+        before.get(s["name"]) != s or remote_size(join(url, s["name"])) != s["size"])]
+    upload(folder, url, names, [f"{BUILD_DIR}/{PARTS}", f"{BUILD_DIR}/{part.record_name}"], keep_same_size=False)
 
 
 def _part(a: argparse.Namespace, p: argparse.ArgumentParser) -> Part:
@@ -217,7 +228,7 @@ def _merge_only(location: str) -> int:
     return _report(result, location, "merged: ")
 
 
-def _report(result, location: str, prefix: str = "", start: float | None = None) -> int:
+def _report(result: BuildResult, location: str, prefix: str = "", start: float | None = None) -> int:
     """Print 'N written, M skipped'; status 1 when nothing was written."""
     took = f", {time.time() - start:.1f} s" if start is not None else ""
     errors = join(location, ERRORS)
@@ -274,9 +285,8 @@ def main(argv=None) -> int:
                 sent = upload(out, a.out, names, [MANIFEST])
                 print(f"uploaded {sent} files to {redact(a.out)} (built in {out}; delete it when no longer needed)")
             return _report(result, a.out, start=start)
-        if remote:  # its shards, then the records that say they are there
-            names = [s["name"] for s in record["shards"] if s["num_samples"]]
-            upload(out, a.out, names, [f"{BUILD_DIR}/{PARTS}", f"{BUILD_DIR}/{part.record_name}"])
+        if remote:
+            upload_part(out, a.out, part, record)
         written = sum(s["num_samples"] for s in record["shards"])
         print(f"part {part.index} of {part.count} (shards {record['first_shard']}-{record['end_shard'] - 1} of "
               f"{record['num_shards']}): {written} written, {len(record['errors'])} skipped "

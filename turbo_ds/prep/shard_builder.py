@@ -29,12 +29,12 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import fcntl
+import hashlib
 import itertools
 import json
 import multiprocessing as mp
 import os
 import signal
-import socket
 import sys
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -46,10 +46,10 @@ from typing import Any, Callable, Iterator
 from tqdm import tqdm
 
 from turbo_ds.data.locations import join, redact
-from turbo_ds.data.shards import MANIFEST, make_manifest, shard_name, write_shard
+from turbo_ds.data.shards import MANIFEST, make_manifest, shard_bytes, shard_name
 from turbo_ds.data.transport import ReadFailed, read_bytes, remote_size, write_bytes
 from turbo_ds.data.video import CorruptVideo
-from turbo_ds.fileio import atomic_write_json, json_bytes
+from turbo_ds.fileio import atomic_write_bytes, atomic_write_json, json_bytes, temp_path
 from turbo_ds.prep.manifest_rows import ROWS, Item, read_member
 from turbo_ds.prep.transcode import TranscodeSettings, describe_error, probe, transcode
 
@@ -208,9 +208,16 @@ def _write_shard(job: ShardJob, outcomes: list[tuple[dict | None, dict | None]])
     """Write one shard from its items' outcomes (in item order), then its completion record."""
     samples = [sample for sample, _ in outcomes if sample is not None]
     errors = [error for _, error in outcomes if error is not None]
+    data = shard_bytes(samples) if samples else b""
     if samples:  # a shard whose items all failed has no tar, only its record
-        write_shard(Path(job.out) / job.name, samples)
-    atomic_write_json(_record_path(job.out, job.name), {"num_samples": len(samples), "errors": errors})
+        atomic_write_bytes(Path(job.out) / job.name, data)
+    atomic_write_json(_record_path(job.out, job.name), {"num_samples": len(samples), "errors": errors,
+                                                        **_fingerprint(data)})
+
+
+def _fingerprint(data: bytes) -> dict[str, Any]:
+    """Size and sha256 of a shard: what tells an upload that resumes which shards the store holds already."""
+    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest() if data else None}
 
 
 def build_shard(job: ShardJob, progress: Callable[[], None] = lambda: None) -> None:
@@ -288,14 +295,16 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> None:
     """Save the settings on the first run; on a rerun (or another part) they must match what built the folder."""
     path = out / BUILD_DIR / SETTINGS
     if not path.exists():
-        tmp = path.with_name(f".{SETTINGS}.tmp{os.getpid()}.{socket.gethostname()}")
+        tmp = temp_path(path)
         tmp.write_bytes(json_bytes(settings))
         try:  # link, not rename: of parts starting at once on a shared filesystem, exactly one saves its settings
             os.link(tmp, path)
         except FileExistsError:
             pass
+        except OSError:  # a filesystem without hard links: rename (parts starting at the same moment may race)
+            os.replace(tmp, path)
         finally:
-            tmp.unlink()
+            tmp.unlink(missing_ok=True)
     saved = json.loads(path.read_text())
     diffs = _differing(saved, settings)
     if diffs:
@@ -352,8 +361,9 @@ def _write_part(out: Path, part: Part, jobs: list[ShardJob], num_shards: int, se
     shards, errors = [], []
     for job in jobs:
         record = json.loads(_record_path(out, job.name).read_text())
-        size = (out / job.name).stat().st_size if record["num_samples"] else 0
-        shards.append({"name": job.name, "num_samples": record["num_samples"], "size": size})
+        if "sha256" not in record:  # recorded by an older build_shards
+            record.update(_fingerprint((out / job.name).read_bytes() if record["num_samples"] else b""))
+        shards.append({"name": job.name, **{k: record[k] for k in ("num_samples", "size", "sha256")}})
         errors += record["errors"]
     span = part.shards(num_shards)
     layout = {"parts": part.count, "num_shards": num_shards}
@@ -390,7 +400,7 @@ def build(items: list[Item], settings: BuildSettings, class_names: list[str] | N
 # ---------------------------------------------------------------- the merge
 
 
-def _read_json(location: str, name: str) -> dict | None:
+def read_build_json(location: str, name: str) -> dict | None:
     """``location``/.build/``name`` (a folder or URL), or None when there is none."""
     try:
         return json.loads(read_bytes(join(location, f"{BUILD_DIR}/{name}")))
@@ -454,12 +464,12 @@ def merge(location: str, *, if_complete: bool = False) -> BuildResult | None:
     manifest.json (when anything was written): the bytes a one-part build writes. BuildError (one line, naming
     the parts) when a part is missing or disagrees with the others; with ``if_complete``, None while parts are
     missing (a part that is not the last)."""
-    layout = _read_json(location, PARTS)
+    layout = read_build_json(location, PARTS)
     if layout is None:
         if if_complete:
             return None
         raise BuildError(f"cannot merge {redact(location)}: no part has finished there (no {BUILD_DIR}/{PARTS})")
-    records = {i: _read_json(location, Part(i, layout["parts"]).record_name) for i in range(layout["parts"])}
+    records = {i: read_build_json(location, Part(i, layout["parts"]).record_name) for i in range(layout["parts"])}
     missing = [i for i, r in records.items() if r is None]
     if missing and if_complete:
         return None
