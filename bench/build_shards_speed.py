@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loader_speed import real_looking_frames  # noqa: E402
 
 from turbo_ds.prep.manifest_rows import VIDEO_EXTS  # noqa: E402
+from turbo_ds.prep.transcode import probe  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,11 +70,14 @@ CORPORA = ("K400=667", "WebVid-10M=52000")
 
 
 def source_seconds(path: Path) -> float:
+    """The video's length from its container, else by decoding it."""
     with av.open(str(path)) as c:
         stream = c.streams.video[0]
         if stream.duration is not None:
             return float(stream.duration * stream.time_base)
-        return c.duration / av.time_base
+        if c.duration is not None:
+            return c.duration / av.time_base
+    return probe(path)["duration"]
 
 
 def _hours(seconds: float) -> str:

@@ -67,11 +67,15 @@ if [[ -n ${SLURM_ARRAY_JOB_ID:-} && ${SLURM_ARRAY_TASK_ID} == "${SLURM_ARRAY_TAS
     stdout=$(scontrol show job "$this_job" | sed -n 's|^ *StdOut=||p')
     unset_array=()
     for v in ${!SLURM_ARRAY_@}; do unset_array+=(-u "$v"); done
-    merge_id=$(env "${unset_array[@]}" sbatch --parsable --dependency=afterok:"$SLURM_ARRAY_JOB_ID" \
+    if merge_id=$(env "${unset_array[@]}" sbatch --parsable --dependency=afterok:"$SLURM_ARRAY_JOB_ID" \
         --kill-on-invalid-dep=yes --job-name="${SLURM_JOB_NAME:-build}-merge" --nodes=1 --ntasks=1 --cpus-per-task=1 \
         --time=2:00:00 --output="$(dirname "${stdout:-./x}")/slurm-%x-%j.out" --export=ALL,TURBO_DS_ROOT="$root" \
-        "$root/slurm/build_shards.sh" --merge "$out")
-    log "submitted the merge: job ${merge_id%%;*} (runs after every task of job $SLURM_ARRAY_JOB_ID ended well)"
+        "$root/slurm/build_shards.sh" --merge "$out"); then
+        log "submitted the merge: job ${merge_id%%;*} (runs after every task of job $SLURM_ARRAY_JOB_ID ended well)"
+    else   # e.g. a site that allows no submission from compute nodes: the last part still merges
+        log "warning: could not submit the merge job; the last part to finish merges, or run" \
+            "python data_prep/build_shards.py --merge $out"
+    fi
 fi
 
 SIGNALLED="" BUILDER=""

@@ -287,10 +287,11 @@ def main(argv=None) -> int:
             return _report(result, a.out, start=start)
         if remote:
             upload_part(out, a.out, part, record)
-        written = sum(s["num_samples"] for s in record["shards"])
-        print(f"part {part.index} of {part.count} (shards {record['first_shard']}-{record['end_shard'] - 1} of "
-              f"{record['num_shards']}): {written} written, {len(record['errors'])} skipped "
-              f"({time.time() - start:.1f} s)")
+        first, end, total = record["first_shard"], record["end_shard"], record["num_shards"]
+        shards = (f"shards {first}-{end - 1} of {total}" if end > first else
+                  f"no shard of {total}: more parts than shards")
+        print(f"part {part.index} of {part.count} ({shards}): {sum(s['num_samples'] for s in record['shards'])} "
+              f"written, {len(record['errors'])} skipped ({time.time() - start:.1f} s)")
         result = merge(a.out, if_complete=True)  # the last part to finish merges
         if result is None:
             print(f"other parts are still to finish; the last one merges them (or: build_shards.py --merge "
