@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import read_metrics, run_train, tiny_overrides
+from conftest import REPO, read_metrics, run_train, tiny_overrides
 
 pytestmark = pytest.mark.e2e
 
@@ -61,3 +64,25 @@ def test_a_finished_run_exits_0_whatever_interpreter_teardown_does(tiny_demo, tm
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000002"
     assert any("eval/top1" in r for r in read_metrics(run_dir))  # evaluated, logged and flushed before the exit
+
+
+def test_a_stop_signal_during_start_up_stops_at_the_first_step_with_a_checkpoint(tiny_demo, tmp_path):
+    """Slurm's USR1 (or a TERM) that arrives before the engine exists (here: as soon as the first log line says the
+    ranks are up, before the task and DeepSpeed's engine are built) is handled: the run stops after its first
+    step with a checkpoint and exits 0, instead of dying of the signal's default action."""
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "turbo_ds/train.py", "--ds_config", "ds_configs/zero0_bf16.json", "--config",
+           "configs/demo_action_cls.yaml", *tiny_overrides(tiny_demo, run_dir)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("turbo_ds: task"):
+            proc.send_signal(signal.SIGUSR1)
+            break
+    lines += proc.stdout.readlines()
+    assert proc.wait(timeout=300) == 0, "".join(lines)[-3000:]
+    log = (run_dir / "train.log").read_text()
+    assert "stopping at step 1 on SIGUSR1: checkpoint saved" in log, log
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000001"

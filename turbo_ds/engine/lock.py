@@ -97,6 +97,7 @@ class RunDirLock:
         self.path = Path(path)
         self.heartbeat_s, self.stale_s = heartbeat_s, stale_s
         self.me: Holder | None = None
+        self.lost: str | None = None  # why this holder lost the lock (the trainer stops every rank on it)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
