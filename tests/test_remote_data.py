@@ -24,6 +24,7 @@ import torch
 from conftest import REPO, free_port, read_metrics, resumed, run_train, tiny_overrides
 from servers import NGINX_INSTALL, S3_INSTALL, MotoS3, Nginx
 from turbo_ds.config import ConfigError, DataConfig, ModelConfig, load_config
+from turbo_ds.data.datasets import open_datasets
 from turbo_ds.data.locations import join, redact, redacted
 from turbo_ds.data.position import StreamPosition
 from turbo_ds.data.source import ShardReadError, ShardSource, SourceError
@@ -73,6 +74,17 @@ def test_redact_hides_passwords_signatures_and_secret_assignments():
 def test_config_checks_read_keys(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config("configs/demo_action_cls.yaml", [override])
+
+
+@pytest.mark.unit
+def test_a_read_policy_slower_than_the_collective_timeout_is_a_start_up_error():
+    """A store that accepts and never answers must be given up on (the shard skipped, counted) before the other
+    ranks give up on this one: 6 attempts x 60 s + 31 s of backoff do not fit in a 300 s collective timeout."""
+    slow = data_config("https://store.invalid/train", "https://store.invalid/val", read_timeout_s=60.0)
+    with pytest.raises(ConfigError, match=r"^data\.read_timeout_s=60 x \(data\.read_retries=5 \+ 1\) \+ backoff "
+                                          r"\(data\.read_backoff_s=1, doubling\) = 391 s .* train\.collective_timeout_s=300"):
+        open_datasets(slow, world=1, collective_timeout_s=300)  # refused before any read
+    assert ReadPolicy.from_config(DataConfig()).stalled_s == 211  # the defaults fit in the default 300 s
 
 
 @pytest.mark.unit
