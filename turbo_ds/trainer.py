@@ -25,8 +25,8 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from turbo_ds.config import BatchPlan, Config, DeepSpeedConfig, to_dict
 from turbo_ds.data.datasets import Datasets
-from turbo_ds.data.position import lost_per_epoch
 from turbo_ds.data.locations import redact, redacted
+from turbo_ds.data.position import lost_per_epoch
 from turbo_ds.data.samples import to_device
 from turbo_ds.data.source import ShardReadError, ShardSource
 from turbo_ds.data.streams import EvalStream, TrainStream, make_loader
@@ -249,7 +249,8 @@ class Trainer:
                 self.engine.step()
         # The step's one collective and host read, which the guard cannot do without: whether to skip depends
         # on every rank's loss, and all ranks must agree before the optimizer step (a rank skipping alone
-        # would leave ZeRO's collectives unmatched). It also carries the stop signals (no collective of their own).
+        # would leave ZeRO's collectives unmatched). It also carries what one rank may see alone: a stop signal, the
+        # shards its streams lost (the budget is every rank's sum), a failure that ends the run (a lost run-dir lock).
         verdict = self.guard.verdict(torch.stack(losses).mean(), self.preemption.signal is not None,
                                      lost_per_epoch(self.stream.position.values()),
                                      self.lock.lost if self.lock is not None else None)
