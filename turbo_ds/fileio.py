@@ -48,6 +48,25 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def read_json_lines(path: str | os.PathLike) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+    """The records of a file that is only ever appended to, one JSON object a line (metrics.jsonl), each with its
+    line; and the number of lines left out because they are not a whole JSON object: a write cut short by a full
+    disk or a crash (which may also leave NUL bytes behind), or a later record appended onto such a line."""
+    records, torn = [], 0
+    for line in Path(path).read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            records.append((line, record))
+        else:
+            torn += 1
+    return records, torn
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """``obj`` as indented JSON with sorted keys and a final newline, written atomically."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())

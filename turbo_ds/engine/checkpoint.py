@@ -323,12 +323,14 @@ class CheckpointManager:
 
     def restore(self, engine: Any, log: RunLog, resume: Resume | None, states: Mapping[str, Stateful]) -> bool:
         """Load ``resume`` (``prepare_resume``'s answer) into ``engine`` and each of ``states``, and rewind the
-        metrics log to its step; False for a new run (nothing loaded).
+        metrics log to its step; False for a new run (nothing loaded; the log rewound to step 0, dropping what an
+        earlier run left in this run dir without a checkpoint, whose steps this run trains again).
 
         The peak LR is the DeepSpeed JSON's, not the checkpoint's (DeepSpeed would restore the
         scheduler's base LRs): a run resumed with a lower LR after a divergence trains at that LR.
         """
         if resume is None:
+            log.rewind(0)
             return False
         configured = list(engine.lr_scheduler.base_lrs)
         path, client_state = engine.load_checkpoint(str(self.dir), tag=resume.tag)
