@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from turbo_ds.config import BatchPlan, DeepSpeedConfig, TrainConfig
 from turbo_ds.engine.checkpoint import CheckpointManager
 from turbo_ds.engine.distributed import DistInfo
 from turbo_ds.engine.errors import CheckpointLoadError
+from turbo_ds.engine.lock import Holder
 
 pytestmark = pytest.mark.e2e
 
@@ -113,9 +115,8 @@ def test_a_full_disk_mid_save_keeps_the_previous_checkpoint(tiny_demo, tmp_path)
     try:
         dead = subprocess.Popen(["true"])  # a lock left by a trainer that died on this host is taken over
         dead.wait()
-        (run_dir / "lock.json").write_text(json.dumps({
-            "host": os.uname().nodename, "pid": dead.pid, "start_ticks": None, "job_id": None, "restart": 0,
-            "started": time.time() - 60, "heartbeat": time.time() - 60, "token": "dead"}))
+        gone = replace(Holder.me(time.time() - 60), pid=dead.pid, start_ticks=None, token="dead")
+        (run_dir / "lock.json").write_text(json.dumps(asdict(gone)))
         proc = run_train(tiny_overrides(tiny_demo, run_dir, "train.steps=6", "train.ckpt_every=2",
                                         "train.eval_every=100", "train.ckpt_failure=continue"),
                          ds_config="ds_configs/zero2_bf16.json")
