@@ -191,3 +191,26 @@ def test_a_failed_universal_conversion_stops_with_one_line_and_keeps_the_checkpo
         manager.prepare_resume(torch.nn.Linear(2, 2), DeepSpeedConfig(zero2), BatchPlan(16, 1, 1), print)
     assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_00000004"]
     assert (ckpts / "latest").read_text() == "step_00000004"
+
+
+def test_a_pruning_failure_after_latest_moved_is_logged_and_the_save_counts(tmp_path):
+    """keep_last_checkpoints 2 (the harness's) must delete step_1 at the third save, but a leftover file named
+    step_00000001.deleting is in the way (the rename there fails for real): the save is complete and `latest` has
+    moved, so it counts, with one warning, and the harness saves on."""
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "step_00000001.deleting").write_text("not a folder")
+    out = tmp_path / "harness.out"
+    with open(out, "w") as f:
+        proc = subprocess.Popen([sys.executable, "tests/checkpoint_harness.py", str(run_dir)], cwd=REPO,
+                                stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        wait_for(lambda: "saving 5" in out.read_text(), 300, "the fifth save", proc)
+    finally:
+        proc.kill()
+        proc.wait()
+    text = out.read_text()
+    assert "checkpoint error" not in text and "Traceback" not in text, text[-3000:]
+    assert (f"warning: checkpoint pruning in {run_dir / 'checkpoints'} failed (Not a directory: " in text), text[-3000:]
+    assert check_checkpoints(run_dir / "checkpoints") >= 4
+    assert (run_dir / "checkpoints" / "step_00000003").is_dir()
