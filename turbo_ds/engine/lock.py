@@ -175,21 +175,23 @@ class RunDirLock:
     def _link(self) -> bool:
         """Put a complete lock of ours at ``path`` if the name is free; keep it open for the heartbeat."""
         private = self.path.with_name(f"{self.path.name}.{self.me.token}")
-        fd = os.open(private, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
+        fd = os.open(private, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         try:
             os.write(fd, self.me.encoded())
             os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
             try:
                 os.link(private, self.path)
             except FileExistsError:
                 pass  # taken; or, on NFS, a retried link whose first try worked: the link count tells
-            linked = os.fstat(fd).st_nlink == 2
+            if os.stat(private).st_nlink != 2:
+                return False
+            # Opened by its public name: NFS keeps an open file that loses a name as a stray .nfs* file.
+            self._fd = os.open(self.path, os.O_RDWR)
         finally:
             private.unlink()
-        if not linked:
-            os.close(fd)
-            return False
-        self._fd = fd
         fsync_dir(self.path.parent)
         return True
 
@@ -261,6 +263,7 @@ class RunDirLock:
         self._stop.set()
         self._thread.join()
         self._thread = None
-        self._take(self._mine)
+        if self._mine(self._read(self.path, attempts=1)):  # a lost lock is another's now: not even set aside
+            self._take(self._mine)
         os.close(self._fd)
         self._fd = None
