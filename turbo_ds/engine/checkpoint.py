@@ -268,14 +268,14 @@ class CheckpointManager:
         saved = latest / TRAINER_STATE
         state = json.loads(saved.read_text()) if saved.is_file() else None
         self._check_model(latest, state, model)
-        if state is None:
-            return Resume(latest, latest.name, state)
-        saved_ds = DeepSpeedConfig(state["ds_config"])
-        if saved_ds.zero_stage != ds.zero_stage:  # its optimizer files are laid out for that stage
+        # Its optimizer files are laid out for the ZeRO stage it was written with (when it records its DeepSpeed JSON:
+        # the trainer's always do).
+        saved_ds = DeepSpeedConfig(state["ds_config"]) if state and "ds_config" in state else None
+        if saved_ds is not None and saved_ds.zero_stage != ds.zero_stage:
             raise ConfigError(f"ds_config zero_optimization.stage={ds.zero_stage}: checkpoint {latest} was written "
                               f"with ZeRO stage {saved_ds.zero_stage} by {state['world_size']} rank(s); resume with "
                               f"zero_optimization.stage={saved_ds.zero_stage} (or use a new run_dir)")
-        if state["world_size"] == self.dist.world:
+        if state is None or state["world_size"] == self.dist.world:
             return Resume(latest, latest.name, state)
         change = (f"elastic resume: checkpoint {latest.name} was written by {state['world_size']} rank(s), this run "
                   f"has {self.dist.world}; global batch {saved_ds.global_batch} -> {plan.global_size} clips/step")
