@@ -169,7 +169,7 @@ class RunDirLock:
                 raise RunDirLocked(f"run dir locked: {self.path.parent} is in use by the trainer {holder.describe(now)}; "
                                    f"stop that trainer or use another run_dir (delete {self.path} only if you are "
                                    "sure it is dead)")
-            if self._take(lambda taken: taken == holder):
+            if self._take(holder.__eq__):  # it is still the lock judged dead
                 note = f"run dir lock: took over from a dead trainer ({holder.describe(now)})"
 
     def _link(self) -> bool:
