@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -86,3 +88,29 @@ def test_a_stop_signal_during_start_up_stops_at_the_first_step_with_a_checkpoint
     log = (run_dir / "train.log").read_text()
     assert "stopping at step 1 on SIGUSR1: checkpoint saved" in log, log
     assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000001"
+
+
+def test_a_run_whose_run_dir_lock_is_taken_away_stops_every_rank_at_one_step(tiny_demo, tmp_path):
+    """The lock's heartbeat finds lock.json gone (another trainer, or a person, took the run dir): rank 0's
+    `RunDirLock.lost` travels in the step's all-reduce, and both ranks stop at the same step with exit 3 and
+    the lock's one-line reason (before: a warning, and two trainers in one run dir)."""
+    run_dir = tmp_path / "run"
+    sets = tiny_overrides(tiny_demo, run_dir, "train.steps=100000", "train.log_every=1", "train.eval_every=100000",
+                          "train.ckpt_every=100000")
+
+    def take_the_lock_away() -> None:
+        metrics = run_dir / "metrics.jsonl"
+        while not (metrics.is_file() and '"step": 2' in metrics.read_text()):
+            time.sleep(0.1)
+        (run_dir / "lock.json").unlink()
+
+    remover = threading.Thread(target=take_the_lock_away, daemon=True)
+    remover.start()
+    proc = run_train(sets, timeout=300)
+    remover.join(timeout=1)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    reason = [line for line in proc.stderr.splitlines() if line.startswith("run dir lock lost:")]
+    assert len(reason) == 1 and "was removed" in reason[0], proc.stderr[-3000:]
+    assert reason[0] in (run_dir / "train.log").read_text()
+    steps = [r["step"] for r in read_metrics(run_dir) if "train/loss" in r]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) < 1000  # it stopped, within a heartbeat or two
