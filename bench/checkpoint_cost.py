@@ -9,7 +9,8 @@ step_X.partial/, rank 0 renames it), and reports:
   params          trainable parameters P
   rank_bytes      bytes each rank wrote (files named by their rank; mp_rank_00_model_states.pt
                   is rank 0's, or every rank's with ZeRO-3 where it holds only the non-ZeRO state)
-  save_s          wall time of the save, all ranks done (barrier included)
+  save_s          wall time of the save, all ranks done (barrier included; files and renames fsynced):
+                  the median of --saves saves (save_s_all: each of them)
   model_b_per_p   (rank 0's model-states file) / P; optim_b_per_p: all optimizer files / P
 
 and the same layout computed for --at-ranks (default 512 = 64 nodes x 8 GPUs) from the
@@ -19,14 +20,16 @@ stage 3 writes only the 1/R optimizer shards (the bf16 weights are rebuilt from 
 
     python bench/checkpoint_cost.py                               # ViT-B/16, 2 CPU ranks, stages 0-3
     python bench/checkpoint_cost.py --width 128 --depth 2 --heads 4 --size 64 --stages 0 3 --json out.json
+    python bench/checkpoint_cost.py --width 128 --depth 2 --heads 4 --size 64 --saves 9   # a small checkpoint's save time
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
-import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,6 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--classes", type=int, default=400)
+    p.add_argument("--saves", type=int, default=1, help="saves per stage (steps 1..N); save_s is their median")
     p.add_argument("--json", type=Path, help="write {'results': [...]} here")
     p.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # the stage a launched job measures
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -85,23 +89,27 @@ def worker(args: argparse.Namespace) -> None:
     engine.backward(task.loss(engine, {**batch, "label": torch.zeros(1, dtype=torch.long, device=engine.device)},
                               ds.dtype))
     engine.step()  # AdamW's moments exist from here on
-    checkpoints = CheckpointManager(run_dir, dist_info, cfg.train)
-    torch.distributed.barrier()
-    start = time.perf_counter()
-    path = checkpoints.save(engine, 1, {}, RunLog(run_dir, dist_info.is_main))  # the engine's state alone
-    save_s = time.perf_counter() - start
+    checkpoints = CheckpointManager(run_dir, dist_info, dataclasses.replace(cfg.train, keep_last_checkpoints=2))
+    run_dir.mkdir(parents=True, exist_ok=True)  # RunLog opens train.log there
+    log, times = RunLog(run_dir, dist_info.is_main), []
+    for step in range(1, args.saves + 1):
+        torch.distributed.barrier()
+        start = time.perf_counter()
+        path = checkpoints.save(engine, step, {}, log)  # the engine's state alone
+        times.append(time.perf_counter() - start)
     if dist_info.is_main:
         files = {p.name: p.stat().st_size for p in path.iterdir() if p.suffix == ".pt"}
         args.out.write_text(json.dumps({"stage": args.worker, "ranks": dist_info.world, "params": params,
-                                        "save_s": save_s, "files": files}))
+                                        "save_s": statistics.median(times), "save_s_all": times, "files": files}))
 
 
 def rank_bytes(files: dict[str, int], ranks: int) -> list[int]:
     """Bytes each rank wrote, from DeepSpeed's file names (zero_pp_rank_R / bf16_zero_pp_rank_R ...)."""
+    from turbo_ds.engine.checkpoint import written_by
+
     out = [0] * ranks
     for name, size in files.items():
-        m = re.search(r"zero_pp_rank_(\d+)_", name)
-        out[int(m.group(1)) if m else 0] += size
+        out[written_by(name)] += size
     return out
 
 
@@ -123,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.worker is not None:
         worker(args)
-        return
+        sys.stdout.flush()
+        os._exit(0)  # no interpreter teardown: torch.distributed's ended in std::terminate now and then (train.py)
     from turbo_ds.engine.distributed import free_port
 
     results = []
@@ -132,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
             out = Path(tmp) / f"zero{stage}.json"
             cmd = ["deepspeed", "--num_gpus", str(args.ranks), "--master_port", str(free_port()), __file__,
                    "--worker", str(stage), "--out", str(out), *sum(([f"--{k}", str(getattr(args, k))] for k in (
-                       "width", "depth", "heads", "frames", "size", "classes")), [])]
+                       "width", "depth", "heads", "frames", "size", "classes", "saves")), [])]
             proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ})
             if proc.returncode != 0 or not out.is_file():
                 sys.exit(f"zero{stage}: the measurement failed\n{proc.stderr[-3000:]}")
@@ -144,7 +153,9 @@ def main(argv: list[str] | None = None) -> None:
             results.append(r)
             c = r[f"computed_at_{args.at_ranks}"]
             print(f"ZeRO-{stage}: P={r['params'] / 1e6:.1f}M | measured on {r['ranks']} ranks: bytes per rank "
-                  f"{', '.join(f'{b / 1e6:.1f} MB' for b in r['rank_bytes'])}, save {r['save_s']:.2f} s | computed "
+                  f"{', '.join(f'{b / 1e6:.1f} MB' for b in r['rank_bytes'])}, save {r['save_s']:.3f} s"
+                  + (f" (median of {len(r['save_s_all'])}, {min(r['save_s_all']):.3f}-{max(r['save_s_all']):.3f})"
+                     if len(r["save_s_all"]) > 1 else "") + " | computed "
                   f"at {args.at_ranks} ranks: rank 0 {c['rank0'] / 1e6:.1f} MB, each other rank "
                   f"{c['other'] / 1e6:.2f} MB", flush=True)
     if args.json:

@@ -28,7 +28,8 @@
 #
 # Exported inside each task (from SLURM_* of the step):
 #   MASTER_ADDR  first host of the job's node list (`scontrol show hostnames`)
-#   MASTER_PORT  20000 + SLURM_JOB_ID % 20000 (differs between concurrent jobs)
+#   MASTER_PORT  20000 + SLURM_JOB_ID % 12000 (differs between concurrent jobs; below Linux's
+#                ephemeral ports, 32768-60999 by default, which outgoing connections take at random)
 #   RANK=$SLURM_PROCID  LOCAL_RANK=$SLURM_LOCALID (0 when CUDA_VISIBLE_DEVICES holds one id: the site
 #                binds one GPU per task)  WORLD_SIZE=$SLURM_NTASKS  NODE_RANK=$SLURM_NODEID
 #   LOCAL_SIZE, LOCAL_WORLD_SIZE  the step's tasks on this node (SLURM_STEP_TASKS_PER_NODE);
@@ -123,7 +124,7 @@ derive_rank_env() {
     done
     MASTER_ADDR=$(scontrol show hostnames "$nodelist" | head -n 1)
     [[ -n $MASTER_ADDR ]] || die "scontrol show hostnames '$nodelist' gave nothing"
-    MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))
+    MASTER_PORT=$((20000 + SLURM_JOB_ID % 12000))
     RANK=$SLURM_PROCID
     LOCAL_RANK=$SLURM_LOCALID
     # A site that binds one GPU per task (--gpus-per-task=1, GPU cgroups) shows each task one device:

@@ -64,5 +64,13 @@ def resumed(stream, positions: dict, layout: dict | None = None):
     return stream
 
 
+def eval_read(stream, workers: int = 0) -> tuple[list[dict], list[dict]]:
+    """An evaluation stream read whole: its batches, and each reader's closing record (where it stands)."""
+    from turbo_ds.data.streams import make_loader
+
+    items = list(make_loader(stream, workers))
+    return [b for b in items if not b.get("end")], [b for b in items if b.get("end")]
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

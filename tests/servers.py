@@ -24,34 +24,36 @@ NGINX_INSTALL = "apt-get install -y nginx-light (Debian/Ubuntu); .ci/run install
 S3_INSTALL = "pip install -e '.[s3]' 'moto[server]' (requirements.txt pins the tested versions)"
 
 
-def wait_for_port(port: int, proc: subprocess.Popen, what: str, log: Path | None = None, timeout: float = 30) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen, what: str, log: Path | None = None, timeout: float = 30,
+                  host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             detail = log.read_text()[-2000:] if log and log.is_file() else ""
             raise RuntimeError(f"{what} exited with status {proc.returncode}: {detail}")
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            socket.create_connection((host, port), timeout=0.2).close()
             return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:g} s")
+    raise RuntimeError(f"{what} did not listen on {host}:{port} within {timeout:g} s")
 
 
 class Nginx:
-    """nginx serving ``root`` at http://127.0.0.1:PORT/ (static files, byte ranges).
+    """nginx serving ``root`` at http://HOST:PORT/ (static files, byte ranges; HOST 127.0.0.1 unless given, e.g. the
+    host's end of the local multi-node cluster's bridge).
 
     ``locations`` adds raw ``location`` blocks to the server (e.g. a path that returns 500, a
     rate limit, Basic auth, PUT through the dav module). The port stays the same across
     ``stop``/``start``, so a client sees an outage, not a move.
     """
 
-    def __init__(self, root: Path, workdir: Path, locations: str = ""):
+    def __init__(self, root: Path, workdir: Path, locations: str = "", host: str = "127.0.0.1"):
         if shutil.which("nginx") is None:
             raise RuntimeError(f"nginx is not installed: {NGINX_INSTALL}")
-        self.root, self.dir, self.port = Path(root), Path(workdir), free_port()
+        self.root, self.dir, self.port, self.host = Path(root), Path(workdir), free_port(), host
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
         # Workers run as root when the master does, so that they can read pytest's 0700 temp folders.
         user = "user root;" if os.geteuid() == 0 else ""
         temp = " ".join(f"{kind}_temp_path {self.dir}/{kind};" for kind in ("client_body", "proxy", "fastcgi",
@@ -68,7 +70,7 @@ http {{
     {temp}
     sendfile on;
     server {{
-        listen 127.0.0.1:{self.port};
+        listen {host}:{self.port};
         root {self.root};
         {locations}
     }}
@@ -79,7 +81,7 @@ http {{
     def start(self) -> "Nginx":
         self.proc = subprocess.Popen(["nginx", "-c", str(self.dir / "nginx.conf"), "-p", str(self.dir)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port(self.port, self.proc, "nginx", self.dir / "error.log")
+        wait_for_port(self.port, self.proc, "nginx", self.dir / "error.log", host=self.host)
         return self
 
     def stop(self) -> None:

@@ -25,7 +25,10 @@ def test_keep_last_checkpoints_prunes_old_ones_and_resume_still_works(tiny_demo,
     assert state["step"] == 4 and state["world_size"] == 1 and state["config"]["turbo"]["keep_ratio"] == 0.25
     assert state["ds_config"]["train_batch_size"] == 16 and "rank0/worker0" in state["data_position"]
 
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "train/lo')  # a write the last run cut short (a full disk, a crash on NFS)
     more = run_train([*sets, "--set", "train.steps=5"], ranks=None)
     assert more.returncode == 0 and "resuming from checkpoint" in more.stdout and "at step 4" in more.stdout
+    assert "metrics.jsonl: dropped 1 torn line(s) (not whole JSON" in more.stdout
     assert [r["step"] for r in read_metrics(run_dir) if "train/loss" in r] == [2, 4, 5]
     assert sorted(p.name for p in ckpts.iterdir() if p.is_dir()) == ["step_00000004", "step_00000005"]

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from turbo_ds.config import BatchPlan, DeepSpeedConfig, TrainConfig
 from turbo_ds.engine.checkpoint import CheckpointManager
 from turbo_ds.engine.distributed import DistInfo
 from turbo_ds.engine.errors import CheckpointLoadError
+from turbo_ds.engine.lock import Holder
 
 pytestmark = pytest.mark.e2e
 
@@ -113,9 +115,8 @@ def test_a_full_disk_mid_save_keeps_the_previous_checkpoint(tiny_demo, tmp_path)
     try:
         dead = subprocess.Popen(["true"])  # a lock left by a trainer that died on this host is taken over
         dead.wait()
-        (run_dir / "lock.json").write_text(json.dumps({
-            "host": os.uname().nodename, "pid": dead.pid, "start_ticks": None, "job_id": None, "restart": 0,
-            "started": time.time() - 60, "heartbeat": time.time() - 60, "token": "dead"}))
+        gone = replace(Holder.me(time.time() - 60), pid=dead.pid, start_ticks=None, token="dead")
+        (run_dir / "lock.json").write_text(json.dumps(asdict(gone)))
         proc = run_train(tiny_overrides(tiny_demo, run_dir, "train.steps=6", "train.ckpt_every=2",
                                         "train.eval_every=100", "train.ckpt_failure=continue"),
                          ds_config="ds_configs/zero2_bf16.json")
@@ -190,3 +191,26 @@ def test_a_failed_universal_conversion_stops_with_one_line_and_keeps_the_checkpo
         manager.prepare_resume(torch.nn.Linear(2, 2), DeepSpeedConfig(zero2), BatchPlan(16, 1, 1), print)
     assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_00000004"]
     assert (ckpts / "latest").read_text() == "step_00000004"
+
+
+def test_a_pruning_failure_after_latest_moved_is_logged_and_the_save_counts(tmp_path):
+    """keep_last_checkpoints 2 (the harness's) must delete step_1 at the third save, but a leftover file named
+    step_00000001.deleting is in the way (the rename there fails for real): the save is complete and `latest` has
+    moved, so it counts, with one warning, and the harness saves on."""
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "step_00000001.deleting").write_text("not a folder")
+    out = tmp_path / "harness.out"
+    with open(out, "w") as f:
+        proc = subprocess.Popen([sys.executable, "tests/checkpoint_harness.py", str(run_dir)], cwd=REPO,
+                                stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        wait_for(lambda: "saving 5" in out.read_text(), 300, "the fifth save", proc)
+    finally:
+        proc.kill()
+        proc.wait()
+    text = out.read_text()
+    assert "checkpoint error" not in text and "Traceback" not in text, text[-3000:]
+    assert (f"warning: checkpoint pruning in {run_dir / 'checkpoints'} failed (Not a directory: " in text), text[-3000:]
+    assert check_checkpoints(run_dir / "checkpoints") >= 4
+    assert (run_dir / "checkpoints" / "step_00000003").is_dir()

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, resumed
+from conftest import REPO, resumed, eval_read
 from turbo_ds.config import DataConfig, ModelConfig
+from turbo_ds.data.position import eval_share, lost_per_epoch
 from turbo_ds.data.samples import ClipSpec
 from turbo_ds.data.shards import read_manifest
 from turbo_ds.data.streams import EvalStream, TrainStream, make_loader
@@ -84,14 +85,32 @@ def test_resumed_stream_continues_where_it_stopped(tiny_demo):
         assert torch.equal(got["label"], expected["label"]) and torch.equal(got["video"], expected["video"])
 
 
+@pytest.mark.parametrize("counts, readers", [([16, 16, 16, 16], 3), ([16] * 5 + [7], 4), ([5, 3], 6), ([8], 1),
+                                             ([16] * 8, 4)])
+def test_eval_share_reads_each_sample_once_and_each_shard_about_once(counts, readers):
+    parts = [eval_share(counts, k, readers) for k in range(readers)]
+    seen = sorted((i, j) for part in parts for i, r in part.items() for j in (range(counts[i]) if r is None else r))
+    assert seen == [(i, j) for i, n in enumerate(counts) for j in range(n)]  # every sample once
+    reads = sum(len(part) for part in parts)  # a reader reads a shard whole even for a part of it
+    assert reads <= len(counts) + readers - 1
+    whole = len(counts) - len(counts) % readers
+    assert all(r is None for part in parts for i, r in part.items() if i < whole)  # whole shards: one reader each
+
+
+def test_lost_shards_are_summed_per_epoch_whichever_epoch_a_stream_is_in():
+    streams = [{"epoch": 3, "lost_in_epoch": 1, "lost_epoch_before": 2},  # its batch is already in epoch 3
+               {"epoch": 2, "lost_in_epoch": 1}]  # still in epoch 2, from a checkpoint without the second key
+    assert lost_per_epoch(streams) == [0, 0, 3, 1]  # slot e % 4: epoch 2 lost 3 shards, epoch 3 one so far
+
+
 def test_eval_stream_covers_every_clip_once(tiny_demo):
     keys = []
     for rank in range(3):
         stream = EvalStream.from_config(data_config(tiny_demo), MODEL, rank, 3, batch_size=5)
-        batches = list(make_loader(stream, 0))
-        assert len(batches) <= stream.num_batches
-        keys += [b["position"]["consumed"] for b in batches[-1:]]
-    assert sum(keys) == 32
+        batches, (end,) = eval_read(stream)
+        assert len(batches) <= stream.num_batches and end["lost"] == [] and end["position"]["skipped"] == 0
+        keys += [k for b in batches for k in b["key"]]
+    assert sorted(keys) == [f"val{i:07d}" for i in range(32)]
 
 
 def rewrite_shards(src: Path, dst: Path, edit) -> Path:
@@ -143,7 +162,8 @@ def test_bad_samples_are_skipped_and_counted(bad_samples, targets, bad):
     epoch = [next(batches) for _ in range(15)]  # 60 good clips: 15 batches of 4
     done = {f"train-{i:06d}.tar": "0:16" for i in range(4)}  # a skipped sample was read: it counts as done
     assert epoch[-1]["position"] == {"epoch": 0, "consumed": 64, "skipped": 4, "short": 0, "skipped_shards": 0,
-                                     "read_retries": 0, "done": done}
+                                     "read_retries": 0, "lost_in_epoch": 0, "lost_epoch_before": 0,
+                                     "done": done}
     keys = {k for b in epoch for k in b["key"]}
     assert keys == {f"train{i:07d}" for i in range(64)} - {f"train{i:07d}" for i in bad}
 

@@ -137,6 +137,22 @@ def test_a_roll_back_sets_diverged_checkpoints_aside_with_their_universal_copies
     assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_00000002", "step_00000004.diverged"]
 
 
+@pytest.mark.unit
+def test_reruns_diverging_at_the_same_step_keep_each_diverged_checkpoint_and_keep_last_prunes_them(tmp_path):
+    """A rerun of the same diverging JSON writes step_3 again and sets it aside again: .diverged.2, .3 (never onto
+    the earlier one, a non-empty folder); keep_last_checkpoints 2 keeps the two newest diverged folders."""
+    ckpts = tmp_path / "checkpoints"
+    manager = CheckpointManager(tmp_path, DistInfo(0, 1, 0), TrainConfig(keep_last_checkpoints=2))
+    (ckpts / "step_00000002").mkdir(parents=True)
+    for _ in range(3):
+        (ckpts / "step_00000003").mkdir()
+        (ckpts / "step_00000003" / "mp_rank_00_model_states.pt").write_bytes(b"weights")
+        (ckpts / "latest").write_text("step_00000003")
+        assert manager.roll_back(3) == ckpts / "step_00000002"
+    assert sorted(p.name for p in ckpts.iterdir()) == [
+        "latest", "step_00000002", "step_00000003.diverged.2", "step_00000003.diverged.3"]
+
+
 @pytest.mark.e2e
 def test_a_skipped_step_changes_no_weight_and_no_optimizer_state_on_any_zero_stage():
     """With gradient accumulation (the skipped step's first micro-batch already has gradients), on 2 ranks."""
@@ -175,10 +191,14 @@ def test_a_diverging_run_stops_in_max_bad_steps_and_resumes_at_a_sane_lr(tiny_de
                      ds_config="ds_configs/zero2_bf16.json")
     assert sane.returncode == 0, sane.stderr[-3000:]
 
-    # The recipe's JSON with lr 1e-3 -> 1e4 (10^7 x) and no clipping, resumed from step 2, a checkpoint every step.
-    wild = run_train(tiny_overrides(tiny_demo, run_dir, *common, "train.steps=12", "train.ckpt_every=1"),
-                     ds_config=ds_with_lr(tmp_path, 1e4))
+    # The recipe's JSON with lr 1e-3 -> 1e4 (10^7 x) and no clipping, resumed from step 2, a checkpoint every step;
+    # run twice: the rerun diverges the same way, its step 3 set aside beside the first one's.
+    wild, rerun = (run_train(tiny_overrides(tiny_demo, run_dir, *common, "train.steps=12", "train.ckpt_every=1"),
+                             ds_config=ds_with_lr(tmp_path, 1e4)) for _ in range(2))
     assert wild.returncode == 3, wild.stdout[-3000:] + wild.stderr[-3000:]
+    assert rerun.returncode == 3, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert rerun.stderr.strip().splitlines()[-1] == wild.stderr.strip().splitlines()[-1]
+    assert (ckpts / "step_00000003.diverged.2").is_dir()
     assert "the DeepSpeed JSON's 1e+04 replaces the checkpoint's 0.001" in wild.stdout
     error = wild.stderr.strip().splitlines()[-1]
     assert error.startswith("divergence: steps 4-6 were bad (loss ") and "stopped at step 6 without saving" in error

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import resumed
+from conftest import resumed, eval_read
 from turbo_ds.config import ConfigError, DataConfig, EvalConfig, ModelConfig, load_config
 from turbo_ds.data import transforms as T
 from turbo_ds.data import video
@@ -158,7 +158,7 @@ def test_multi_view_eval_covers_every_sample_once(tiny_demo):
     keys = []
     for rank in range(3):
         stream = EvalStream.from_config(data_config(tiny_demo), model, rank, 3, 5, views)
-        batches = list(make_loader(stream, 0))
+        batches, _ = eval_read(stream)
         assert len(batches) <= stream.num_batches
         for b in batches:
             assert b["video"].shape == (len(b["label"]), 6, 3, 4, 64, 64)
@@ -172,7 +172,8 @@ def test_eval_workers_split_without_duplicates(tiny_demo):
     keys = []
     for rank in range(2):
         stream = EvalStream.from_config(data_config(tiny_demo), MODEL, rank, 2, 3, num_workers=2)
-        batches = list(make_loader(stream, 2))
+        batches, ends = eval_read(stream, 2)
+        assert len(ends) == 2
         assert len(batches) <= stream.num_batches and batches[0]["video"].shape[1:] == (3, 16, 64, 64)
         keys += [k for b in batches for k in b["key"]]
     assert sorted(keys) == [f"val{i:07d}" for i in range(32)]

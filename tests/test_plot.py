@@ -36,3 +36,12 @@ def test_plot_draws_two_runs_with_their_keep_ratios(tmp_path, capsys):
     assert "train/loss, train/lr, train/clips_per_s, train/tflops, eval/top1 vs step and vs wall-clock" in out
     assert main([str(tmp_path / "nothing"), "--out", str(tmp_path / "x.png")]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
+
+
+def test_a_torn_last_line_is_skipped_with_a_warning(tmp_path, capsys):
+    fake_run(tmp_path / "run", 0.25)
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "train/lo')  # a write cut short by a full disk
+    run = read_run(tmp_path / "run")
+    assert [r["step"] for r in run.records] == [1, 2, 3, 4, 2, 4]
+    assert capsys.readouterr().err == f"warning: {tmp_path / 'run' / 'metrics.jsonl'}: skipped 1 torn line(s) (not whole JSON)\n"

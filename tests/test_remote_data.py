@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -20,9 +21,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import read_metrics, run_train, tiny_overrides, resumed
+from conftest import REPO, free_port, read_metrics, resumed, run_train, tiny_overrides
 from servers import NGINX_INSTALL, S3_INSTALL, MotoS3, Nginx
 from turbo_ds.config import ConfigError, DataConfig, ModelConfig, load_config
+from turbo_ds.data.datasets import open_datasets
 from turbo_ds.data.locations import join, redact, redacted
 from turbo_ds.data.position import StreamPosition
 from turbo_ds.data.source import ShardReadError, ShardSource, SourceError
@@ -72,6 +74,17 @@ def test_redact_hides_passwords_signatures_and_secret_assignments():
 def test_config_checks_read_keys(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config("configs/demo_action_cls.yaml", [override])
+
+
+@pytest.mark.unit
+def test_a_read_policy_slower_than_the_collective_timeout_is_a_start_up_error():
+    """A store that accepts and never answers must be given up on (the shard skipped, counted) before the other
+    ranks give up on this one: 6 attempts x 60 s + 31 s of backoff do not fit in a 300 s collective timeout."""
+    slow = data_config("https://store.invalid/train", "https://store.invalid/val", read_timeout_s=60.0)
+    with pytest.raises(ConfigError, match=r"^data\.read_timeout_s=60 x \(data\.read_retries=5 \+ 1\) \+ backoff "
+                                          r"\(data\.read_backoff_s=1, doubling\) = 391 s .* train\.collective_timeout_s=300"):
+        open_datasets(slow, world=1, collective_timeout_s=300)  # refused before any read
+    assert ReadPolicy.from_config(DataConfig()).stalled_s == 211  # the defaults fit in the default 300 s
 
 
 @pytest.mark.unit
@@ -178,9 +191,15 @@ def test_failing_and_missing_shards_are_skipped_counted_and_keep_positions(web, 
     assert "gappy/train/train-000002.tar skipped (listed in the manifest, missing in the store): not found " \
            "(HTTP 404); its 16 samples are lost for epoch 0" in pos.events[0]
 
-    # More than data.max_skipped_shard_fraction of a stream's epoch lost: a clear error
-    with pytest.raises(ShardReadError, match=r"1 of the 2 shards .* data\.max_skipped_shard_fraction=0\.25"):
-        raw_epoch(dataclasses.replace(flaky, max_skipped_shard_fraction=0.25), rank)
+    # The budget is the dataset's, over every stream of every rank (the trainer sums it in its per-step
+    # all-reduce): a stream alone never stops, it counts what it lost in its epoch, by name
+    _, pos = raw_epoch(dataclasses.replace(flaky, max_skipped_shard_fraction=0.0), rank)
+    assert pos.lost_in_epoch == 1 and pos.lost == ["train-000001.tar"]
+    source = ShardSource.from_config(dataclasses.replace(flaky, max_skipped_shard_fraction=0.25), "train")
+    source.check_lost(1, "epoch 0")  # 1 of 4 shards: within 0.25
+    with pytest.raises(ShardReadError, match=r"^data\.train: 2 of its 4 shards could not be read in epoch 0, over all "
+                                             r"ranks \(more than data\.max_skipped_shard_fraction=0\.25"):
+        source.check_lost(2, "epoch 0")
 
 
 @pytest.mark.e2e
@@ -365,3 +384,67 @@ def test_training_over_http_survives_an_outage_and_reports_skipped_shards(web, t
     leaked = [line for line in (proc.stdout + proc.stderr).splitlines()
               if SECRET in line and not any(name in line for name in launcher)]
     assert not leaked, leaked
+
+
+def spawn_ranks(args: list[str], world: int = 2) -> list[subprocess.Popen]:
+    """``world`` train.py processes wired by hand (no launcher that would kill the others once one exits)."""
+    port = free_port()
+    procs = []
+    for rank in range(world):
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "RANK": str(rank), "LOCAL_RANK": str(rank),
+               "WORLD_SIZE": str(world), "LOCAL_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        procs.append(subprocess.Popen([sys.executable, "turbo_ds/train.py", "--ds_config", "ds_configs/zero2_bf16.json",
+                                       "--config", "configs/demo_action_cls.yaml", *args], cwd=REPO, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+@pytest.mark.e2e
+def test_a_shard_lost_on_one_rank_stops_every_rank_at_the_same_step(web, tmp_path):
+    """gappy/train lacks one of its 4 shards, read by one of the 2 ranks; with no lost shard allowed
+    (data.max_skipped_shard_fraction=0) both ranks stop together, exit 3, with the same one-line error
+    (before: the reading rank left alone and the other waited in a collective until its timeout)."""
+    run_dir = tmp_path / "run"
+    sets = tiny_overrides(tmp_path, run_dir, f"data.train={web.url}/gappy/train", f"data.val={web.url}/gappy/val",
+                          "data.max_skipped_shard_fraction=0", "train.collective_timeout_s=120",
+                          *(f"data.{key}={value}" for key, value in FAST.items()))
+    procs = spawn_ranks(sets)
+    ended = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        ended.append((time.monotonic(), proc.returncode, err))
+    assert [code for _, code, _ in ended] == [3, 3], [err[-2000:] for _, _, err in ended]
+    assert abs(ended[0][0] - ended[1][0]) < 10  # together, not one of them at the collective timeout
+    lines = [[line for line in err.splitlines() if line.startswith("data error")] for _, _, err in ended]
+    assert [len(found) for found in lines] == [1, 1], lines
+    messages = {line.split(": ", 1)[1] for found in lines for line in found}
+    assert len(messages) == 1, messages
+    assert messages.pop().startswith("data.train: 1 of its 4 shards could not be read in one epoch, over all ranks "
+                                     "(more than data.max_skipped_shard_fraction=0")
+    assert "train-000002.tar skipped (listed in the manifest, missing in the store)" in (run_dir / "train.log").read_text()
+
+
+@pytest.mark.e2e
+def test_an_evaluation_reads_the_validation_set_once_however_many_readers(web, tmp_path):
+    """2 ranks x 2 loader workers evaluate 8 validation shards over HTTP: nginx serves each shard once (each of the
+    4 readers used to read all 8), and the metrics are those of the same run reading the shards from disk."""
+    data = web.root_dir / "many"
+    subprocess.run([sys.executable, "data_prep/make_demo_data.py", "--out", str(data), "--train", "64", "--val", "64",
+                    "--shard-size", "8"], cwd=REPO, check=True, capture_output=True)
+
+    def evaluate(location: str, name: str) -> dict:
+        run_dir = tmp_path / name
+        sets = tiny_overrides(tmp_path, run_dir, f"data.train={location}/train", f"data.val={location}/val",
+                              "data.num_workers=2", "train.steps=2", "train.eval_every=2", "train.ckpt_every=2")
+        proc = run_train(sets)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return next(r for r in read_metrics(run_dir) if "eval/top1" in r)
+
+    over_http = evaluate(f"{web.url}/many", "http")
+    served = web.requests("/many/val/val-")
+    shards = sorted((data / "val").glob("*.tar"))
+    assert sorted(line.split()[6] for line in served) == [f"/many/val/{p.name}" for p in shards]  # each once
+    assert sum(int(line.split()[9]) for line in served) == sum(p.stat().st_size for p in shards)
+    from_disk = evaluate(str(data), "disk")
+    keys = ("eval/top1", "eval/top5", "eval/num_clips", "eval/skipped_samples", "eval/skipped_shards")
+    assert {k: over_http[k] for k in keys} == {k: from_disk[k] for k in keys} and over_http["eval/num_clips"] == 64

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, free_port, read_metrics, tiny_overrides
+from servers import Nginx
 from test_slurm_cluster import LAUNCH, LOCAL_CLUSTER, SlurmCluster, _output_has, _requeued_then_finish
 
 pytestmark = pytest.mark.slurm
@@ -139,6 +140,33 @@ def _submit(cluster: SlurmCluster, out: Path, run_dir: Path, demo: Path, nodes: 
 
 def _losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["train/loss"] for r in read_metrics(run_dir) if "train/loss" in r}
+
+
+def test_an_evaluation_on_two_nodes_reads_each_validation_shard_once(two_nodes, tiny_demo, tmp_path):
+    """2 nodes x 2 ranks x 2 loader workers (8 readers) evaluate 8 validation shards served by nginx on the host's
+    end of the bridge: nginx serves each shard once (each reader used to read all 8: 8x the bytes), and the
+    metrics are those of the same job reading the shards from the shared disk."""
+    subnet = dict(line.split("=", 1) for line in (two_nodes.dir / "cluster.env").read_text().split())["SUBNET"]
+    data = tmp_path / "www" / "many"
+    subprocess.run([sys.executable, "data_prep/make_demo_data.py", "--out", str(data), "--train", "64", "--val", "64",
+                    "--shard-size", "8"], cwd=REPO, check=True, capture_output=True)
+    sets = ("data.num_workers=2", "train.steps=2", "train.eval_every=2", "train.ckpt_every=2")
+    evals = {}
+    with Nginx(tmp_path / "www", tmp_path / "nginx", host=f"{subnet}.254") as web:
+        for name, location in (("http", f"{web.url}/many"), ("disk", str(data))):
+            out, run_dir = tmp_path / f"{name}.out", tmp_path / name
+            jobid = _submit(two_nodes, out, run_dir, tiny_demo, 2, 2, f"data.train={location}/train",
+                            f"data.val={location}/val", *sets)
+            info = two_nodes.wait_job_done(jobid, timeout=300, log=out)
+            assert info["JobState"] == "COMPLETED", out.read_text()[-3000:]
+            evals[name] = next(r for r in read_metrics(run_dir) if "eval/top1" in r)
+        served = web.requests("/many/val/val-")
+    shards = sorted((data / "val").glob("*.tar"))
+    assert sorted(line.split()[6] for line in served) == [f"/many/val/{p.name}" for p in shards]  # each once
+    assert sum(int(line.split()[9]) for line in served) == sum(p.stat().st_size for p in shards)
+    keys = ("eval/top1", "eval/top5", "eval/num_clips", "eval/skipped_samples", "eval/skipped_shards")
+    assert {k: evals["http"][k] for k in keys} == {k: evals["disk"][k] for k in keys}
+    assert evals["http"]["eval/num_clips"] == 64
 
 
 def test_two_nodes_train_like_one(two_nodes, tiny_demo, tmp_path):

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import read_metrics, run_train, tiny_overrides
+from conftest import REPO, read_metrics, run_train, tiny_overrides
 
 pytestmark = pytest.mark.e2e
 
@@ -61,3 +66,51 @@ def test_a_finished_run_exits_0_whatever_interpreter_teardown_does(tiny_demo, tm
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000002"
     assert any("eval/top1" in r for r in read_metrics(run_dir))  # evaluated, logged and flushed before the exit
+
+
+def test_a_stop_signal_during_start_up_stops_at_the_first_step_with_a_checkpoint(tiny_demo, tmp_path):
+    """Slurm's USR1 (or a TERM) that arrives before the engine exists (here: as soon as the first log line says the
+    ranks are up, before the task and DeepSpeed's engine are built) is handled: the run stops after its first
+    step with a checkpoint and exits 0, instead of dying of the signal's default action."""
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "turbo_ds/train.py", "--ds_config", "ds_configs/zero0_bf16.json", "--config",
+           "configs/demo_action_cls.yaml", *tiny_overrides(tiny_demo, run_dir)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("turbo_ds: task"):
+            proc.send_signal(signal.SIGUSR1)
+            break
+    lines += proc.stdout.readlines()
+    assert proc.wait(timeout=300) == 0, "".join(lines)[-3000:]
+    log = (run_dir / "train.log").read_text()
+    assert "stopping at step 1 on SIGUSR1: checkpoint saved" in log, log
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000001"
+
+
+def test_a_run_whose_run_dir_lock_is_taken_away_stops_every_rank_at_one_step(tiny_demo, tmp_path):
+    """The lock's heartbeat finds lock.json gone (another trainer, or a person, took the run dir): rank 0's
+    `RunDirLock.lost` travels in the step's all-reduce, and both ranks stop at the same step with exit 3 and
+    the lock's one-line reason (before: a warning, and two trainers in one run dir)."""
+    run_dir = tmp_path / "run"
+    sets = tiny_overrides(tiny_demo, run_dir, "train.steps=100000", "train.log_every=1", "train.eval_every=100000",
+                          "train.ckpt_every=100000")
+
+    def take_the_lock_away() -> None:
+        metrics = run_dir / "metrics.jsonl"
+        while not (metrics.is_file() and '"step": 2' in metrics.read_text()):
+            time.sleep(0.1)
+        (run_dir / "lock.json").unlink()
+
+    remover = threading.Thread(target=take_the_lock_away, daemon=True)
+    remover.start()
+    proc = run_train(sets, timeout=300)
+    remover.join(timeout=1)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    reason = [line for line in proc.stderr.splitlines() if line.startswith("run dir lock lost:")]
+    assert len(reason) == 1 and "was removed" in reason[0], proc.stderr[-3000:]
+    assert reason[0] in (run_dir / "train.log").read_text()
+    steps = [r["step"] for r in read_metrics(run_dir) if "train/loss" in r]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) < 1000  # it stopped, within a heartbeat or two

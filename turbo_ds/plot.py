@@ -12,7 +12,6 @@ included). It also prints one summary line per run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from turbo_ds.fileio import read_json_lines
 
 TRAIN_METRICS = ("train/loss", "train/lr", "train/clips_per_s", "train/tflops")
 NOT_PLOTTED = ("eval/seconds",)
@@ -55,8 +56,10 @@ def read_run(path: Path) -> Run:
         raise FileNotFoundError(f"{path}: no metrics.jsonl; give run directories (run_dir of a training run)")
     config_file = path / "config.yaml"
     config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    return Run(path, f"{path.name} ({keep_label(config)})" if config else path.name, records)
+    records, torn = read_json_lines(metrics)
+    if torn:  # a write cut short (full disk, crash): the rest still plots; the next resume drops it from the file
+        print(f"warning: {metrics}: skipped {torn} torn line(s) (not whole JSON)", file=sys.stderr)
+    return Run(path, f"{path.name} ({keep_label(config)})" if config else path.name, [r for _, r in records])
 
 
 def eval_metrics(runs: list[Run]) -> list[str]:

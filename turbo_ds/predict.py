@@ -128,8 +128,10 @@ def evaluate(task: Task, dataset: str, batch_size: int, device: torch.device, dt
                         targets=task.targets)
     outputs, position = [], {}
     for batch in make_loader(stream, 0):
+        if batch.get("end"):  # the reader's closing record: where it stands, no clips
+            position = batch["position"]
+            continue
         outputs.append(task.eval_step(task.model, to_device(batch, device, stream.spec.normalize), dtype))
-        position = batch["position"]
     return {**task.eval_metrics(outputs), "eval/skipped_samples": position.get("skipped", 0)}
 
 

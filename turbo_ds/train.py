@@ -25,6 +25,7 @@ from turbo_ds.data.locations import redact  # noqa: E402
 from turbo_ds.engine.checkpoint import CheckpointManager  # noqa: E402
 from turbo_ds.engine.distributed import init_distributed, shutdown, world_from_env  # noqa: E402
 from turbo_ds.engine.errors import EXIT_CODE, RunDirLocked, RunError  # noqa: E402
+from turbo_ds.engine.guard import PreemptionFlag  # noqa: E402
 from turbo_ds.engine.quiet import show_repeated_warnings_once  # noqa: E402
 from turbo_ds.models.vit import check_compiler  # noqa: E402
 from turbo_ds.tasks import checked  # noqa: E402
@@ -49,6 +50,7 @@ def config_error(e: ConfigError, show: bool = True) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    preemption = PreemptionFlag()  # first: Slurm's warning (USR1) or a TERM during start-up stops at step 1
     args = parse_args(argv)
     # Everything that can be wrong with the configs fails here, before any engine starts.
     try:
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         ds = load_ds_config(args.ds_config)
         plan = plan_batches(cfg, ds, world_from_env())
         check_compiler(cfg.model)
-        datasets = open_datasets(cfg.data, world_from_env())  # None: the demo, generated once the ranks exist
+        datasets = open_datasets(cfg.data, world_from_env(), cfg.train.collective_timeout_s)  # None: the demo
     except ConfigError as e:
         return config_error(e)
     show_repeated_warnings_once()
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoints = CheckpointManager(run_dir, dist_info, cfg.train)
     lock = checkpoints.lock()
     try:
-        code = run(cfg, ds, plan, datasets, dist_info, checkpoints, lock.hold(dist_info))
+        code = run(cfg, ds, plan, datasets, dist_info, checkpoints, lock, preemption)
     except ConfigError as e:  # found once the ranks exist: the data, a tokenizer, a checkpoint of another shape
         code = config_error(e, dist_info.is_main)
     except RunError as e:  # decided on every rank: rank 0 says why in one line, every rank exits non-zero

@@ -14,7 +14,6 @@ import datetime
 import itertools
 import math
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,15 +26,17 @@ from torch.optim.lr_scheduler import LambdaLR
 from turbo_ds.config import BatchPlan, Config, DeepSpeedConfig, to_dict
 from turbo_ds.data.datasets import Datasets
 from turbo_ds.data.locations import redact, redacted
+from turbo_ds.data.position import lost_per_epoch
 from turbo_ds.data.samples import to_device
 from turbo_ds.data.source import ShardReadError, ShardSource
 from turbo_ds.data.streams import EvalStream, TrainStream, make_loader
 from turbo_ds.engine.checkpoint import CheckpointManager
 from turbo_ds.engine.distributed import (DistInfo, all_reduce_sum, barrier, broadcast_from_main,
                                          is_collective_failure, set_collective_timeout)
-from turbo_ds.engine.errors import EXIT_CODE, DivergenceError
+from turbo_ds.engine.errors import EXIT_CODE, DivergenceError, RunError
 from turbo_ds.engine.gather import all_gather_objects
-from turbo_ds.engine.guard import DivergenceGuard, finish_step
+from turbo_ds.engine.guard import DivergenceGuard, PreemptionFlag, finish_step
+from turbo_ds.engine.lock import RunDirLock
 from turbo_ds.engine.metrics import RunLog, peak_memory_mb, progress_bar
 from turbo_ds.engine.monitors import Monitors
 from turbo_ds.engine.optim import param_groups, warmup_cosine
@@ -60,25 +61,33 @@ def run_evaluation(evaluation: Evaluation, source: ShardSource, model: torch.nn.
                         num_workers=workers, frames=evaluation.clip_frames, targets=evaluation.targets)
     device = next(model.parameters()).device
     evaluation.eval_begin(model, dtype)
-    outputs, positions = [], {}
-    batches = iter(make_loader(stream, workers, pin_memory=pin_memory))
-    for _ in range(stream.num_batches):
-        batch = next(batches, None)
-        if batch is None:  # this rank is out of clips: run the same collectives, record nothing
-            evaluation.eval_padding(model, dtype)
+    outputs, ends, done = [], [], 0
+    items = iter(make_loader(stream, workers, pin_memory=pin_memory))
+    while done < stream.num_batches:
+        item = next(items, None)
+        if item is not None and item.get("end"):  # a reader's closing record: no batch
+            ends.append(item)
             continue
-        outputs.append(evaluation.eval_step(model, to_device(batch, device, stream.spec.normalize), dtype))
-        positions[batch["stream"]] = batch["position"]  # each worker counts its own part
-        if events is not None:
-            events += [f"{batch['stream']}: {e}" for e in batch["events"]]
+        if item is None:  # this rank is out of clips: run the same collectives, record nothing
+            evaluation.eval_padding(model, dtype)
+        else:
+            outputs.append(evaluation.eval_step(model, to_device(item, device, stream.spec.normalize), dtype))
+            if events is not None:
+                events += [f"{item['stream']}: {e}" for e in item["events"]]
+        done += 1
+    ends += list(items)  # the closing records still to come (every batch is in)
+    assert len(ends) == stream.workers and all(e.get("end") for e in ends), "an eval reader did not close"
+    if events is not None:
+        events += [f"{e['stream']}: {event}" for e in ends for event in e["events"]]
     metrics = evaluation.eval_metrics(outputs)  # reduces over ranks
-    skipped, short = all_reduce_sum([sum(p["skipped"] for p in positions.values()),
-                                     sum(p["short"] for p in positions.values())])
-    # Every eval reader (rank x worker) reads every shard and counts the ones it lost: the most any lost.
-    shards = max(all_gather_objects(max((p["skipped_shards"] for p in positions.values()), default=0)))
+    skipped, short = all_reduce_sum([sum(e["position"]["skipped"] for e in ends),
+                                     sum(e["position"]["short"] for e in ends)])
+    # A shard the remainder split between readers is lost for each of them: count every lost shard once.
+    lost = set().union(*all_gather_objects(sorted({name for e in ends for name in e["lost"]})))
+    source.check_lost(len(lost), "this evaluation")
     prefix = evaluation.eval_prefix
     return {**metrics, f"{prefix}skipped_samples": int(skipped), f"{prefix}short_videos": int(short),
-            f"{prefix}skipped_shards": int(shards)}
+            f"{prefix}skipped_shards": len(lost)}
 
 
 def use_deterministic_kernels() -> None:
@@ -87,18 +96,6 @@ def use_deterministic_kernels() -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: before the first matmul
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
-
-
-class PreemptionFlag:
-    """Set by SIGUSR1 (Slurm's warning before preemption/time limit) or SIGTERM; checked between steps."""
-
-    def __init__(self) -> None:
-        self.signal: str | None = None
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signal = signal.Signals(signum).name
 
 
 @dataclass
@@ -119,9 +116,10 @@ class Trainer:
     checkpoint keeps besides the engine (``CheckpointManager.save(states)``)."""
 
     def __init__(self, cfg: Config, ds: DeepSpeedConfig, plan: BatchPlan, dist_info: DistInfo, task: Task,
-                 datasets: Datasets, checkpoints: CheckpointManager, log: RunLog):
+                 datasets: Datasets, checkpoints: CheckpointManager, log: RunLog, preemption: PreemptionFlag,
+                 lock: RunDirLock | None = None):
         self.cfg, self.plan, self.dist, self.task, self.log = cfg, plan, dist_info, task, log
-        self.datasets, self.checkpoints = datasets, checkpoints
+        self.datasets, self.checkpoints, self.preemption, self.lock = datasets, checkpoints, preemption, lock
         if cfg.train.deterministic:
             use_deterministic_kernels()
         self.dtype = ds.dtype
@@ -137,7 +135,6 @@ class Trainer:
         self.guard = DivergenceGuard(cfg.train.divergence_factor, cfg.train.max_bad_steps, dist_info.world,
                                      overflow_is_bad=ds.precision != "fp16")
         self.can_skip = ds.skips_nonfinite_steps  # else a bad step stops the run before it is applied
-        self.preemption = PreemptionFlag()
         self.stream = TrainStream(datasets.train, cfg.data, cfg.model, dist_info.rank, dist_info.world, plan.micro,
                                   cfg.train.seed, frames=task.clip_frames, targets=task.targets,
                                   gather=all_gather_objects)
@@ -252,8 +249,18 @@ class Trainer:
                 self.engine.step()
         # The step's one collective and host read, which the guard cannot do without: whether to skip depends
         # on every rank's loss, and all ranks must agree before the optimizer step (a rank skipping alone
-        # would leave ZeRO's collectives unmatched). It also carries the stop signals (no collective of their own).
-        verdict = self.guard.verdict(torch.stack(losses).mean(), self.preemption.signal is not None)
+        # would leave ZeRO's collectives unmatched). It also carries what one rank may see alone: a stop signal, the
+        # shards its streams lost (the budget is every rank's sum), a failure that ends the run (a lost run-dir lock).
+        verdict = self.guard.verdict(torch.stack(losses).mean(), self.preemption.signal is not None,
+                                     lost_per_epoch(self.stream.position.values()),
+                                     self.lock.lost if self.lock is not None else None)
+        if verdict.failure is not None:  # every rank, this step, before any update
+            raise RunError(verdict.failure)
+        try:
+            self.datasets.train.check_lost(verdict.lost_shards, "one epoch")
+        except ShardReadError:  # on every rank alike: the log names the lost shards first
+            self._log_data_events(all_reduce_sum([len(self.data_events)])[0])
+            raise
         skip = verdict.problem is not None
         applied = finish_step(self.engine, loss, skip) if self.can_skip or not skip else False
         problem = self.guard.record(self.step, verdict, applied)
@@ -396,19 +403,23 @@ def resolve_keep_ratio(cfg: Config, ds: DeepSpeedConfig, dist_info: DistInfo, lo
 
 
 def run(cfg: Config, ds: DeepSpeedConfig, plan: BatchPlan, datasets: Datasets | None, dist_info: DistInfo,
-        checkpoints: CheckpointManager, lock_note: str | None) -> int:
-    """One training run on this rank, the run dir held: the exit status (0, or ``LOST_PEER``, ``EXIT_CODE``);
-    a ConfigError found once the ranks exist (the demo data, a tokenizer, a checkpoint of another shape) is raised
-    on every rank. ``datasets``: opened by the entry point, or None for the demo that ``Task.prepare`` generates."""
+        checkpoints: CheckpointManager, lock: RunDirLock, preemption: PreemptionFlag) -> int:
+    """One training run on this rank: the exit status (0, or ``LOST_PEER``, ``EXIT_CODE``); a ConfigError found
+    once the ranks exist (the demo data, a tokenizer, a checkpoint of another shape) is raised on every rank, so
+    is a RunError. ``datasets``: opened by the entry point, or None for the demo that ``Task.prepare`` generates.
+    Rank 0 takes the run dir's ``lock`` first; a lock taken away later stops every rank at the next step."""
+    lock_note = lock.hold(dist_info)
     log = RunLog(cfg.run_dir, dist_info.is_main)
     try:
-        return _run(cfg, ds, plan, datasets, dist_info, checkpoints, lock_note, log)
+        return _run(cfg, ds, plan, datasets, dist_info, checkpoints, lock if dist_info.is_main else None,
+                    lock_note, preemption, log)
     finally:
         log.close()
 
 
 def _run(cfg: Config, ds: DeepSpeedConfig, plan: BatchPlan, datasets: Datasets | None, dist_info: DistInfo,
-         checkpoints: CheckpointManager, lock_note: str | None, log: RunLog) -> int:
+         checkpoints: CheckpointManager, lock: RunDirLock | None, lock_note: str | None, preemption: PreemptionFlag,
+         log: RunLog) -> int:
     if lock_note:
         log.info(lock_note)
     if dist_info.is_main:
@@ -431,7 +442,7 @@ def _run(cfg: Config, ds: DeepSpeedConfig, plan: BatchPlan, datasets: Datasets |
     task = build_task(cfg, datasets.train.manifest)
     if task.pretrained_report:
         log.info(str(task.pretrained_report))
-    trainer = Trainer(cfg, ds, plan, dist_info, task, datasets, checkpoints, log)
+    trainer = Trainer(cfg, ds, plan, dist_info, task, datasets, checkpoints, log, preemption, lock)
     try:
         trainer.fit()
     except ShardReadError as e:  # the store lost too much of an epoch: one line, not a traceback

@@ -92,8 +92,9 @@ class DataConfig:
     "data.train's manifest.json (path or URL) when it is not next to the shards (pipe: commands, brace patterns)"
     val_manifest: str | None = None
     "data.val's manifest.json (path or URL) when it is not next to the shards (pipe: commands, brace patterns)"
-    read_timeout_s: float = 60.0
-    "seconds a shard or manifest read may wait for a byte before that attempt is abandoned and retried"
+    read_timeout_s: float = 30.0
+    "seconds a shard or manifest read may wait for a byte before that attempt is abandoned and retried (all "
+    "attempts of a stalled read must end within train.collective_timeout_s: checked at start-up)"
     read_retries: int = 5
     "retries of a failed or stalled read (backoff read_backoff_s, doubling); then the shard is skipped and counted"
     read_backoff_s: float = 1.0

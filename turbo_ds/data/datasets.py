@@ -16,12 +16,24 @@ from turbo_ds.config import ConfigError, DataConfig
 from turbo_ds.data.locations import is_remote
 from turbo_ds.data.shards import MANIFEST, check_readers
 from turbo_ds.data.source import ShardSource
+from turbo_ds.data.transport import ReadPolicy
 
 SPLITS = ("train", "val")
 
 
-def open_datasets(data: DataConfig, world: int) -> "Datasets | None":
-    """Both splits opened for ``world`` ranks, or None when the demo is still to be generated into them."""
+def open_datasets(data: DataConfig, world: int, collective_timeout_s: float) -> "Datasets | None":
+    """Both splits opened for ``world`` ranks, or None when the demo is still to be generated into them.
+
+    A remote split must give up on a stalled store (skip the shard, count it) before the other ranks
+    give up on this one (``train.collective_timeout_s``): else a store that stops answering looks like a
+    lost node.
+    """
+    policy = ReadPolicy.from_config(data)
+    if any(is_remote(getattr(data, split)) for split in SPLITS) and policy.stalled_s >= collective_timeout_s:
+        raise ConfigError(f"data.read_timeout_s={data.read_timeout_s:g} x (data.read_retries={data.read_retries} + 1) "
+                          f"+ backoff (data.read_backoff_s={data.read_backoff_s:g}, doubling) = {policy.stalled_s:.0f} "
+                          f"s to give up on a stalled store, not below train.collective_timeout_s="
+                          f"{collective_timeout_s:g}: lower the read settings or raise the collective timeout")
     for split in SPLITS:
         location = getattr(data, split)
         given = getattr(data, f"{split}_manifest") is not None  # a manifest named apart

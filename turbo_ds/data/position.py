@@ -118,6 +118,19 @@ class Ranges:
         return Ranges(out)
 
 
+EPOCH_SLOTS = 4  # epochs told apart by lost_per_epoch: more than the ranks' streams ever lie apart
+
+
+def lost_per_epoch(positions: Iterable[dict[str, Any]]) -> list[int]:
+    """Shards lost by these streams in each epoch, in slot ``epoch % EPOCH_SLOTS``: summed over every rank (an
+    all-reduce), each slot is one epoch's count over all streams, whichever epoch each stream is in now."""
+    slots = [0] * EPOCH_SLOTS
+    for p in positions:
+        slots[p["epoch"] % EPOCH_SLOTS] += p.get("lost_in_epoch", 0)
+        slots[(p["epoch"] - 1) % EPOCH_SLOTS] += p.get("lost_epoch_before", 0)
+    return slots
+
+
 def share(order: list[int], counts: list[int], taken: dict[int, Ranges] | None, stream: int, streams: int) -> Share:
     """The samples stream ``stream`` of ``streams`` reads in an epoch whose shards come in ``order``.
 
@@ -137,6 +150,16 @@ def share(order: list[int], counts: list[int], taken: dict[int, Ranges] | None, 
             out[i] = part
         seen += len(rest)
     return out
+
+
+def eval_share(counts: list[int], reader: int, readers: int) -> Share:
+    """What reader ``reader`` of ``readers`` evaluates of shards with ``counts`` samples: whole shards
+    ``reader``, ``reader + readers``, ... of the first ``len(counts) - len(counts) % readers``, then an
+    equal, contiguous part of the remaining shards' samples. Every sample goes to exactly one reader, and
+    each shard is read once, except the few remaining ones, read by at most one reader more each boundary."""
+    whole = len(counts) - len(counts) % readers
+    return {**{i: None for i in range(reader, whole, readers)},
+            **share(list(range(whole, len(counts))), counts, {}, reader, readers)}
 
 
 def share_ranges(part: Share, counts: list[int]) -> dict[int, Ranges]:
@@ -236,20 +259,27 @@ TAR_READ_ERRORS = (OSError, EOFError, ValueError, tarfile.TarError, zlib.error)
 class StreamPosition:
     """Where a stream stands: epoch, raw samples consumed in it and which ones (``done``: per shard,
     sample indices as ranges), bad samples skipped and short videos (fewer frames than the clip
-    needs: frames repeat) so far, shards that could not be read and retried shard reads so far.
+    needs: frames repeat) so far, shards that could not be read (so far; in this epoch and in the one
+    before, since the data budget of ``data.max_skipped_shard_fraction`` is an epoch's sum over every
+    stream and a batch may already be in the next epoch) and retried shard reads.
 
     It travels with every batch, so a checkpoint records exactly what training consumed
     and a resumed stream continues from there instead of restarting its epoch (at another
     world size too: ``regroup``). ``events`` (what the shard reader did: retries, skipped
-    shards) is not state: it leaves with the next batch for the log (``take_events``).
+    shards) is not state: it leaves with the next batch for the log (``take_events``); nor is
+    ``lost``, the names of the shards lost so far (an evaluation counts each once, whichever
+    readers shared it).
     """
 
     def __init__(self, epoch: int = 0, consumed: int = 0, skipped: int = 0, short: int = 0,
-                 skipped_shards: int = 0, read_retries: int = 0, done: dict[str, str] | None = None):
+                 skipped_shards: int = 0, read_retries: int = 0, done: dict[str, str] | None = None,
+                 lost_in_epoch: int = 0, lost_epoch_before: int = 0):
         self.epoch, self.consumed, self.skipped, self.short = epoch, consumed, skipped, short
         self.skipped_shards, self.read_retries = skipped_shards, read_retries
+        self.lost_in_epoch, self.lost_epoch_before = lost_in_epoch, lost_epoch_before
         self.done = {shard: Ranges.parse(r) for shard, r in (done or {}).items()}
         self.events: list[str] = []
+        self.lost: list[str] = []
 
     def count(self, samples: Iterator[dict]) -> Iterator[dict]:
         for sample in samples:
@@ -260,6 +290,7 @@ class StreamPosition:
 
     def next_epoch(self) -> None:
         self.epoch, self.consumed, self.done = self.epoch + 1, 0, {}
+        self.lost_in_epoch, self.lost_epoch_before = 0, self.lost_in_epoch
 
     def tar_handler(self, exn: Exception) -> bool:
         """webdataset's handler for reading tar files: an unreadable file or member is skipped and counted."""
@@ -271,6 +302,7 @@ class StreamPosition:
     def state(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "consumed": self.consumed, "skipped": self.skipped, "short": self.short,
                 "skipped_shards": self.skipped_shards, "read_retries": self.read_retries,
+                "lost_in_epoch": self.lost_in_epoch, "lost_epoch_before": self.lost_epoch_before,
                 "done": {shard: str(r) for shard, r in self.done.items()}}
 
     def take_events(self) -> list[str]:

@@ -20,8 +20,10 @@ still fails after its retries, or that the manifest lists but the store lacks, i
 this epoch: its manifest count of placeholder samples takes its place, so every later sample
 keeps its position in the stream (exact resume, the eval split by sample index) and each
 placeholder is counted as a skipped sample, the shard in ``StreamPosition.skipped_shards``,
-with its URL in the log. More than ``data.max_skipped_shard_fraction`` of a stream's shards
-lost in one epoch is an error. Local folders are read as before: streamed from disk, nothing
+with its URL in the log. More than ``data.max_skipped_shard_fraction`` of the dataset's shards
+lost in one epoch, counted over every stream of every rank, is an error (``check_lost``): the
+trainer and the evaluation decide it together on every rank, so one rank's lost shards stop
+all of them at the same step, and a lost shard among many streams is a counted skip. Local folders are read as before: streamed from disk, nothing
 held in memory.
 """
 
@@ -143,21 +145,18 @@ class ShardSource:
 
     # -------------------------------------------------------------- reading
 
-    def samples(self, pos: StreamPosition, epoch_shards: int | None = None) -> ShardStage:
+    def samples(self, pos: StreamPosition) -> ShardStage:
         """Stage: shard URLs -> samples (dicts of tar members), the next shards prefetched.
 
         ``pos`` (a StreamPosition) counts unreadable members (``tar_handler``), lost shards and
-        retries, and collects what happened for the log (``events``). ``epoch_shards`` is how many
-        shards the stream reads in an epoch (default: the URLs it is given), the base of
-        ``data.max_skipped_shard_fraction``.
+        retries, and collects what happened for the log (``events``). Lost shards are counted, never
+        raised here: whether they are too many is for every rank to decide together (``check_lost``).
         """
         # webdataset imports torch: not at module level, so that the data_prep tools start fast
         from webdataset.tariterators import group_by_keys, tar_file_expander
 
         def stage(urls: Iterable[str]) -> Iterator[dict]:
-            urls = list(urls)
-            allowed, lost = self.policy.max_skipped_fraction * (epoch_shards or len(urls)), 0
-            for url, read in self._reads(urls):
+            for url, read in self._reads(list(urls)):
                 pos.read_retries += read.retries
                 if read.error is None:
                     if read.retries:
@@ -167,23 +166,28 @@ class ShardSource:
                     yield from group_by_keys(tar_file_expander([source], handler=pos.tar_handler),
                                              handler=pos.tar_handler)
                     continue
-                lost += 1
                 pos.skipped_shards += 1
+                pos.lost_in_epoch += 1
+                pos.lost.append(self.names[redact(url)])
                 missing = " (listed in the manifest, missing in the store)" if read.error.missing else ""
                 note = (f"shard {redact(url)} skipped{missing}: {redact(read.error.reason)}"
                         + (f", after {read.retries} retries over {read.seconds:.0f} s" if read.retries else "")
                         + f"; its {self.counts[url]} samples are lost for epoch {pos.epoch}")
                 _stderr(note)
                 pos.events.append(note)
-                if lost > allowed:
-                    raise ShardReadError(
-                        f"{self.key}: {lost} of the {epoch_shards or len(urls)} shards this loader stream reads in "
-                        f"epoch {pos.epoch} could not be read (more than data.max_skipped_shard_fraction="
-                        f"{self.policy.max_skipped_fraction:g}); last: {note}. Check that the store is up and the "
-                        "manifest matches it, or raise data.read_retries / data.read_timeout_s / "
-                        "data.max_skipped_shard_fraction")
                 yield from lost_samples(redact(url), self.counts[url])
         return stage
+
+    def check_lost(self, lost: int, what: str) -> None:
+        """ShardReadError (the same on every rank) when ``lost`` shards, counted over every stream of every rank
+        in ``what`` (e.g. "epoch 3"), are more than data.max_skipped_shard_fraction of the dataset's."""
+        total, fraction = len(self.shards), self.policy.max_skipped_fraction
+        if lost > fraction * total:
+            raise ShardReadError(
+                f"{self.key}: {lost} of its {total} shards could not be read in {what}, over all ranks (more than "
+                f"data.max_skipped_shard_fraction={fraction:g}; each is named in the log). Check that the store is "
+                "up and the manifest matches it, or raise data.read_retries / data.read_timeout_s / "
+                "data.max_skipped_shard_fraction")
 
     def _reads(self, urls: list[str]) -> Iterator[tuple[str, Read]]:
         """(url, Read) in order. Local shards are opened as streams; remote ones are read whole, up to

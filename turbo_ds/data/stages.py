@@ -2,7 +2,7 @@
 
 As in open_clip's ``get_wds_dataset``, a stream is ``[source, stage, stage, ...]`` and ``run``
 chains them (each split's list: data/streams.py). These stages know nothing of videos: they
-order (``shuffled``, ``resampled``, ``shuffle``), split (``split_by``, ``take``, ``drop_first``,
+order (``shuffled``, ``resampled``, ``shuffle``), split (``take``, ``drop_first``,
 ``keep``), number (``number_samples``), apply a per-sample function (``each``, ``each_or_skip``)
 and group (``batch``). ``each_or_skip`` is where bad data is skipped and counted: a sample
 rejected with ``DataError`` is dropped and counted in the stream's position; any other
@@ -41,11 +41,6 @@ def shuffled(items: list, key: str) -> list:
 def resampled(items: list, count: int, rng: random.Random) -> Iterator:
     """``count`` draws from ``items`` with replacement."""
     return (rng.choice(items) for _ in range(count))
-
-
-def split_by(index: int, count: int) -> Stage:
-    """Every ``count``-th item from the ``index``-th on: items[index::count]."""
-    return lambda items: itertools.islice(items, index, None, count)
 
 
 def take(count: int) -> Stage:

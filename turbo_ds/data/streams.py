@@ -16,11 +16,10 @@ rank/worker (epoch e is a deterministic function of the seed)::
 and the epochs one after another -> batch (uint8; a batch may span the end of an epoch: no sample is dropped)
 || in the training process: to_device -> normalise (float32).
 
-Evaluation: every shard in order -> tar samples -> split by rank (sample i goes to rank
-i % world) -> split by worker ((i // world) % workers) -> count -> skip lost shards' placeholders
--> parse targets -> decode
--> choose views (num_clips x num_crops, no randomness) -> batch (the last one partial) || to_device
--> normalise.
+Evaluation, one reader (rank x worker): its whole shards and its part of the remainder (see
+``EvalStream``) -> tar samples -> number samples in their shard -> keep its part -> skip lost
+shards' placeholders -> parse targets -> decode -> choose views (num_clips x num_crops, no
+randomness) -> batch (the last one partial), then the reader's closing record || to_device -> normalise.
 
 Bad data is skipped and counted (``StreamPosition.skipped``), never fatal: an unreadable
 tar file or member through ``StreamPosition.tar_handler``, a sample that raises
@@ -43,13 +42,13 @@ from typing import Any, Callable, Iterator
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from turbo_ds.config import DataConfig, EvalConfig, ModelConfig
-from turbo_ds.data.position import Layout, Ranges, StreamPosition, regroup, share
+from turbo_ds.data.position import Layout, Ranges, Share, StreamPosition, eval_share, regroup, share
 from turbo_ds.data.samples import (ClipSpec, DecodedCache, Targets, choose_views, collate, decode, parse_targets,
                                    seed_per_sample)
 from turbo_ds.data.shards import check_readers
 from turbo_ds.data.source import ShardSource, check_not_lost
 from turbo_ds.data.stages import (batch, drop_first, each, each_or_skip, keep, number_samples, resampled, run,
-                                  shuffle, shuffled, split_by, take)
+                                  shuffle, shuffled, take)
 
 
 def _alone(obj: Any) -> list[Any]:
@@ -165,11 +164,10 @@ class TrainStream(IterableDataset):
             # world size; its epoch is its share of the manifest. A good shard yields at least
             # one sample, so that many draws suffice (fewer samples only if shards are broken).
             quota = self.manifest["num_samples"] // (self.world * workers)
-            shards_per_epoch = math.ceil(quota * len(self.shards) / self.manifest["num_samples"])
             pipeline = [
                 resampled(self.shards, quota, random.Random(f"resample-{self.seed}-{epoch}-{self.rank}-{worker}")),
                 # tar members -> samples (remote shards prefetched); unreadable members and shards skipped, counted
-                self.source.samples(pos, shards_per_epoch),
+                self.source.samples(pos),
                 take(quota),  # this stream's share of an epoch
             ]
         else:
@@ -223,10 +221,15 @@ class TrainStream(IterableDataset):
 
 
 class EvalStream(IterableDataset):
-    """Every validation sample exactly once across ranks (and workers): sample i goes to rank i % world.
+    """Every validation sample exactly once across ranks (and workers), each shard read by as few readers as
+    can be: reader k = rank + world x worker of R = world x workers reads whole shards k, k + R, ... of the
+    first len(shards) - len(shards) % R, and an equal contiguous part of the remaining shards' samples
+    (``position.eval_share``), so one evaluation reads the validation set about once, not R times.
 
-    With ``evaluation.num_clips * num_crops = V > 1`` views, ``video`` is (B, V, C, T, H, W).
-    ``num_workers`` must equal the loader's; ``num_batches`` accounts for the split.
+    Each reader ends with a record of where it stands (``{"end": True, "position", "events", "lost"}``),
+    after its last batch, also when it had no batch: ``run_evaluation`` counts skipped samples and lost
+    shards from those. With ``evaluation.num_clips * num_crops = V > 1`` views, ``video`` is
+    (B, V, C, T, H, W). ``num_workers`` must equal the loader's; ``num_batches`` accounts for the split.
     """
 
     def __init__(self, source: ShardSource, data: DataConfig, model: ModelConfig, rank: int, world: int,
@@ -234,6 +237,8 @@ class EvalStream(IterableDataset):
                  frames: int | None = None, targets: Targets = "label"):
         self.source = source  # a folder or URL: manifest, shard URLs, reading
         self.manifest, self.shards = self.source.manifest, self.source.shards
+        self.names = [s["name"] for s in self.manifest["shards"]]
+        self.counts = [s["num_samples"] for s in self.manifest["shards"]]
         self.spec = ClipSpec.from_config(data, model, train=False, evaluation=evaluation, frames=frames,
                                          targets=targets)
         self.data, self.rank, self.world, self.batch_size = data, rank, world, batch_size
@@ -244,39 +249,48 @@ class EvalStream(IterableDataset):
         """A stream over ``data.val``, opened here (one-process tools and tests)."""
         return cls(ShardSource.from_config(data, "val"), data, *args, **kwargs)
 
+    def part(self, rank: int, worker: int) -> Share:
+        """The samples reader (``rank``, ``worker``) evaluates: shard index -> None (whole) or its Ranges."""
+        return eval_share(self.counts, rank + self.world * worker, self.world * self.workers)
+
     @property
     def num_batches(self) -> int:
         """Batches on the busiest rank; every rank runs this many (padding) so collectives line up."""
         def batches(rank: int) -> int:
-            local = len(range(rank, self.manifest["num_samples"], self.world))
-            return sum(math.ceil(len(range(w, local, self.workers)) / self.batch_size) for w in range(self.workers))
+            return sum(math.ceil(sum(self.counts[i] if r is None else len(r) for i, r in self.part(rank, w).items())
+                                 / self.batch_size) for w in range(self.workers))
         return max(batches(r) for r in range(self.world))
 
     def stages(self, worker: int, workers: int, pos: StreamPosition) -> list:
         """This rank/worker's share of the validation set: ``[source, stage, ...]`` for ``run``."""
-        spec = self.spec
+        spec, part = self.spec, self.part(self.rank, worker)
         return [
-            self.shards,  # every shard, in manifest order
+            [self.shards[i] for i in part],  # this reader's shards, in manifest order
             # tar members -> samples (remote shards prefetched); an unreadable shard gives placeholders, so that
-            # every rank still agrees on each sample's index
+            # the samples after it keep their indices
             self.source.samples(pos),
-            split_by(self.rank, self.world),  # sample i -> rank i % world
-            split_by(worker, workers),  # then -> worker (i // world) % workers
-            pos.count,
+            number_samples(self.source.names),  # __shard__, __index__
+            keep({self.names[i]: r for i, r in part.items()}),  # only its part of a shared shard
             each_or_skip(check_not_lost, pos),  # placeholders of a shard that could not be read: skipped, counted
             each_or_skip(parse_targets(spec.targets), pos),  # label or captions; bad ones skipped and counted
             each_or_skip(decode(spec, DecodedCache(0, self.data), pos), pos),  # corrupt, huge, hanging: skipped
             each(choose_views(spec)),  # num_clips x num_crops fixed views
-            batch(self.batch_size, lambda group: collate(group, spec, f"eval{self.rank}/worker{worker}", pos),
+            batch(self.batch_size, lambda group: collate(group, spec, self.stream_name(worker), pos),
                   partial=True),
         ]
+
+    def stream_name(self, worker: int) -> str:
+        return f"eval{self.rank}/worker{worker}"
 
     def __iter__(self) -> Iterator[dict]:
         worker, workers = _worker()
         if workers != self.workers:
             raise ValueError(f"EvalStream(num_workers={self.workers}) is read by {workers} loader workers; "
                              "pass the same count to both")
-        yield from run(self.stages(worker, workers, StreamPosition()))
+        pos = StreamPosition()
+        yield from run(self.stages(worker, workers, pos))
+        yield {"end": True, "stream": self.stream_name(worker), "position": pos.state(),
+               "events": pos.take_events(), "lost": pos.lost}
 
 
 def _ignore_stop_signals(worker_id: int) -> None:

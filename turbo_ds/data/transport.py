@@ -67,7 +67,7 @@ class ReadFailed(Exception):
 class ReadPolicy:
     """How shards and manifests are read: timeouts, retries, prefetch (from ``data.*``)."""
 
-    timeout_s: float = 60.0
+    timeout_s: float = 30.0
     retries: int = 5
     backoff_s: float = 1.0
     max_skipped_fraction: float = 0.1
@@ -77,6 +77,13 @@ class ReadPolicy:
     def from_config(cls, data: DataConfig) -> "ReadPolicy":
         return cls(data.read_timeout_s, data.read_retries, data.read_backoff_s, data.max_skipped_shard_fraction,
                    data.prefetch_shards)
+
+    @property
+    def stalled_s(self) -> float:
+        """The longest one read takes before it gives up on a store that accepts and never answers: every
+        attempt waits ``timeout_s`` for a byte, with the backoffs between attempts."""
+        backoffs = sum(min(self.backoff_s * 2 ** attempt, MAX_BACKOFF_S) for attempt in range(self.retries))
+        return (self.retries + 1) * self.timeout_s + backoffs
 
 
 def _netrc_auth(host: str) -> tuple[str, str] | None:

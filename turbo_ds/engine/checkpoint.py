@@ -13,18 +13,23 @@
     RUN/metrics.jsonl                    (RunLog) records past the step a run resumes from are dropped
 
     RUN/lock.json                        (RunDirLock) the trainer that holds the run dir
-    RUN/checkpoints/step_X.diverged/     a checkpoint whose weights gave the bad losses that stopped a run
+    RUN/checkpoints/step_X.diverged/     a checkpoint whose weights gave the bad losses that stopped a run;
+                                         ``step_X.diverged.2``, ``.3``... when reruns diverge there again
 
 Saving is atomic: every rank writes its part into ``step_X.partial/``; once all are done,
 rank 0 adds ``trainer_state.json``, renames the folder to ``step_X`` and only then replaces
 ``latest`` (both renames are atomic), so ``latest`` always names a complete checkpoint and a
-crash (or ``kill -9``) mid-save leaves the previous one in charge. A save that fails on any
+crash (or ``kill -9``) mid-save leaves the previous one in charge. It is durable too: each rank
+fsyncs the files it wrote, and rank 0 the folder and each rename before the next step, so a power
+loss cannot leave ``latest`` naming a folder whose bytes never reached the disk. A save that fails on any
 rank (disk full, I/O or permission error) is agreed on by every rank: the partial folder is
 removed, ``latest`` and the previous checkpoint stay as they were, and the run stops with one
 line naming the cause (``train.ckpt_failure: stop``) or trains on and retries at the next
 interval (``continue``; the last step and stop signals always stop). Old checkpoints (and universal
 copies) are renamed to ``step_X.deleting`` before their removal, so a folder named ``step_X`` or
-``step_X.universal`` is always complete.
+``step_X.universal`` is always complete. Pruning runs once ``latest`` has moved: a deletion that fails is
+logged and the save still counts. ``keep_last_checkpoints`` N also keeps only the N newest
+``step_X.diverged*`` folders (by step, then by rerun).
 
 Elastic resume: ZeRO partitions the optimizer state by data-parallel rank, so a checkpoint
 written by W ranks loads as it is only on W ranks. At another world size, rank 0 converts
@@ -56,11 +61,12 @@ from turbo_ds.engine.errors import CheckpointLoadError, CheckpointWriteError
 from turbo_ds.engine.gather import all_gather_objects
 from turbo_ds.engine.lock import RunDirLock
 from turbo_ds.engine.metrics import RunLog
-from turbo_ds.fileio import atomic_write_bytes, atomic_write_json
+from turbo_ds.fileio import atomic_write_bytes, atomic_write_json, fsync_dir, fsync_file
 
 TRAINER_STATE = "trainer_state.json"
 PARTIAL, DELETING, DIVERGED, UNIVERSAL = ".partial", ".deleting", ".diverged", ".universal"
 _STEP_DIR = re.compile(r"step_(\d{8})")
+_DIVERGED_DIR = re.compile(r"step_(\d{8})\.diverged(?:\.(\d+))?")
 
 
 class Stateful(Protocol):
@@ -190,7 +196,7 @@ class CheckpointManager:
             # Rank 0 makes the folder first: DeepSpeed's own makedirs would fail before its opening barrier.
             error = self._agree(self._main_only(lambda: _fresh_dir(partial)))
             if error is None:
-                error = self._agree(_deepspeed_save(engine, str(self.dir), partial.name))
+                error = self._agree(_deepspeed_save(engine, partial, self.dist.rank))
             if error is None:
                 error = self._agree(self._main_only(lambda: self._publish(partial, final, tag, step, state)))
         except RuntimeError as e:  # a peer lost mid-save (the run ends): this save can never complete
@@ -198,6 +204,8 @@ class CheckpointManager:
                 shutil.rmtree(partial, ignore_errors=True)
             raise
         if error is None:
+            if self.dist.is_main:
+                self._tidy(log.info)
             return final
         if self.dist.is_main:
             shutil.rmtree(partial, ignore_errors=True)
@@ -215,19 +223,21 @@ class CheckpointManager:
         return None
 
     def _publish(self, partial: Path, final: Path, tag: str, step: int, state: dict[str, Any]) -> None:
-        """Rank 0, every rank's part written: trainer state, then the renames that make the checkpoint count."""
+        """Rank 0, every rank's part written and fsynced: trainer state, then the renames that make the checkpoint
+        count, each on the disk before the next (a power loss leaves `latest` naming a complete checkpoint)."""
+        # Durable with the folder's entries: DeepSpeed's files are named in the same directory, fsynced with it.
         atomic_write_json(partial / TRAINER_STATE, {"step": step, "world_size": self.dist.world, **state,
                                                     **self.configs})
         if final.exists():  # left by an attempt that died before moving `latest` to it (never `latest`)
             assert final != self.latest, f"{final} is the latest checkpoint; it is never written twice"
             _remove(final)
         partial.rename(final)
+        fsync_dir(self.dir)
         try:
             atomic_write_bytes(self.dir / "latest", tag.encode())
         except OSError:
             final.rename(partial)  # `latest` still names the previous one: this one goes with the partial folder
             raise
-        self._prune()
 
     def _main_only(self, action: Callable[[], None]) -> str | None:
         """Run ``action`` on rank 0; the reason it failed, or None."""
@@ -258,17 +268,18 @@ class CheckpointManager:
         saved = latest / TRAINER_STATE
         state = json.loads(saved.read_text()) if saved.is_file() else None
         self._check_model(latest, state, model)
+        # Its optimizer files are laid out for the ZeRO stage it was written with (when it records its DeepSpeed JSON:
+        # the trainer's always do).
+        saved_ds = DeepSpeedConfig(state["ds_config"]) if state and "ds_config" in state else None
+        if saved_ds is not None and saved_ds.zero_stage != ds.zero_stage:
+            raise ConfigError(f"ds_config zero_optimization.stage={ds.zero_stage}: checkpoint {latest} was written "
+                              f"with ZeRO stage {saved_ds.zero_stage} by {state['world_size']} rank(s); resume with "
+                              f"zero_optimization.stage={saved_ds.zero_stage} (or use a new run_dir)")
         if state is None or state["world_size"] == self.dist.world:
             return Resume(latest, latest.name, state)
-        saved_ds = DeepSpeedConfig(state["ds_config"])
-        stages = saved_ds.zero_stage, ds.zero_stage
-        if stages[0] != stages[1]:
-            raise ConfigError(f"ds_config zero_optimization.stage={stages[1]}: checkpoint {latest} was written with "
-                              f"ZeRO stage {stages[0]} by {state['world_size']} rank(s); resume at another world size "
-                              "with the stage it was written with")
         change = (f"elastic resume: checkpoint {latest.name} was written by {state['world_size']} rank(s), this run "
                   f"has {self.dist.world}; global batch {saved_ds.global_batch} -> {plan.global_size} clips/step")
-        if stages[0] == 0:  # every rank holds the whole optimizer state: it loads at any world size
+        if saved_ds.zero_stage == 0:  # every rank holds the whole optimizer state: it loads at any world size
             log(f"{change}; ZeRO stage 0 loads it as it is")
             return Resume(latest, latest.name, state)
         universal = latest.with_name(latest.name + UNIVERSAL)
@@ -323,12 +334,14 @@ class CheckpointManager:
 
     def restore(self, engine: Any, log: RunLog, resume: Resume | None, states: Mapping[str, Stateful]) -> bool:
         """Load ``resume`` (``prepare_resume``'s answer) into ``engine`` and each of ``states``, and rewind the
-        metrics log to its step; False for a new run (nothing loaded).
+        metrics log to its step; False for a new run (nothing loaded; the log rewound to step 0, dropping what an
+        earlier run left in this run dir without a checkpoint, whose steps this run trains again).
 
         The peak LR is the DeepSpeed JSON's, not the checkpoint's (DeepSpeed would restore the
         scheduler's base LRs): a run resumed with a lower LR after a divergence trains at that LR.
         """
         if resume is None:
+            log.rewind(0)
             return False
         configured = list(engine.lr_scheduler.base_lrs)
         path, client_state = engine.load_checkpoint(str(self.dir), tag=resume.tag)
@@ -349,13 +362,15 @@ class CheckpointManager:
         if self.dist.is_main:
             complete = self.complete()
             for bad in (p for s, p in complete.items() if s >= step):
-                bad.rename(bad.with_name(bad.name + DIVERGED))
+                bad.rename(_unused(bad.with_name(bad.name + DIVERGED)))  # a rerun may diverge at the same step
             good = [p for s, p in complete.items() if s < step]
             if good:
                 atomic_write_bytes(self.dir / "latest", good[-1].name.encode())
             else:
                 (self.dir / "latest").unlink(missing_ok=True)
-            self._prune()  # the diverged ones' universal copies go too: a resume converts the good one
+            # The diverged ones' universal copies go too (a resume converts the good one). The run stops with the
+            # divergence line on stderr: a pruning failure is a warning above it.
+            self._tidy(lambda line: print(line, file=sys.stderr, flush=True))
         barrier()
         return self.latest
 
@@ -381,6 +396,19 @@ class CheckpointManager:
         for old in list(self.complete().values())[:-keep]:
             if old != self.latest:  # the newest complete checkpoint is never deleted
                 _remove(old)
+        diverged = {tuple(int(n or 1) for n in m.groups()): p for p in self.dir.iterdir()
+                    if (m := _DIVERGED_DIR.fullmatch(p.name))}
+        for order in sorted(diverged)[:-keep]:  # (step, rerun): the newest N stay for a post-mortem
+            _remove(diverged[order])
+
+    def _tidy(self, log: Callable[[str], None]) -> None:
+        """Rank 0, once `latest` has moved: prune. What precedes is complete whatever happens here, so a deletion
+        that fails is logged (the folders stay until the next save prunes them), not raised."""
+        try:
+            self._prune()
+        except OSError as e:
+            log(f"warning: checkpoint pruning in {self.dir} failed ({_describe(e)}); the folders it meant to delete "
+                "stay until a later save prunes them")
 
     def lock(self) -> RunDirLock:
         """The run dir's lock (rank 0 holds it for the whole run)."""
@@ -402,6 +430,15 @@ def _up_to_date(state: dict[str, Any], world: int) -> dict[str, Any]:
 def _fresh_dir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)  # left by a save that was killed
     path.mkdir(parents=True)
+
+
+def _unused(path: Path) -> Path:
+    """``path``, or ``path.2``, ``path.3``... the first name that is free."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}")
+    return candidate
 
 
 def _remove(folder: Path) -> None:
@@ -430,8 +467,15 @@ def _space(previous: Path | None) -> str:
     return f"{free / 2**20:.1f} MiB free, the previous checkpoint took {used / 2**20:.1f} MiB"
 
 
-def _deepspeed_save(engine: Any, save_dir: str, tag: str) -> str | None:
-    """This rank's part of DeepSpeed's save; the reason it failed, or None.
+def written_by(name: str) -> int:
+    """The rank that wrote DeepSpeed checkpoint file ``name``: R of ``zero_pp_rank_R_`` (each rank's optimizer
+    partition, and with ZeRO-3 its model-states file), else rank 0 (``mp_rank_00_model_states.pt``, ...)."""
+    m = re.search(r"zero_pp_rank_(\d+)_", name)
+    return int(m.group(1)) if m else 0
+
+
+def _deepspeed_save(engine: Any, folder: Path, rank: int) -> str | None:
+    """This rank's part of DeepSpeed's save into ``folder``, its files fsynced; the reason it failed, or None.
 
     A rank whose write fails (torch.save raises RuntimeError for a full disk, OSError for
     permissions) left DeepSpeed's save_checkpoint before its closing barrier, so it takes that
@@ -440,9 +484,15 @@ def _deepspeed_save(engine: Any, save_dir: str, tag: str) -> str | None:
     2 ranks through this).
     """
     try:
-        engine.save_checkpoint(save_dir, tag=tag, client_state={}, save_latest=False)
+        engine.save_checkpoint(str(folder.parent), tag=folder.name, client_state={}, save_latest=False)
     except Exception as e:  # noqa: BLE001 - whatever the write raised, the ranks must agree on it
         barrier()
+        return _describe(e)
+    try:  # torch.save only closes its files: each rank makes its own reach the disk (where its writes are)
+        for file in folder.iterdir():
+            if file.is_file() and written_by(file.name) == rank:
+                fsync_file(file)
+    except OSError as e:
         return _describe(e)
     return None
 

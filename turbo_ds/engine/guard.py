@@ -8,12 +8,16 @@ divergence; a run whose loss leaves the range it started from is.
 
 Every rank must reach the same verdict before the optimizer step (a rank that skipped alone would
 leave ZeRO's collectives unmatched), so the verdict comes from the step's one all-reduce, which
-also carries the stop signals (preemption) the trainer used to reduce separately.
+also carries every reason to stop that one rank may see alone: a stop signal (preemption), the
+shards its loader streams lost in their epoch (the data budget is the sum over all ranks), and a
+failure that ends the run (e.g. the run-dir lock taken away). A failure's message is gathered
+only when a rank has one, so every rank stops at the same step with the same one-line error.
 """
 
 from __future__ import annotations
 
 import math
+import signal
 import statistics
 from collections import deque
 from dataclasses import dataclass
@@ -22,6 +26,7 @@ from typing import Any
 import torch
 
 from turbo_ds.engine.distributed import all_reduce_sum
+from turbo_ds.engine.gather import all_gather_objects
 
 WINDOW = 100  # good steps in each median
 
@@ -34,6 +39,10 @@ class Verdict:
     "a rank received a stop signal (SIGUSR1/SIGTERM)"
     problem: str | None
     "why the step is bad (None: it is good so far; DeepSpeed may still find non-finite gradients)"
+    lost_shards: int = 0
+    "the most shards the loader streams of every rank lost in one epoch"
+    failure: str | None = None
+    "why the run must end now, as the first rank that found a reason says it (None: no reason)"
 
 
 class DivergenceGuard:
@@ -55,16 +64,21 @@ class DivergenceGuard:
             return None
         return max(statistics.median(self.recent), statistics.median(self.first))
 
-    def verdict(self, local_loss: torch.Tensor, stop_signal: bool) -> Verdict:
-        """The step's verdict, identical on every rank: one all-reduce of (loss, stop signal)."""
-        loss_sum, signals = all_reduce_sum([local_loss, float(stop_signal)])
+    def verdict(self, local_loss: torch.Tensor, stop_signal: bool, lost_per_epoch: list[int] = (),
+                failure: str | None = None) -> Verdict:
+        """The step's verdict, identical on every rank: one all-reduce of (loss, stop signal, failures, this rank's
+        lost shards per epoch slot), and a gather of the failures' messages when there are any."""
+        loss_sum, signals, failures, *lost = all_reduce_sum([local_loss, float(stop_signal), float(failure is not None),
+                                                              *map(float, lost_per_epoch)])
+        if failures:
+            failure = next(reason for reason in all_gather_objects(failure) if reason is not None)
         loss, reference = loss_sum / self.world, self.reference
         problem = None
         if not math.isfinite(loss):
             problem = f"loss {loss}"
         elif self.factor and reference is not None and loss > self.factor * reference:
             problem = f"loss {loss:.4g} > {self.factor:g} x {reference:.4g}, the median of recent good steps"
-        return Verdict(loss, signals > 0, problem)
+        return Verdict(loss, signals > 0, problem, int(max(lost, default=0)), failure)
 
     def record(self, step: int, verdict: Verdict, applied: bool) -> str | None:
         """Account for the step once DeepSpeed has (or has not) applied it; returns why it was bad, or None."""
@@ -98,6 +112,20 @@ class DivergenceGuard:
         self.recent.extend(state.get("recent", []))
         self.first = list(state.get("first", []))
         self.skipped = int(state.get("skipped", 0))
+
+
+class PreemptionFlag:
+    """Set by SIGUSR1 (Slurm's warning before preemption or the time limit) or SIGTERM; the trainer reads it
+    between steps. Installed on the first line of ``main``, so that a signal during start-up (demo data,
+    planning, a universal conversion, the engine) stops the run at its first step instead of killing it."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal = signal.Signals(signum).name
 
 
 def finish_step(engine: Any, loss: torch.Tensor, skip: bool) -> bool:

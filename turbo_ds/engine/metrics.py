@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from turbo_ds.data.locations import redact
-from turbo_ds.fileio import atomic_write_bytes
+from turbo_ds.fileio import atomic_write_bytes, read_json_lines
 from turbo_ds.memory import peak_rss_bytes
 
 if TYPE_CHECKING:
@@ -73,16 +73,27 @@ class RunLog:
                       file=sys.stderr, flush=True)
 
     def rewind(self, step: int) -> None:
-        """Drop records past ``step`` (written after the checkpoint we resume from): no duplicated steps."""
+        """Drop the records past ``step``, which a resumed run writes again (0: a new run, in a run dir an earlier
+        run left without a checkpoint), and torn lines (a write cut short): no duplicated steps, every line JSON.
+        Says what it dropped, one line per file."""
         if self.monitors is not None:
             self.monitors.rewind(step)
         for path in (self.metrics_path, self.samples_path):
             if not (self.enabled and path.is_file()):
                 continue
-            lines = path.read_text().splitlines(keepends=True)
-            kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
-            if len(kept) != len(lines):
-                atomic_write_bytes(path, "".join(kept).encode())
+            records, torn = read_json_lines(path)
+            kept = [line for line, record in records if record.get("step", 0) <= step]
+            if len(kept) == len(records) and not torn:
+                continue
+            atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
+            dropped = []
+            if len(kept) < len(records):
+                dropped.append(f"{len(records) - len(kept)} record(s) past step {step} " + (
+                    "(written after the checkpoint this run resumes from)" if step else
+                    "(an earlier run in this run dir left no checkpoint)"))
+            if torn:
+                dropped.append(f"{torn} torn line(s) (not whole JSON: a write cut short by a full disk or a crash)")
+            self.info(f"{path.name}: dropped {' and '.join(dropped)}")
 
     def close(self) -> None:
         if self.monitors is not None:
