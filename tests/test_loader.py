@@ -14,6 +14,7 @@ from turbo_ds.config import ConfigError, DataConfig, EvalConfig, ModelConfig, lo
 from turbo_ds.data import transforms as T
 from turbo_ds.data import video
 from turbo_ds.data.position import StreamPosition
+from turbo_ds.data.samples import ClipSpec
 from turbo_ds.data.streams import EvalStream, TrainStream, make_loader
 from turbo_ds.data.video import CorruptVideo, dense_indices, read_frames, sample_indices
 from turbo_ds.prep.transcode import encode_mp4
@@ -53,6 +54,25 @@ def test_dense_window_and_stride():
     assert dense_indices(10, 4, 4, None).tolist() == [0, 4, 8, 9]  # short video: the last frame repeats
     clips = [dense_indices(100, 8, 4, None, k, 3)[0] for k in range(3)]
     assert clips == sorted(clips) and clips[0] > 0 and clips[-1] + 28 < 99  # evenly spread, inside the video
+
+
+def test_repeated_copies_take_their_own_windows_inside_one_stretch():
+    """data.repeat_aug: dense copies are windows of the same shape inside 1.5 windows of the video (decoded
+    once); uniform copies share their frames; one copy draws exactly what it drew before repeat_aug existed."""
+    data = DataConfig(sampling="dense", frame_stride=4, repeat_aug=4)
+    spec = ClipSpec.from_config(data, ModelConfig(num_frames=16), train=True)
+    assert spec.clips == 4 and ClipSpec.from_config(data, ModelConfig(), train=False).clips == 1
+    picks = spec.frame_indices(300, np.random.default_rng(0)).reshape(4, 16)  # (copies, T)
+    assert (np.diff(picks, axis=1) == 4).all() and len({p[0] for p in picks}) > 1
+    assert picks.max() - picks.min() < spec.span * 3 // 2
+    short = spec.frame_indices(50, np.random.default_rng(0)).reshape(4, 16)  # shorter than a window
+    assert short.min() >= 0 and short.max() == 49
+    uniform = ClipSpec.from_config(DataConfig(repeat_aug=2), ModelConfig(), train=True)
+    assert (uniform.frame_indices(300, np.random.default_rng(1)).reshape(2, 16) ==
+            sample_indices(300, 16, np.random.default_rng(1))).all()
+    one = ClipSpec.from_config(DataConfig(sampling="dense", frame_stride=4), ModelConfig(num_frames=16), train=True)
+    assert (one.frame_indices(300, np.random.default_rng(2)) ==
+            dense_indices(300, 16, 4, np.random.default_rng(2))).all()
 
 
 def test_uniform_clips_stay_in_their_segments():
@@ -217,6 +237,7 @@ def test_loader_takes_prefetch_from_config(tiny_demo):
     ("eval.num_crops=2", "eval.num_crops"), ("eval.num_clips=0", "eval.num_clips"),
     ("data.frame_stride=0", "data.frame_stride"), ("data.decode_threads=-1", "data.decode_threads"),
     ("data.prefetch_factor=0", "data.prefetch_factor"), ("data.sampling=random", "data.sampling"),
+    ("data.repeat_aug=0", "data.repeat_aug"),
 ])
 def test_config_checks_new_keys(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

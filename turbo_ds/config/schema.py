@@ -124,6 +124,8 @@ class DataConfig:
     "temporal sampling: one pick per equal segment of the whole video, or one window of consecutive picks"
     frame_stride: int = 4
     "dense sampling: frames between consecutive picks (the window spans (num_frames - 1) * stride + 1 frames)"
+    repeat_aug: int = 1
+    "training clips per decoded video (each its own crop, flip, token draw and dense window; K samples of the batch)"
     crop_scale: list[float] = field(default_factory=lambda: [0.7, 1.0])
     "random resized crop: range of the crop area as a fraction of the frame"
     hflip_prob: float = 0.5

@@ -61,7 +61,7 @@ def check_turbo(t: TurboConfig, train_steps: int) -> None:
 
 def check_data(d: DataConfig) -> None:
     _at_least(1, {"data.shuffle_buffer": d.shuffle_buffer, "data.prefetch_factor": d.prefetch_factor,
-                  "data.frame_stride": d.frame_stride})
+                  "data.frame_stride": d.frame_stride, "data.repeat_aug": d.repeat_aug})
     _at_least(0, {"data.num_workers": d.num_workers, "data.decode_threads": d.decode_threads,
                   "data.decoded_cache_clips": d.decoded_cache_clips})
     if d.max_decode_pixels < 64 * 64:

@@ -22,7 +22,7 @@ import math
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 import torch
@@ -84,6 +84,7 @@ class ClipSpec:
     num_crops: int
     normalize: T.Normalizer
     targets: Targets = "label"
+    repeat: int = 1  # training clips per decoded video (data.repeat_aug)
 
     @classmethod
     def from_config(cls, data: DataConfig, model: ModelConfig, train: bool, evaluation: EvalConfig | None = None,
@@ -91,7 +92,8 @@ class ClipSpec:
         """``frames`` overrides model.num_frames (a long video feeds several encoder clips)."""
         views = (1, 1) if train or evaluation is None else (evaluation.num_clips, evaluation.num_crops)
         return cls(frames or model.num_frames, model.img_size, train, data.sampling, data.frame_stride,
-                   tuple(data.crop_scale), data.hflip_prob, *views, T.Normalizer(data.mean, data.std), targets)
+                   tuple(data.crop_scale), data.hflip_prob, *views, T.Normalizer(data.mean, data.std), targets,
+                   data.repeat_aug if train else 1)
 
     @property
     def views(self) -> int:
@@ -102,13 +104,32 @@ class ClipSpec:
         """Frames a video needs so that no pick repeats a frame."""
         return (self.frames - 1) * self.frame_stride + 1 if self.sampling == "dense" else self.frames
 
+    @property
+    def clips(self) -> int:
+        """Temporal clips decoded per video: evaluation's num_clips, or training's repeated copies."""
+        return self.num_clips * self.repeat
+
     def frame_indices(self, num_frames: int, rng: np.random.Generator | None) -> np.ndarray:
-        """The frames of all temporal clips, clip after clip: (num_clips * frames,)."""
+        """The frames of all temporal clips, clip after clip: (clips * frames,)."""
+        if self.repeat > 1:
+            return self.copy_indices(num_frames, rng)
+
         def pick(clip: int) -> np.ndarray:
             if self.sampling == "dense":
                 return dense_indices(num_frames, self.frames, self.frame_stride, rng, clip, self.num_clips)
             return sample_indices(num_frames, self.frames, rng, clip, self.num_clips)
         return np.concatenate([pick(k) for k in range(self.num_clips)])
+
+    def copy_indices(self, num_frames: int, rng: np.random.Generator) -> np.ndarray:
+        """Training's ``repeat`` copies, copy after copy. Dense: each copy its own window, all inside one
+        stretch of 1.5 windows (so the decoder reads at most half a window more for K clips); uniform: the
+        copies share their frames (another jitter per copy would decode K times the frames)."""
+        if self.sampling != "dense":
+            return np.tile(sample_indices(num_frames, self.frames, rng), self.repeat)
+        stretch = min(num_frames, self.span + self.span // 2)
+        first = int(rng.integers(0, num_frames - stretch + 1))
+        return np.concatenate([first + dense_indices(stretch, self.frames, self.frame_stride, rng)
+                               for _ in range(self.repeat)])
 
 
 class DecodedCache:
@@ -176,30 +197,38 @@ def decode(spec: ClipSpec, cache: DecodedCache, pos: StreamPosition) -> Callable
         pos.short += length[0] < spec.span
         h, w = frames.shape[1:3]
         out = {k: v for k, v in s.items() if k != "mp4"}  # the frames replace the encoded video
-        return {**out, "frames": frames.reshape(spec.num_clips, spec.frames, h, w, 3)}  # (clips, T, H, W, 3) uint8
+        return {**out, "frames": frames.reshape(spec.clips, spec.frames, h, w, 3)}  # (clips, T, H, W, 3) uint8
     return decode_one
 
 
 def choose_views(spec: ClipSpec) -> Callable[[dict], dict]:
     """Adds ``views``: (clip, crop box, flip) per view; and for captions the ``text`` trained on (None in eval).
 
-    Training: one random resized crop, flipped with ``hflip_prob``, and one caption per clip per epoch,
-    drawn from the sample's ``rng`` after its frames. Evaluation: clip-major, view v = clip * num_crops + crop.
+    Training: per copy (``repeat``; ``copies`` makes them samples), one random resized crop, flipped with
+    ``hflip_prob``, and one caption (``text``: one per copy), drawn from the sample's ``rng`` after its frames.
+    Evaluation: clip-major, view v = clip * num_crops + crop.
     """
     def choose(s: dict) -> dict:
         h, w = s["frames"].shape[2:4]
-        if spec.train:
-            rng = s["rng"]
-            box = T.random_resized_crop_box(h, w, spec.crop_scale, rng)
-            views = [(0, box, bool(rng.random() < spec.hflip_prob))]
-        else:
+        if not spec.train:
             boxes = T.spatial_crop_boxes(h, w, spec.num_crops)
             views = [(k, box, False) for k in range(spec.num_clips) for box in boxes]
-        if spec.targets == "captions":
-            text = s["captions"][int(s["rng"].integers(len(s["captions"])))] if spec.train else None
-            return {**s, "views": views, "text": text}
-        return {**s, "views": views}
+            return {**s, "views": views, **({"text": None} if spec.targets == "captions" else {})}
+        rng, views, texts = s["rng"], [], []
+        for k in range(spec.repeat):
+            box = T.random_resized_crop_box(h, w, spec.crop_scale, rng)
+            views.append((k, box, bool(rng.random() < spec.hflip_prob)))
+            if spec.targets == "captions":
+                texts.append(s["captions"][int(rng.integers(len(s["captions"])))])
+        return {**s, "views": views, **({"text": texts} if texts else {})}
     return choose
+
+
+def copies(samples: Iterator[dict]) -> Iterator[dict]:
+    """Each training sample once per copy (``choose_views``' views): one view (and caption) each, frames shared."""
+    for s in samples:
+        for k, view in enumerate(s["views"]):
+            yield {**s, "views": [view], **({"text": s["text"][k]} if "text" in s else {})}
 
 
 def _empty_batch(*shape: int) -> torch.Tensor:
