@@ -75,6 +75,17 @@ def test_repeated_copies_take_their_own_windows_inside_one_stretch():
             dense_indices(300, 16, 4, np.random.default_rng(2))).all()
 
 
+def test_stride_counts_source_frames_in_shards_stored_at_a_lower_rate():
+    spec = ClipSpec.from_config(DataConfig(sampling="dense", frame_stride=4), ModelConfig(), train=True)
+    assert spec.stored({"fps": 7.5, "source_fps": 30.0}).frame_stride == 1
+    assert spec.stored({"fps": 15.0, "source_fps": 30.0}).span == 31
+    assert spec.stored({"fps": 7.5, "source_fps": 25.0}).frame_stride == 1  # 1.2 rounds to 1
+    for meta in ({}, {"fps": 30.0, "source_fps": 30.0}, {"fps": 7.5}, {"fps": "x", "source_fps": 30}):
+        assert spec.stored(meta) is spec
+    uniform = ClipSpec.from_config(DataConfig(), ModelConfig(), train=True)
+    assert uniform.stored({"fps": 7.5, "source_fps": 30.0}) is uniform
+
+
 def test_uniform_clips_stay_in_their_segments():
     picks = [sample_indices(64, 8, None, k, 2) for k in range(2)]
     assert picks[0].tolist() == list(range(2, 64, 8)) and picks[1].tolist() == list(range(6, 64, 8))

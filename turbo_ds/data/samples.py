@@ -21,7 +21,7 @@ import json
 import math
 import zlib
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
@@ -104,6 +104,16 @@ class ClipSpec:
         """Frames a video needs so that no pick repeats a frame."""
         return (self.frames - 1) * self.frame_stride + 1 if self.sampling == "dense" else self.frames
 
+    def stored(self, meta: dict) -> "ClipSpec":
+        """This spec for a video stored at another rate than its source's (json ``fps`` vs ``source_fps``, as
+        ``build_shards.py --fps`` writes): ``frame_stride`` counts source frames, so in stored frames it scales
+        by their ratio (at least 1; 16x4 from 30 fps stored at 7.5 fps: 16 consecutive stored frames)."""
+        fps, source = meta.get("fps"), meta.get("source_fps")
+        if self.sampling != "dense" or not isinstance(fps, (int, float)) or not isinstance(source, (int, float)) \
+                or fps <= 0 or source <= 0 or fps == source:
+            return self
+        return replace(self, frame_stride=max(1, round(self.frame_stride * fps / source)))
+
     @property
     def clips(self) -> int:
         """Temporal clips decoded per video: evaluation's num_clips, or training's repeated copies."""
@@ -160,6 +170,15 @@ class DecodedCache:
         return video[choose(len(video))]
 
 
+def _meta(sample: dict) -> dict:
+    """The sample's json member as a dict; {} when absent or unreadable (the metadata only refines sampling)."""
+    try:
+        meta = json.loads(sample["json"]) if "json" in sample else {}
+    except ValueError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 # ------------------------------------------------------------------ per-sample stages
 
 
@@ -187,14 +206,15 @@ def decode(spec: ClipSpec, cache: DecodedCache, pos: StreamPosition) -> Callable
         if "mp4" not in s:
             raise DataError("sample has no mp4 member")
         rng = s["rng"] if spec.train else None
+        clip = spec.stored(_meta(s))  # the dense stride in the video's stored frames
         length = [0]  # the video's true frame count, as last seen by the decoder
 
         def choose(n: int) -> np.ndarray:
             length[0] = n
-            return spec.frame_indices(n, rng)
+            return clip.frame_indices(n, rng)
 
         frames = cache.read(s["__key__"], s["mp4"], choose)
-        pos.short += length[0] < spec.span
+        pos.short += length[0] < clip.span
         h, w = frames.shape[1:3]
         out = {k: v for k, v in s.items() if k != "mp4"}  # the frames replace the encoded video
         return {**out, "frames": frames.reshape(spec.clips, spec.frames, h, w, 3)}  # (clips, T, H, W, 3) uint8
