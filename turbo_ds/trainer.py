@@ -245,7 +245,8 @@ class Trainer:
         for micro in range(self.plan.accumulation):
             batch = next(batches)
             keys += batch["key"]
-            loss = self.task.loss(self.engine, to_device(batch, self.engine.device, self.stream.spec.normalize),
+            spec = self.stream.spec  # normalisation and RandAugment run on the device
+            loss = self.task.loss(self.engine, to_device(batch, self.engine.device, spec.normalize, spec.randaug),
                                   self.dtype)
             self.data_events += self.stream.record(batch)
             losses.append(loss.detach())  # stays on the device: no host sync per micro-step

@@ -85,6 +85,7 @@ class ClipSpec:
     normalize: T.Normalizer
     targets: Targets = "label"
     repeat: int = 1  # training clips per decoded video (data.repeat_aug)
+    randaug: T.RandAugment | None = None  # training: each clip's ops drawn here, applied on the device
 
     @classmethod
     def from_config(cls, data: DataConfig, model: ModelConfig, train: bool, evaluation: EvalConfig | None = None,
@@ -93,7 +94,8 @@ class ClipSpec:
         views = (1, 1) if train or evaluation is None else (evaluation.num_clips, evaluation.num_crops)
         return cls(frames or model.num_frames, model.img_size, train, data.sampling, data.frame_stride,
                    tuple(data.crop_scale), data.hflip_prob, *views, T.Normalizer(data.mean, data.std), targets,
-                   data.repeat_aug if train else 1)
+                   data.repeat_aug if train else 1,
+                   T.RandAugment(data.randaug.n, data.randaug.m) if train and data.randaug.n else None)
 
     @property
     def views(self) -> int:
@@ -225,7 +227,8 @@ def choose_views(spec: ClipSpec) -> Callable[[dict], dict]:
     """Adds ``views``: (clip, crop box, flip) per view; and for captions the ``text`` trained on (None in eval).
 
     Training: per copy (``repeat``; ``copies`` makes them samples), one random resized crop, flipped with
-    ``hflip_prob``, and one caption (``text``: one per copy), drawn from the sample's ``rng`` after its frames.
+    ``hflip_prob``, one caption (``text``: one per copy) and, with ``data.randaug``, its RandAugment ops
+    (``randaug``: one draw per copy), drawn from the sample's ``rng`` after its frames.
     Evaluation: clip-major, view v = clip * num_crops + crop.
     """
     def choose(s: dict) -> dict:
@@ -234,21 +237,24 @@ def choose_views(spec: ClipSpec) -> Callable[[dict], dict]:
             boxes = T.spatial_crop_boxes(h, w, spec.num_crops)
             views = [(k, box, False) for k in range(spec.num_clips) for box in boxes]
             return {**s, "views": views, **({"text": None} if spec.targets == "captions" else {})}
-        rng, views, texts = s["rng"], [], []
+        rng, views, per_copy = s["rng"], [], {"text": [], "randaug": []}
         for k in range(spec.repeat):
             box = T.random_resized_crop_box(h, w, spec.crop_scale, rng)
             views.append((k, box, bool(rng.random() < spec.hflip_prob)))
             if spec.targets == "captions":
-                texts.append(s["captions"][int(rng.integers(len(s["captions"])))])
-        return {**s, "views": views, **({"text": texts} if texts else {})}
+                per_copy["text"].append(s["captions"][int(rng.integers(len(s["captions"])))])
+            if spec.randaug is not None:
+                per_copy["randaug"].append(spec.randaug.draw(rng))
+        return {**s, "views": views, **{key: v for key, v in per_copy.items() if v}}
     return choose
 
 
 def copies(samples: Iterator[dict]) -> Iterator[dict]:
-    """Each training sample once per copy (``choose_views``' views): one view (and caption) each, frames shared."""
+    """Each training sample once per copy (``choose_views``' views): one view, caption and RandAugment draw
+    each, the frames shared."""
     for s in samples:
         for k, view in enumerate(s["views"]):
-            yield {**s, "views": [view], **({"text": s["text"][k]} if "text" in s else {})}
+            yield {**s, "views": [view], **{key: s[key][k] for key in ("text", "randaug") if key in s}}
 
 
 def _empty_batch(*shape: int) -> torch.Tensor:
@@ -270,15 +276,22 @@ def collate(samples: list[dict], spec: ClipSpec, stream: str, position: StreamPo
             slot.copy_(T.crop_flip_resize(clips[k], box, flip, spec.size).permute(3, 0, 1, 2))  # (C, T, H, W)
     targets = ({"label": torch.tensor([s["label"] for s in samples])} if spec.targets == "label"  # (B,)
                else {"captions": [s["captions"] for s in samples], "text": [s["text"] for s in samples]})
+    if spec.randaug is not None:  # each clip's RandAugment ops, for the device: (B, n, 2)
+        targets["randaug"] = torch.tensor([s["randaug"] for s in samples], dtype=torch.int64).view(len(samples), -1, 2)
     return {"video": video if spec.views > 1 else video.flatten(0, 1),  # (B, V, C, T, H, W) or (B, C, T, H, W)
             **targets, "key": [s["__key__"] for s in samples], "stream": stream, "position": position.state(),
             "events": position.take_events()}
 
 
-def to_device(batch: dict[str, Any], device: torch.device, normalize: T.Normalizer) -> dict[str, Any]:
-    """A loader batch on ``device``, its uint8 video normalised there to float32 (``spec.normalize``).
+def to_device(batch: dict[str, Any], device: torch.device, normalize: T.Normalizer,
+              randaug: T.RandAugment | None = None) -> dict[str, Any]:
+    """A loader batch on ``device``, its uint8 video augmented there (``spec.randaug``, training: each clip's
+    drawn ops, batched) and normalised to float32 (``spec.normalize``).
 
     Copies are non-blocking: from pinned memory (``make_loader(pin_memory=True)``) they do not stall the host.
     """
     out = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    return {**out, "video": normalize(out["video"])}
+    drawn, video = out.pop("randaug", None), out["video"]
+    if randaug is not None and drawn is not None:
+        video = randaug(video, drawn)
+    return {**out, "video": normalize(video)}
