@@ -194,7 +194,8 @@ class Trainer:
         repeat = cfg.data.repeat_aug  # a clip is one of a decoded video's copies
         videos = f" ({self.plan.micro // repeat} videos x data.repeat_aug {repeat})" if repeat > 1 else ""
         self.log.info(f"training steps {self.step + 1}..{total}: {self.plan.micro} clips{videos} x "
-                      f"{self.plan.accumulation} accumulation x {self.plan.world} ranks = {self.plan.global_size} clips/step, "
+                      f"{self.plan.accumulation} accumulation x {self.plan.world} ranks = {self.plan.global_size} "
+                      "clips/step, "
                       f"{self.task.tokens_kept}/{self.task.tokens_total} tokens kept, dtype {self.dtype}, "
                       f"collective timeout {cfg.train.collective_timeout_s:g} s from the first step")
         self.bar = bar = progress_bar(total, self.step, self.dist.is_main)

@@ -68,8 +68,8 @@ def check_data(d: DataConfig) -> None:
         raise ConfigError(f"data.max_decode_pixels={d.max_decode_pixels}: must be at least 4096 (64x64); "
                           "the default 2073600 is 1920x1080")
     if not 0 <= d.randaug.n <= 16 or not 0 <= d.randaug.m <= 10:
-        raise ConfigError(f"data.randaug={{n: {d.randaug.n}, m: {d.randaug.m}}}: needs 0 <= n <= 16 ops (0 = off) and "
-                          "0 <= m <= 10 (timm's magnitude scale)")
+        raise ConfigError(f"data.randaug={{n: {d.randaug.n}, m: {d.randaug.m}}}: needs 0 <= n <= 16 ops "
+                          "(0 = off) and 0 <= m <= 10 (timm's magnitude scale)")
     if d.decode_timeout_s < 0:
         raise ConfigError(f"data.decode_timeout_s={d.decode_timeout_s}: must be >= 0 (0 = no limit)")
     if len(d.crop_scale) != 2 or not 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1:

@@ -276,10 +276,10 @@ def collate(samples: list[dict], spec: ClipSpec, stream: str, position: StreamPo
             slot.copy_(T.crop_flip_resize(clips[k], box, flip, spec.size).permute(3, 0, 1, 2))  # (C, T, H, W)
     targets = ({"label": torch.tensor([s["label"] for s in samples])} if spec.targets == "label"  # (B,)
                else {"captions": [s["captions"] for s in samples], "text": [s["text"] for s in samples]})
-    if spec.randaug is not None:  # each clip's RandAugment ops, for the device: (B, n, 2)
-        targets["randaug"] = torch.tensor([s["randaug"] for s in samples], dtype=torch.int64).view(len(samples), -1, 2)
+    # each clip's RandAugment ops, applied on the device: (B, n, 2)
+    drawn = {"randaug": torch.tensor([s["randaug"] for s in samples])} if spec.randaug is not None else {}
     return {"video": video if spec.views > 1 else video.flatten(0, 1),  # (B, V, C, T, H, W) or (B, C, T, H, W)
-            **targets, "key": [s["__key__"] for s in samples], "stream": stream, "position": position.state(),
+            **targets, **drawn, "key": [s["__key__"] for s in samples], "stream": stream, "position": position.state(),
             "events": position.take_events()}
 
 

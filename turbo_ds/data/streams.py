@@ -14,7 +14,7 @@ rank/worker (epoch e is a deterministic function of the seed)::
     -> parse targets -> decode (data.repeat_aug copies' windows at once) -> choose views -> one sample per copy
 
 and the epochs one after another -> batch (uint8; a batch may span the end of an epoch: no sample is dropped)
-|| in the training process: to_device -> normalise (float32).
+|| in the training process: to_device -> RandAugment (data.randaug: each clip's drawn ops) -> normalise (float32).
 
 Evaluation: every shard in order -> tar samples -> split by rank (sample i goes to rank
 i % world) -> split by worker ((i // world) % workers) -> count -> skip lost shards' placeholders

@@ -17,10 +17,10 @@ Each video is re-encoded to H.264 mp4 (resampled by timestamps to --fps, downsca
 --short-side, cut to --max-seconds, a keyframe every --gop frames; audio dropped unless
 --keep-audio), or stored as it is with --no-transcode; --for-config RECIPE picks the rate, keyframe
 interval and short side that recipe samples (16x4 dense from 30 fps: 7.5 fps, a keyframe every 8
-frames, the model's crop size as short side), so a training clip decodes only the frames it uses. Shard k holds manifest items
-[k*S, (k+1)*S) (after --shuffle's fixed reordering, when given), so the output is
-byte-identical for any --workers. A killed run resumes
-when started again with the same command. Unusable rows (missing file, undecodable
+frames, the model's crop size as short side), so a training clip decodes only the frames it uses.
+Shard k holds manifest items [k*S, (k+1)*S) (after --shuffle's fixed reordering, when given), so
+the output is byte-identical for any --workers. A killed run resumes when started again with the
+same command. Unusable rows (missing file, undecodable
 video, missing field) are skipped and listed in OUT/errors.jsonl; the run ends with
 "N written, M skipped" and exits 1 only when nothing was written.
 
