@@ -24,7 +24,14 @@ frames; with it the model input defaults to 16 x 224 with K400's dense 16x4 samp
 
 The GPU user's units: decode cost per clip per core (CPU ms per clip of the loader, all
 its processes' time) and, with ``--model-clips-per-s R`` (the clips/s one GPU's training
-step consumes), the *cores per GPU needed* = R x CPU s per clip.
+step consumes), the *cores per GPU needed* = R x CPU s per clip. ``--repeat-aug K`` loads with
+``data.repeat_aug`` K (the figures stay per delivered clip); ``--randaug N M`` also times
+``data.randaug`` {n: N, m: M}'s batched ops on the CPU (``randaug_cpu_ms_per_clip``; in training
+they run on the GPU). ``--make-real DIR --config RECIPE`` writes the clips as ``build_shards.py
+--for-config RECIPE`` stores them and loads them with the recipe's model and data settings; with
+``--model-clips-per-s R`` it also prints ``delivered_speedup``: Turbo's speed-up at 12, 16 and 24
+cores per GPU (min of the GPU's rate and cores x clips/s per core, keep 0.25 over keep 1.0, whose
+rate the ViT-B/16 FLOP model scales from R).
 
 Remote shards: ``--shards URL`` (https://, s3://, gs://, pipe:) times the loader reading
 them (whole shards prefetched, ``--prefetch-shards``); raw decoding reads the same clips
@@ -57,16 +64,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a 
 
 import av  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
-from turbo_ds.config import DataConfig, ModelConfig  # noqa: E402
+from turbo_ds.config import DataConfig, ModelConfig, load_config  # noqa: E402
 from turbo_ds.data.locations import is_remote, redact  # noqa: E402
 from turbo_ds.data.shards import MANIFEST, shard_name, write_manifest, write_shard  # noqa: E402
 from turbo_ds.data.source import ShardSource  # noqa: E402
 from turbo_ds.data.streams import TrainStream, make_loader  # noqa: E402
+from turbo_ds.data.transforms import RandAugment  # noqa: E402
 from turbo_ds.data.transport import read_bytes  # noqa: E402
 from turbo_ds.data.video import iter_frames  # noqa: E402
 from turbo_ds.prep.demo import CLASS_NAMES, DemoSettings, render_clip  # noqa: E402
-from turbo_ds.prep.transcode import TranscodeSettings, encode_mp4, transcode  # noqa: E402
+from turbo_ds.models.flops import transformer_flops  # noqa: E402
+from turbo_ds.prep.transcode import TranscodeSettings, encode_mp4, recipe_encoding, transcode  # noqa: E402
 
 
 def make_long_clips(folder: Path, clips: int, frames: int = 64, size: int = 128, gop: int = 8,
@@ -106,10 +116,11 @@ def real_looking_frames(rng: np.random.Generator, frames: int, width: int = 480,
         yield np.clip(frame, 0, 255).astype(np.uint8)
 
 
-def make_real_clips(folder: Path, clips: int, seconds: float, fps: int = 30, shard_size: int = 8) -> Path:
-    """Camera-like sources transcoded as build_shards does: 256 short side, a keyframe every 16 frames."""
+def make_real_clips(folder: Path, clips: int, seconds: float, fps: int = 30, shard_size: int = 8,
+                    settings: TranscodeSettings = TranscodeSettings(short_side=256, gop=16)) -> Path:
+    """Camera-like sources transcoded as build_shards does: by default 256 short side, a keyframe every 16 frames."""
     folder.mkdir(parents=True, exist_ok=True)
-    settings, shards = TranscodeSettings(short_side=256, gop=16), []
+    shards = []
     for k, start in enumerate(range(0, clips, shard_size)):
         samples = []
         for i in range(start, min(start + shard_size, clips)):
@@ -123,7 +134,7 @@ def make_real_clips(folder: Path, clips: int, seconds: float, fps: int = 30, sha
         shards.append({"name": shard_name("real", k), "num_samples": len(samples)})
     write_manifest(folder, task="action_cls", shards=shards, class_names=CLASS_NAMES,
                    build={"tool": "bench/loader_speed.py --make-real", "seconds": seconds, "fps": fps,
-                          "short_side": settings.short_side, "gop": settings.gop})
+                          "short_side": settings.short_side, "gop": settings.gop, "stored_fps": settings.fps})
     return folder
 
 
@@ -254,7 +265,16 @@ def main(argv=None) -> None:
                    help="serve the --shards folder with nginx on 127.0.0.1 and compare it with the folder itself")
     p.add_argument("--limit-rate", default=None, help="--nginx: nginx limit_rate per connection, e.g. 2m (bytes/s)")
     p.add_argument("--prefetch-shards", type=int, default=2, help="data.prefetch_shards for remote shards")
+    p.add_argument("--repeat-aug", type=int, default=None, help="data.repeat_aug: training clips per decoded video "
+                   "(the figures are per delivered clip; --batch-size must be a multiple)")
+    p.add_argument("--randaug", type=float, nargs=2, metavar=("N", "M"),
+                   help="also time data.randaug {n: N, m: M} on the CPU path (batched, as on the device), per clip")
+    p.add_argument("--config", metavar="RECIPE", help="--make-real: store the clips as `build_shards.py --for-config "
+                   "RECIPE` does and load them with its model and data settings (frames, size, sampling, stride, "
+                   "repeat_aug unless --repeat-aug is given)")
     a = p.parse_args(argv)
+    if a.config and not a.make_real:
+        p.error("--config: with --make-real DIR (the clips are written as that recipe's shards are built)")
     if a.model_clips_per_s is not None and a.model_clips_per_s <= 0:
         p.error(f"--model-clips-per-s={a.model_clips_per_s}: must be > 0")
 
@@ -266,7 +286,7 @@ def main(argv=None) -> None:
         folder = str(Path(a.make_real) / "train")
         if not (Path(folder) / MANIFEST).is_file():
             print(f"writing {a.real_clips} camera-like {a.real_seconds:g}-s clips to {folder}", flush=True)
-            make_real_clips(Path(folder), a.real_clips, a.real_seconds)
+            make_real_clips(Path(folder), a.real_clips, a.real_seconds, **recipe_settings(a))
         a.size, a.sampling = a.size or 224, a.sampling or "dense"
     else:
         folder = dataset_folder(a.shards)
@@ -291,7 +311,7 @@ def run(a: argparse.Namespace, folder: str) -> None:
     a.sampling = a.sampling or "uniform"
     data = DataConfig(train=folder, val=folder, num_workers=a.workers, decoded_cache_clips=0,
                       sampling=a.sampling, frame_stride=a.stride, decode_threads=a.decode_threads, shuffle_buffer=64,
-                      prefetch_shards=a.prefetch_shards)
+                      prefetch_shards=a.prefetch_shards, repeat_aug=a.repeat_aug or 1)
     local = dataclasses.replace(data, train=a.local, val=a.local) if a.local else None
     model = ModelConfig(num_frames=a.frames, img_size=size)
     warmup = 2 * max(1, a.workers) if a.warmup is None else a.warmup
@@ -320,8 +340,12 @@ def run(a: argparse.Namespace, folder: str) -> None:
         "workers": a.workers, "batch_size": a.batch_size, "batches": a.batches, "repeats": a.repeats,
         "frames": a.frames, "size": size, "sampling": a.sampling, "frame_stride": a.stride,
         "decode_threads": a.decode_threads, "clip_frames": frames_per_clip, "clip_hw": [height, width],
-        "shards": redact(folder), "prefetch_shards": a.prefetch_shards, "runs": runs,
+        "shards": redact(folder), "prefetch_shards": a.prefetch_shards, "runs": runs, "repeat_aug": a.repeat_aug or 1,
     }
+    if a.model_clips_per_s:
+        result["delivered_speedup"] = delivered_speedup(a.model_clips_per_s, per_core, a.frames, size)
+    if a.randaug:
+        result["randaug_cpu_ms_per_clip"] = randaug_cpu_ms(a.frames, size, int(a.randaug[0]), a.randaug[1])
     if local:
         result.update(local_loader_clips_per_s=med["loader_local"]["clips_per_s"], local=a.local,
                       remote_vs_local=loader["clips_per_s"] / med["loader_local"]["clips_per_s"])
@@ -351,6 +375,48 @@ def run(a: argparse.Namespace, folder: str) -> None:
     print(f"loader: {loader['cpu_ms_per_clip']:.1f} CPU ms per {a.frames}x{size} clip = {per_core:.1f} clips/s per core")
     if a.model_clips_per_s:
         print(f"cores per GPU needed at {a.model_clips_per_s:g} model clips/s: {result['cores_per_gpu']:.1f}")
+    if a.model_clips_per_s:
+        print("delivered Turbo speed-up, keep 0.25 over keep 1.0 (min of the GPU's rate and cores x clips/s per core): "
+              + ", ".join(f"{c} cores per GPU {x:.2f}x" for c, x in result["delivered_speedup"].items()))
+    if a.randaug:
+        print(f"RandAugment n={int(a.randaug[0])} m={a.randaug[1]:g} on the CPU path: "
+              f"{result['randaug_cpu_ms_per_clip']:.1f} CPU ms per {a.frames}x{size} clip (on the GPU in training)")
+
+
+def recipe_settings(a: argparse.Namespace) -> dict:
+    """--config RECIPE: the recipe's model and data settings on ``a`` and the encoding its shards are built with."""
+    if not a.config:
+        return {}
+    cfg = load_config(a.config)
+    a.frames, a.size, a.sampling, a.stride = (cfg.model.num_frames, cfg.model.img_size, cfg.data.sampling,
+                                              cfg.data.frame_stride)
+    a.repeat_aug = a.repeat_aug or cfg.data.repeat_aug
+    return {"settings": TranscodeSettings(**recipe_encoding(cfg))}
+
+
+def delivered_speedup(keep_quarter_rate: float, per_core: float, frames: int, size: int,
+                      cores: tuple[int, ...] = (12, 16, 24)) -> dict[str, float]:
+    """Turbo's speed-up a user sees at each core count per GPU: clips/s delivered at keep 0.25 (the GPU consumes
+    ``keep_quarter_rate``) over keep 1.0 (its rate scaled by the ViT-B/16 FLOP model, tubelet 2), each the min of
+    the GPU's rate and cores x ``per_core``."""
+    tokens = frames // 2 * (size // 16) ** 2
+    weights = 12 * (12 * 768 ** 2) + 3 * 2 * 16 * 16 * 768  # ViT-B blocks (12 d^2 each) + the tubelet projection
+    full_rate = keep_quarter_rate * transformer_flops(weights, 12, tokens // 4, 768) / transformer_flops(
+        weights, 12, tokens, 768)
+    return {str(c): min(keep_quarter_rate, c * per_core) / min(full_rate, c * per_core) for c in cores}
+
+
+def randaug_cpu_ms(frames: int, size: int, n: int, m: float, clips: int = 8, repeats: int = 3) -> float:
+    """CPU ms per clip of data.randaug's batched ops on ``clips`` random uint8 clips (median of ``repeats``)."""
+    augment, rng = RandAugment(n, m), np.random.default_rng(0)
+    video = torch.from_numpy(rng.integers(0, 256, (clips, 3, frames, size, size), dtype=np.uint8))
+    times = []
+    for _ in range(repeats):
+        drawn = torch.tensor([augment.draw(rng) for _ in range(clips)])
+        cpu = cpu_seconds()
+        augment(video, drawn)
+        times.append((cpu_seconds() - cpu) * 1e3 / clips)
+    return statistics.median(times)
 
 if __name__ == "__main__":
     main()

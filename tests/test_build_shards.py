@@ -500,3 +500,53 @@ def test_parts_uploaded_with_other_settings_are_refused_at_the_merge(tmp_path):
         last = run_build(*args, "--out", url, "--staging", tmp_path / "c", "--part", 1, "--parts", 3)
         assert "all 3 parts done, merged: 10 written, 2 skipped" in last.stdout
     assert build_files(www / "up" / "ds") == build_files(tmp_path / "one")
+
+
+# ------------------------------------------------------------------ shards stored as a recipe samples them
+
+
+@pytest.mark.unit
+def test_recipe_encoding_follows_the_recipes_sampling():
+    from turbo_ds.config import load_config
+    from turbo_ds.prep.transcode import recipe_encoding
+
+    assert recipe_encoding(load_config(REPO / "configs/k400_vitb.yaml")) == {"short_side": 224, "gop": 8, "fps": 7.5}
+    assert recipe_encoding(load_config(REPO / "configs/ssv2_vitb.yaml")) == {"short_side": 224, "gop": 8}  # uniform
+
+
+@pytest.mark.e2e
+def test_shards_for_a_config_are_sampled_in_source_frames(tmp_path):
+    """--for-config configs/k400_vitb.yaml stores a 30 fps video at 7.5 fps with a keyframe every 8 frames; the
+    loader's 16x4 dense clip of it is then 16 consecutive stored frames, 4 source frames apart (frame i of the
+    source is a flat grey 2 * i), in training and evaluation alike; --fps given explicitly wins."""
+    from turbo_ds.config import DataConfig, ModelConfig
+    from turbo_ds.data.streams import EvalStream, TrainStream, make_loader
+    from turbo_ds.prep.transcode import encode_mp4
+
+    (tmp_path / "v").mkdir()
+    grey = np.stack([np.full((36, 48, 3), 2 * i, np.uint8) for i in range(120)])  # 4 s at 30 fps
+    for k in range(2):
+        (tmp_path / "v" / f"{k}.mp4").write_bytes(encode_mp4(grey, fps=30))
+    manifest = write_csv(tmp_path / "m.csv", "path,label", ["0.mp4,a", "1.mp4,b"])
+    run_build("--task", "action_cls", "--manifest", manifest, "--video-root", tmp_path / "v", "--out",
+              tmp_path / "out", "--workers", "1", "--for-config", REPO / "configs/k400_vitb.yaml")
+    sample = next(iter(wds.WebDataset(str(tmp_path / "out" / "shard-000000.tar"), shardshuffle=False)))
+    meta = json.loads(sample["json"])
+    assert (meta["fps"], meta["source_fps"], meta["frames"]) == (7.5, 30.0, 30)
+    with av.open(io.BytesIO(sample["mp4"])) as c:
+        keyframes = [i for i, f in enumerate(c.decode(video=0)) if f.key_frame]
+    assert keyframes[0] == 0 and np.diff(keyframes + [30]).max() <= 8
+    data = DataConfig(train=str(tmp_path / "out"), val=str(tmp_path / "out"), sampling="dense", frame_stride=4,
+                      shuffle_buffer=1, hflip_prob=0.0)
+    model = ModelConfig(num_frames=16, img_size=32)
+    for stream in (TrainStream.from_config(data, model, 0, 1, 2, seed=0), EvalStream.from_config(data, model, 0, 1, 2)):
+        video = next(iter(make_loader(stream, 0)))["video"]  # (B, C, T, H, W) uint8
+        levels = video.float().mean(dim=(1, 3, 4))  # (B, T): 2 x the source frame each shows
+        assert (levels.diff(dim=1) - 8).abs().max() < 2, levels  # 4 source frames apart, not 16
+    run_build("--task", "action_cls", "--manifest", manifest, "--video-root", tmp_path / "v", "--out",
+              tmp_path / "out15", "--workers", "1", "--for-config", REPO / "configs/k400_vitb.yaml", "--fps", "15")
+    sample = next(iter(wds.WebDataset(str(tmp_path / "out15" / "shard-000000.tar"), shardshuffle=False)))
+    assert json.loads(sample["json"])["fps"] == 15.0
+    proc = run_build("--task", "action_cls", "--manifest", manifest, "--out", tmp_path / "x", "--no-transcode",
+                     "--for-config", REPO / "configs/k400_vitb.yaml", check=False)
+    assert proc.returncode == 2 and "drop --for-config" in proc.stderr

@@ -112,6 +112,17 @@ def test_compile_is_refused_with_zero3_only():
 
 
 @pytest.mark.unit
+def test_repeat_aug_must_divide_the_micro_batch():
+    cfg = Config()
+    cfg.data.repeat_aug = 4
+    plan_batches(cfg, load_ds_config(REPO / "ds_configs/zero2_bf16.json"), world=1)  # micro 16
+    cfg.data.repeat_aug = 3
+    with pytest.raises(ConfigError, match=r"data.repeat_aug=3: must divide the micro-batch \(ds_config "
+                                          r"train_micro_batch_size_per_gpu=16\)"):
+        plan_batches(cfg, load_ds_config(REPO / "ds_configs/zero2_bf16.json"), world=1)
+
+
+@pytest.mark.unit
 def test_compile_without_a_cxx_compiler_is_a_config_error(monkeypatch):
     from turbo_ds.models.vit import check_compiler
     cfg = Config()

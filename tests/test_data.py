@@ -6,6 +6,7 @@ import io
 import subprocess
 import sys
 import tarfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,29 @@ def test_lost_shards_are_summed_per_epoch_whichever_epoch_a_stream_is_in():
     streams = [{"epoch": 3, "lost_in_epoch": 1, "lost_epoch_before": 2},  # its batch is already in epoch 3
                {"epoch": 2, "lost_in_epoch": 1}]  # still in epoch 2, from a checkpoint without the second key
     assert lost_per_epoch(streams) == [0, 0, 3, 1]  # slot e % 4: epoch 2 lost 3 shards, epoch 3 one so far
+
+
+def test_repeated_augmentation_copies_a_video_and_resumes_exactly(tiny_demo):
+    """data.repeat_aug 2: a batch of 4 is 2 videos x 2 copies, each copy its own crop and dense window; a resume
+    after batch 5 goes on with the same copies, and an epoch (32 videos a rank) holds every video twice."""
+    cfg = data_config(tiny_demo, repeat_aug=2, sampling="dense", frame_stride=2, crop_scale=[0.3, 1.0])
+    model = ModelConfig(num_frames=4, img_size=32)
+    batches = iter(make_loader(TrainStream.from_config(cfg, model, 1, 2, 4, seed=3), 0))
+    seen = [next(batches) for _ in range(17)]
+    for b in seen:
+        assert b["key"][0::2] == b["key"][1::2] and len(set(b["key"])) == 2
+        assert torch.equal(b["label"][0::2], b["label"][1::2])
+        assert not torch.equal(b["video"][0], b["video"][1])  # another crop (and window) per copy
+    assert [b["position"]["epoch"] for b in seen] == [0] * 16 + [1]  # 32 videos x 2 copies = 16 batches
+    epoch = Counter(k for b in seen[:16] for k in b["key"])
+    assert len(epoch) == 32 and set(epoch.values()) == {2}
+    again = iter(make_loader(resumed(TrainStream.from_config(cfg, model, 1, 2, 4, seed=3),
+                                     {seen[5]["stream"]: seen[5]["position"]}), 0))
+    for expected in seen[6:]:
+        got = next(again)
+        assert got["key"] == expected["key"] and torch.equal(got["video"], expected["video"])
+    with pytest.raises(ValueError, match="data.repeat_aug=2: must divide the batch size 3"):
+        TrainStream.from_config(cfg, model, 1, 2, 3, seed=3)
 
 
 def test_eval_stream_covers_every_clip_once(tiny_demo):

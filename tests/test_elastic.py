@@ -138,15 +138,16 @@ def test_resampled_and_old_positions_start_a_fresh_epoch():
 
 
 def read_ranks(demo: Path, layout: Layout, steps: int, batch: int, resume=None, resume_layout=None,
-               source: str = "folder"):
+               source: str = "folder", **data_kw):
     """What each rank of ``layout`` trains on in ``steps`` steps: its keys and every stream's last position.
 
-    ``source`` "pipe": the shards as URLs (``pipe:cat ...``, manifest given), read as remote shards are."""
+    ``source`` "pipe": the shards as URLs (``pipe:cat ...``, manifest given), read as remote shards are;
+    ``data_kw``: further DataConfig keys."""
     train = {"folder": {"train": str(demo / "train")},
              "pipe": {"train": f"pipe:cat {demo}/train/train-{{000000..000003}}.tar",
                       "train_manifest": str(demo / "train" / "manifest.json")}}[source]
     data = DataConfig(**train, val=str(demo / "val"), shuffle_buffer=8,
-                      num_workers=layout.workers if layout.workers > 1 else 0)
+                      num_workers=layout.workers if layout.workers > 1 else 0, **data_kw)
     keys, positions, epochs = [], {}, []
     for rank in range(layout.ranks):
         stream = resumed(TrainStream.from_config(data, ModelConfig(num_frames=4, img_size=32), rank, layout.ranks,
@@ -183,6 +184,20 @@ def test_real_streams_resume_exactly_at_another_layout(tiny_demo, source):
     assert resumed == third[8:20] + third[28:40]
 
 
+@pytest.mark.unit
+def test_repeated_copies_resume_exactly_at_another_layout(tiny_demo):
+    """data.repeat_aug 2, batches of 4 (2 videos x 2 copies): 4 ranks read 2 batches (16 videos), then 2 ranks
+    x 2 workers read the epoch's rest (12 videos a stream, 6 batches) and go on into epoch 1: over epoch 0
+    every video is trained on exactly twice, its copies side by side."""
+    every = {f"train{i:07d}" for i in range(64)}
+    first, pos, layout, _ = read_ranks(tiny_demo, Layout(4, 1), 2, 4, repeat_aug=2)
+    second, *_, epochs = read_ranks(tiny_demo, Layout(2, 2), 13, 4, pos, layout, repeat_aug=2)
+    assert epochs == ([0] * 12 + [1]) * 2  # each rank: its two workers' 6 batches in turn, then epoch 1
+    assert first[0::2] == first[1::2] and second[0::2] == second[1::2]
+    trained = first + second[:48] + second[52:100]
+    assert key_counts(trained[0::2], every) == exact(every) and Counter(trained) == Counter(2 * sorted(every))
+
+
 # ------------------------------------------------------------------ real DeepSpeed runs
 
 
@@ -195,42 +210,46 @@ def micro_ds_config(tmp_path: Path, stage: int) -> str:
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("stage", [0, 1, 2, 3])
-def test_elastic_resume_2_4_2_ranks_sees_every_clip_once(tiny_demo, tmp_path, stage, monkeypatch):
+@pytest.mark.parametrize("stage, repeat", [(0, 1), (1, 1), (2, 1), (3, 1), (0, 2)])
+def test_elastic_resume_2_4_2_ranks_sees_every_clip_once(tiny_demo, tmp_path, stage, repeat, monkeypatch):
     """One epoch of 64 clips, 4 per rank and step: steps 1-2 on 2 ranks (16 clips), 3-4 on 4 ranks
-    (32), 5-6 on 2 ranks again (the last 16): both changes fall in the middle of epoch 0."""
+    (32), 5-6 on 2 ranks again (the last 16): both changes fall in the middle of epoch 0. With data.repeat_aug 2
+    a step holds 2 videos x 2 copies a rank and the steps double: every video is trained on twice."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # up to 4 ranks on 2 cores: one thread each (a third less CPU)
     run_dir, ds = tmp_path / "run", micro_ds_config(tmp_path, stage)
     sets = ["train.steps=100", "train.eval_every=1000", "train.ckpt_every=1000", "train.log_every=1",
-            "train.log_samples=true"]
-    for ranks, stop in [(2, 2), (4, 4), (2, 6)]:
+            "train.log_samples=true", f"data.repeat_aug={repeat}"]
+    for ranks, stop in [(2, 2 * repeat), (4, 4 * repeat), (2, 6 * repeat)]:
         proc = run_train(tiny_overrides(tiny_demo, run_dir, *sets, f"train.stop_at_step={stop}"), ranks=ranks,
                          ds_config=ds)
         output = proc.stdout[-2000:] + proc.stderr[-3000:]
         assert proc.returncode == 0 and f"stopping at step {stop}" in proc.stdout, output
-        if stop > 2:
+        if stop > 2 * repeat:
             how = "ZeRO stage 0 loads it as it is" if stage == 0 else "converted it to a universal checkpoint in"
             assert f"written by {6 - ranks} rank(s), this run has {ranks}" in proc.stdout and how in proc.stdout
             assert "epoch 0 continues with the" in proc.stdout, proc.stdout[-3000:]
     records = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
-    assert [(r["step"], len(r["keys"])) for r in records] == [(1, 2), (2, 2), (3, 4), (4, 4), (5, 2), (6, 2)]
+    ranks_at = [2] * 2 * repeat + [4] * 2 * repeat + [2] * 2 * repeat
+    assert [(r["step"], len(r["keys"])) for r in records] == list(enumerate(ranks_at, 1))
+    # a rank's batch holds each video's copies side by side
+    assert all(keys == [k for k in keys[0::repeat] for _ in range(repeat)] for r in records for keys in r["keys"])
     every = {f"train{i:07d}" for i in range(64)}
-    trained = {r["step"]: [k for rank in r["keys"] for k in rank] for r in records}
+    trained = {r["step"]: [k for rank in r["keys"] for k in rank[0::repeat]] for r in records}  # one per video
     counts = key_counts([k for keys in trained.values() for k in keys], every)
     ckpts = run_dir / "checkpoints"
-    state = json.loads((ckpts / "step_00000006" / "trainer_state.json").read_text())
+    state = json.loads((ckpts / f"step_{6 * repeat:08d}" / "trainer_state.json").read_text())
     size = len(json.dumps([state["data_position"], state["data_layout"]]))
 
     def around(first: int, last: int) -> str:  # the steps on both sides of one change
         seen = Counter(k for step in range(first, last + 1) for k in trained[step])
         return f"{sum(c == 1 for c in seen.values())} seen once, {sum(c > 1 for c in seen.values())} repeated"
 
-    print(f"ZeRO-{stage} key counts over epoch 0 (64 clips): {counts}; 2 -> 4 ranks (steps 1-4): {around(1, 4)}; "
-          f"4 -> 2 ranks (steps 3-6): {around(3, 6)}; data position {size} bytes")
+    print(f"ZeRO-{stage} repeat_aug {repeat} key counts over epoch 0 (64 videos): {counts}; 2 -> 4 ranks: "
+          f"{around(1, 4 * repeat)}; 4 -> 2 ranks: {around(2 * repeat + 1, 6 * repeat)}; data position {size} bytes")
     assert counts == exact(every)
     assert state["world_size"] == 2 and state["data_layout"]["ranks"] == 2
     losses = [r["train/loss"] for r in read_metrics(run_dir) if "train/loss" in r]
-    assert len(losses) == 6 and all(0 < x < 10 for x in losses)
+    assert len(losses) == 6 * repeat and all(0 < x < 10 for x in losses)
     # Universal copies are a cache for the latest checkpoint only: the save at step 6 pruned step 4's.
     assert not list(ckpts.glob("*.universal*")) and not (ckpts / "latest_universal").exists()
     if stage == 3:  # bad input: at another world size, a checkpoint of another model shape is one clear line

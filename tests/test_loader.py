@@ -14,6 +14,7 @@ from turbo_ds.config import ConfigError, DataConfig, EvalConfig, ModelConfig, lo
 from turbo_ds.data import transforms as T
 from turbo_ds.data import video
 from turbo_ds.data.position import StreamPosition
+from turbo_ds.data.samples import ClipSpec, to_device
 from turbo_ds.data.streams import EvalStream, TrainStream, make_loader
 from turbo_ds.data.video import CorruptVideo, dense_indices, read_frames, sample_indices
 from turbo_ds.prep.transcode import encode_mp4
@@ -53,6 +54,36 @@ def test_dense_window_and_stride():
     assert dense_indices(10, 4, 4, None).tolist() == [0, 4, 8, 9]  # short video: the last frame repeats
     clips = [dense_indices(100, 8, 4, None, k, 3)[0] for k in range(3)]
     assert clips == sorted(clips) and clips[0] > 0 and clips[-1] + 28 < 99  # evenly spread, inside the video
+
+
+def test_repeated_copies_take_their_own_windows_inside_one_stretch():
+    """data.repeat_aug: dense copies are windows of the same shape inside 1.5 windows of the video (decoded
+    once); uniform copies share their frames; one copy draws exactly what it drew before repeat_aug existed."""
+    data = DataConfig(sampling="dense", frame_stride=4, repeat_aug=4)
+    spec = ClipSpec.from_config(data, ModelConfig(num_frames=16), train=True)
+    assert spec.clips == 4 and ClipSpec.from_config(data, ModelConfig(), train=False).clips == 1
+    picks = spec.frame_indices(300, np.random.default_rng(0)).reshape(4, 16)  # (copies, T)
+    assert (np.diff(picks, axis=1) == 4).all() and len({p[0] for p in picks}) > 1
+    assert picks.max() - picks.min() < spec.span * 3 // 2
+    short = spec.frame_indices(50, np.random.default_rng(0)).reshape(4, 16)  # shorter than a window
+    assert short.min() >= 0 and short.max() == 49
+    uniform = ClipSpec.from_config(DataConfig(repeat_aug=2), ModelConfig(), train=True)
+    assert (uniform.frame_indices(300, np.random.default_rng(1)).reshape(2, 16) ==
+            sample_indices(300, 16, np.random.default_rng(1))).all()
+    one = ClipSpec.from_config(DataConfig(sampling="dense", frame_stride=4), ModelConfig(num_frames=16), train=True)
+    assert (one.frame_indices(300, np.random.default_rng(2)) ==
+            dense_indices(300, 16, 4, np.random.default_rng(2))).all()
+
+
+def test_stride_counts_source_frames_in_shards_stored_at_a_lower_rate():
+    spec = ClipSpec.from_config(DataConfig(sampling="dense", frame_stride=4), ModelConfig(), train=True)
+    assert spec.stored({"fps": 7.5, "source_fps": 30.0}).frame_stride == 1
+    assert spec.stored({"fps": 15.0, "source_fps": 30.0}).span == 31
+    assert spec.stored({"fps": 7.5, "source_fps": 25.0}).frame_stride == 1  # 1.2 rounds to 1
+    for meta in ({}, {"fps": 30.0, "source_fps": 30.0}, {"fps": 7.5}, {"fps": "x", "source_fps": 30}):
+        assert spec.stored(meta) is spec
+    uniform = ClipSpec.from_config(DataConfig(), ModelConfig(), train=True)
+    assert uniform.stored({"fps": 7.5, "source_fps": 30.0}) is uniform
 
 
 def test_uniform_clips_stay_in_their_segments():
@@ -141,6 +172,54 @@ def test_transforms_crop_flip_resize_normalise():
 # ------------------------------------------------------------------ streams
 
 
+def test_randaug_gives_every_frame_of_a_clip_the_same_ops():
+    """A clip of 4 identical frames stays 4 identical frames under every op and every pair of ops."""
+    ra = T.RandAugment(2, 9)
+    frame = torch.randint(0, 256, (3, 1, 24, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    pairs = [(a, b) for a in range(len(T.RANDAUG_OPS)) for b in range(len(T.RANDAUG_OPS))]
+    drawn = torch.tensor([[[a, 1], [b, -1]] for a, b in pairs])  # (B, n, 2)
+    out = ra(frame.expand(3, 4, 24, 40).expand(len(pairs), -1, -1, -1, -1), drawn)  # (B, C, T, H, W)
+    assert (out == out[:, :, :1]).all()
+    assert not (out == out[:1]).all(dim=(1, 2, 3, 4)).all()  # the ops did change the clips, differently
+
+
+@pytest.mark.parametrize("device", ["cpu", *(["cuda"] if torch.cuda.is_available() else [])])
+def test_randaug_batched_on_the_device_equals_the_cpu_path_per_clip(device):
+    """The batch path (each op over the clips that drew it) equals applying each clip's ops one by one on the
+    CPU to the clip as the loader holds it (T, H, W, C); every op is drawn by some clip."""
+    ra, rng = T.RandAugment(3, 7), np.random.default_rng(0)
+    clips = torch.from_numpy(rng.integers(0, 256, (16, 4, 24, 40, 3), dtype=np.uint8))  # (B, T, H, W, C)
+    draws = [ra.draw(rng) for _ in range(16)]
+    draws[0][0][0], draws[1][0][0] = 0, len(T.RANDAUG_OPS) - 1
+    batched = ra(clips.permute(0, 4, 1, 2, 3).to(device), torch.tensor(draws)).cpu()  # (B, C, T, H, W)
+    for clip, drawn, got in zip(clips, draws, batched):
+        torch.testing.assert_close(got, ra.clip(clip, drawn).permute(3, 0, 1, 2), atol=1e-3, rtol=0)
+    assert {k for d in draws for k, _ in d} == set(range(len(T.RANDAUG_OPS)))
+
+
+def test_randaug_geometry_and_pixel_ops():
+    x = torch.arange(40, dtype=torch.float32).expand(1, 3, 2, 8, 40)  # each column's value is its index
+    shifted = T.RANDAUG_OPS["translate_x"](x, 0.5, torch.tensor([1.0]))  # 0.45 x 0.5 x 40 = 9 columns
+    assert torch.equal(shifted[..., :31], x[..., 9:]) and (shifted[..., 31:] == 128).all()  # grey comes in
+    assert torch.equal(T.RANDAUG_OPS["invert"](x, 0.9, torch.tensor([1.0])), 255 - x)
+    assert T.RANDAUG_OPS["posterize"](torch.tensor([200.0]).view(1, 1, 1, 1, 1), 0.9, None).item() == 128  # 1 bit
+
+
+def test_randaug_draws_ride_with_the_batch_and_apply_on_the_device(tiny_demo):
+    cfg = data_config(tiny_demo)
+    cfg.randaug.n = 2
+    stream = TrainStream.from_config(cfg, MODEL, 0, 1, 4, seed=0)
+    batch, again = next(iter(make_loader(stream, 0))), next(iter(make_loader(stream, 0)))
+    assert batch["randaug"].shape == (4, 2, 2) and torch.equal(batch["randaug"], again["randaug"])  # seeded per sample
+    out = to_device(batch, torch.device("cpu"), stream.spec.normalize, stream.spec.randaug)
+    plain = to_device(batch, torch.device("cpu"), stream.spec.normalize)
+    assert "randaug" not in out and out["video"].dtype == torch.float32
+    assert not torch.equal(out["video"], plain["video"])
+    augmented = stream.spec.randaug(batch["video"], batch["randaug"])
+    torch.testing.assert_close(out["video"], stream.spec.normalize(augmented))
+    assert EvalStream.from_config(cfg, MODEL, 0, 1, 4).spec.randaug is None  # training only
+
+
 def test_cache_and_seek_decoding_give_identical_batches(tiny_demo):
     """The decoded-clip cache (decode all, pick from memory) and seek decoding see the same frames."""
     for sampling in ("uniform", "dense"):
@@ -218,6 +297,8 @@ def test_loader_takes_prefetch_from_config(tiny_demo):
     ("eval.num_crops=2", "eval.num_crops"), ("eval.num_clips=0", "eval.num_clips"),
     ("data.frame_stride=0", "data.frame_stride"), ("data.decode_threads=-1", "data.decode_threads"),
     ("data.prefetch_factor=0", "data.prefetch_factor"), ("data.sampling=random", "data.sampling"),
+    ("data.repeat_aug=0", "data.repeat_aug"), ("data.randaug.n=-1", "data.randaug"),
+    ("data.randaug.m=11", "data.randaug"),
 ])
 def test_config_checks_new_keys(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -18,11 +18,13 @@ def losses(run_dir) -> dict[int, float]:
 COMMON = ["train.steps=12", "train.log_every=1", "train.eval_every=100"]
 
 
-def test_interrupted_run_matches_uninterrupted(tiny_demo, tmp_path):
+@pytest.mark.parametrize("augment", [[], ["data.repeat_aug=2", "data.randaug.n=2"]], ids=["plain", "repeat2_randaug"])
+def test_interrupted_run_matches_uninterrupted(tiny_demo, tmp_path, augment):
     ds = "ds_configs/zero0_bf16.json"
     # 12 steps of 16 clips per rank: the 32-clip epochs of each rank roll over twice, so the
-    # resumed data stream must continue mid-epoch and across epoch boundaries.
-    common = [*COMMON, "train.ckpt_every=100"]
+    # resumed data stream must continue mid-epoch and across epoch boundaries (data.repeat_aug 2:
+    # 8 videos x 2 copies a step, an epoch every 4 steps; RandAugment's draws resume with them).
+    common = [*COMMON, "train.ckpt_every=100", *augment]
     whole = run_train(tiny_overrides(tiny_demo, tmp_path / "whole", *common), ds_config=ds)
     assert whole.returncode == 0, whole.stderr[-3000:]
 

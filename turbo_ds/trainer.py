@@ -188,8 +188,11 @@ class Trainer:
         if cfg.data.repeat_batch:  # a benchmark of everything but the loader: its first batch, over and over
             batches = itertools.repeat(next(batches))  # (the loader and its workers end here)
             self.log.info("data.repeat_batch: training on the first batch repeated from memory (a benchmark)")
-        self.log.info(f"training steps {self.step + 1}..{total}: {self.plan.micro} clips x {self.plan.accumulation} "
-                      f"accumulation x {self.plan.world} ranks = {self.plan.global_size} clips/step, "
+        repeat = cfg.data.repeat_aug  # a clip is one of a decoded video's copies
+        videos = f" ({self.plan.micro // repeat} videos x data.repeat_aug {repeat})" if repeat > 1 else ""
+        self.log.info(f"training steps {self.step + 1}..{total}: {self.plan.micro} clips{videos} x "
+                      f"{self.plan.accumulation} accumulation x {self.plan.world} ranks = {self.plan.global_size} "
+                      "clips/step, "
                       f"{self.task.tokens_kept}/{self.task.tokens_total} tokens kept, dtype {self.dtype}, "
                       f"collective timeout {cfg.train.collective_timeout_s:g} s from the first step")
         self.bar = bar = progress_bar(total, self.step, self.dist.is_main)
@@ -240,7 +243,8 @@ class Trainer:
         for micro in range(self.plan.accumulation):
             batch = next(batches)
             keys += batch["key"]
-            loss = self.task.loss(self.engine, to_device(batch, self.engine.device, self.stream.spec.normalize),
+            spec = self.stream.spec  # normalisation and RandAugment run on the device
+            loss = self.task.loss(self.engine, to_device(batch, self.engine.device, spec.normalize, spec.randaug),
                                   self.dtype)
             self.data_events += self.stream.record(batch)
             losses.append(loss.detach())  # stays on the device: no host sync per micro-step

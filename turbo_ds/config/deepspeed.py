@@ -196,6 +196,10 @@ def plan_batches(cfg: Config, ds: DeepSpeedConfig, world: int) -> BatchPlan:
             f"train.global_batch_size={cfg.train.global_batch_size}: contradicts the DeepSpeed JSON (micro "
             f"{plan.micro} x accumulation {plan.accumulation} x {world} ranks = {plan.global_size}); remove it or "
             "change the JSON")
+    if plan.micro % cfg.data.repeat_aug:
+        raise ConfigError(f"data.repeat_aug={cfg.data.repeat_aug}: must divide the micro-batch (ds_config "
+                          f"train_micro_batch_size_per_gpu={plan.micro}), so that no batch (and no checkpoint) "
+                          "splits a video's copies")
     if cfg.model.compile and ds.zero_stage == 3:
         raise ConfigError("model.compile=true: not with ZeRO stage 3 (ds_config zero_optimization.stage), whose "
                           "hooks gather the blocks' partitioned weights where torch.compile cannot trace them; use "

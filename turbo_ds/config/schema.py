@@ -83,6 +83,14 @@ class TurboConfig:
 
 
 @dataclass
+class RandAugConfig:
+    n: int = 0
+    "RandAugment ops per training clip, the same for every frame, applied on the device (0 = off)"
+    m: float = 9.0
+    "RandAugment magnitude on timm's scale of 10 (VideoMAE: rand-m7-n4)"
+
+
+@dataclass
 class DataConfig:
     train: str = "data/demo/train"
     "training dataset: a folder or URL (https://, s3://, gs://, pipe:) of tar shards + manifest.json"
@@ -125,6 +133,10 @@ class DataConfig:
     "temporal sampling: one pick per equal segment of the whole video, or one window of consecutive picks"
     frame_stride: int = 4
     "dense sampling: frames between consecutive picks (the window spans (num_frames - 1) * stride + 1 frames)"
+    randaug: RandAugConfig = field(default_factory=RandAugConfig)
+    "RandAugment on the training device after the uint8 copy, e.g. {n: 4, m: 7} (n: 0 = off)"
+    repeat_aug: int = 1
+    "training clips per decoded video (each its own crop, flip, token draw and dense window; K samples of the batch)"
     crop_scale: list[float] = field(default_factory=lambda: [0.7, 1.0])
     "random resized crop: range of the crop area as a fraction of the frame"
     hflip_prob: float = 0.5

@@ -61,12 +61,15 @@ def check_turbo(t: TurboConfig, train_steps: int) -> None:
 
 def check_data(d: DataConfig) -> None:
     _at_least(1, {"data.shuffle_buffer": d.shuffle_buffer, "data.prefetch_factor": d.prefetch_factor,
-                  "data.frame_stride": d.frame_stride})
+                  "data.frame_stride": d.frame_stride, "data.repeat_aug": d.repeat_aug})
     _at_least(0, {"data.num_workers": d.num_workers, "data.decode_threads": d.decode_threads,
                   "data.decoded_cache_clips": d.decoded_cache_clips})
     if d.max_decode_pixels < 64 * 64:
         raise ConfigError(f"data.max_decode_pixels={d.max_decode_pixels}: must be at least 4096 (64x64); "
                           "the default 2073600 is 1920x1080")
+    if not 0 <= d.randaug.n <= 16 or not 0 <= d.randaug.m <= 10:
+        raise ConfigError(f"data.randaug={{n: {d.randaug.n}, m: {d.randaug.m}}}: needs 0 <= n <= 16 ops "
+                          "(0 = off) and 0 <= m <= 10 (timm's magnitude scale)")
     if d.decode_timeout_s < 0:
         raise ConfigError(f"data.decode_timeout_s={d.decode_timeout_s}: must be >= 0 (0 = no limit)")
     if len(d.crop_scale) != 2 or not 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1:

@@ -21,8 +21,8 @@ import json
 import math
 import zlib
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 import torch
@@ -84,6 +84,8 @@ class ClipSpec:
     num_crops: int
     normalize: T.Normalizer
     targets: Targets = "label"
+    repeat: int = 1  # training clips per decoded video (data.repeat_aug)
+    randaug: T.RandAugment | None = None  # training: each clip's ops drawn here, applied on the device
 
     @classmethod
     def from_config(cls, data: DataConfig, model: ModelConfig, train: bool, evaluation: EvalConfig | None = None,
@@ -91,7 +93,9 @@ class ClipSpec:
         """``frames`` overrides model.num_frames (a long video feeds several encoder clips)."""
         views = (1, 1) if train or evaluation is None else (evaluation.num_clips, evaluation.num_crops)
         return cls(frames or model.num_frames, model.img_size, train, data.sampling, data.frame_stride,
-                   tuple(data.crop_scale), data.hflip_prob, *views, T.Normalizer(data.mean, data.std), targets)
+                   tuple(data.crop_scale), data.hflip_prob, *views, T.Normalizer(data.mean, data.std), targets,
+                   data.repeat_aug if train else 1,
+                   T.RandAugment(data.randaug.n, data.randaug.m) if train and data.randaug.n else None)
 
     @property
     def views(self) -> int:
@@ -102,13 +106,42 @@ class ClipSpec:
         """Frames a video needs so that no pick repeats a frame."""
         return (self.frames - 1) * self.frame_stride + 1 if self.sampling == "dense" else self.frames
 
+    def stored(self, meta: dict) -> "ClipSpec":
+        """This spec for a video stored at another rate than its source's (json ``fps`` vs ``source_fps``, as
+        ``build_shards.py --fps`` writes): ``frame_stride`` counts source frames, so in stored frames it scales
+        by their ratio (at least 1; 16x4 from 30 fps stored at 7.5 fps: 16 consecutive stored frames)."""
+        fps, source = meta.get("fps"), meta.get("source_fps")
+        if self.sampling != "dense" or not isinstance(fps, (int, float)) or not isinstance(source, (int, float)) \
+                or fps <= 0 or source <= 0 or fps == source:
+            return self
+        return replace(self, frame_stride=max(1, round(self.frame_stride * fps / source)))
+
+    @property
+    def clips(self) -> int:
+        """Temporal clips decoded per video: evaluation's num_clips, or training's repeated copies."""
+        return self.num_clips * self.repeat
+
     def frame_indices(self, num_frames: int, rng: np.random.Generator | None) -> np.ndarray:
-        """The frames of all temporal clips, clip after clip: (num_clips * frames,)."""
+        """The frames of all temporal clips, clip after clip: (clips * frames,)."""
+        if self.repeat > 1:
+            return self.copy_indices(num_frames, rng)
+
         def pick(clip: int) -> np.ndarray:
             if self.sampling == "dense":
                 return dense_indices(num_frames, self.frames, self.frame_stride, rng, clip, self.num_clips)
             return sample_indices(num_frames, self.frames, rng, clip, self.num_clips)
         return np.concatenate([pick(k) for k in range(self.num_clips)])
+
+    def copy_indices(self, num_frames: int, rng: np.random.Generator) -> np.ndarray:
+        """Training's ``repeat`` copies, copy after copy. Dense: each copy its own window, all inside one
+        stretch of 1.5 windows (so the decoder reads at most half a window more for K clips); uniform: the
+        copies share their frames (another jitter per copy would decode K times the frames)."""
+        if self.sampling != "dense":
+            return np.tile(sample_indices(num_frames, self.frames, rng), self.repeat)
+        stretch = min(num_frames, self.span + self.span // 2)
+        first = int(rng.integers(0, num_frames - stretch + 1))
+        return np.concatenate([first + dense_indices(stretch, self.frames, self.frame_stride, rng)
+                               for _ in range(self.repeat)])
 
 
 class DecodedCache:
@@ -139,6 +172,15 @@ class DecodedCache:
         return video[choose(len(video))]
 
 
+def _meta(sample: dict) -> dict:
+    """The sample's json member as a dict; {} when absent or unreadable (the metadata only refines sampling)."""
+    try:
+        meta = json.loads(sample["json"]) if "json" in sample else {}
+    except ValueError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 # ------------------------------------------------------------------ per-sample stages
 
 
@@ -166,40 +208,53 @@ def decode(spec: ClipSpec, cache: DecodedCache, pos: StreamPosition) -> Callable
         if "mp4" not in s:
             raise DataError("sample has no mp4 member")
         rng = s["rng"] if spec.train else None
+        clip = spec.stored(_meta(s))  # the dense stride in the video's stored frames
         length = [0]  # the video's true frame count, as last seen by the decoder
 
         def choose(n: int) -> np.ndarray:
             length[0] = n
-            return spec.frame_indices(n, rng)
+            return clip.frame_indices(n, rng)
 
         frames = cache.read(s["__key__"], s["mp4"], choose)
-        pos.short += length[0] < spec.span
+        pos.short += length[0] < clip.span
         h, w = frames.shape[1:3]
         out = {k: v for k, v in s.items() if k != "mp4"}  # the frames replace the encoded video
-        return {**out, "frames": frames.reshape(spec.num_clips, spec.frames, h, w, 3)}  # (clips, T, H, W, 3) uint8
+        return {**out, "frames": frames.reshape(spec.clips, spec.frames, h, w, 3)}  # (clips, T, H, W, 3) uint8
     return decode_one
 
 
 def choose_views(spec: ClipSpec) -> Callable[[dict], dict]:
     """Adds ``views``: (clip, crop box, flip) per view; and for captions the ``text`` trained on (None in eval).
 
-    Training: one random resized crop, flipped with ``hflip_prob``, and one caption per clip per epoch,
-    drawn from the sample's ``rng`` after its frames. Evaluation: clip-major, view v = clip * num_crops + crop.
+    Training: per copy (``repeat``; ``copies`` makes them samples), one random resized crop, flipped with
+    ``hflip_prob``, one caption (``text``: one per copy) and, with ``data.randaug``, its RandAugment ops
+    (``randaug``: one draw per copy), drawn from the sample's ``rng`` after its frames.
+    Evaluation: clip-major, view v = clip * num_crops + crop.
     """
     def choose(s: dict) -> dict:
         h, w = s["frames"].shape[2:4]
-        if spec.train:
-            rng = s["rng"]
-            box = T.random_resized_crop_box(h, w, spec.crop_scale, rng)
-            views = [(0, box, bool(rng.random() < spec.hflip_prob))]
-        else:
+        if not spec.train:
             boxes = T.spatial_crop_boxes(h, w, spec.num_crops)
             views = [(k, box, False) for k in range(spec.num_clips) for box in boxes]
-        if spec.targets == "captions":
-            text = s["captions"][int(s["rng"].integers(len(s["captions"])))] if spec.train else None
-            return {**s, "views": views, "text": text}
-        return {**s, "views": views}
+            return {**s, "views": views, **({"text": None} if spec.targets == "captions" else {})}
+        rng, views, per_copy = s["rng"], [], {"text": [], "randaug": []}
+        for k in range(spec.repeat):
+            box = T.random_resized_crop_box(h, w, spec.crop_scale, rng)
+            views.append((k, box, bool(rng.random() < spec.hflip_prob)))
+            if spec.targets == "captions":
+                per_copy["text"].append(s["captions"][int(rng.integers(len(s["captions"])))])
+            if spec.randaug is not None:
+                per_copy["randaug"].append(spec.randaug.draw(rng))
+        return {**s, "views": views, **{key: v for key, v in per_copy.items() if v}}
     return choose
+
+
+def copies(samples: Iterator[dict]) -> Iterator[dict]:
+    """Each training sample once per copy (``choose_views``' views): one view, caption and RandAugment draw
+    each, the frames shared."""
+    for s in samples:
+        for k, view in enumerate(s["views"]):
+            yield {**s, "views": [view], **{key: s[key][k] for key in ("text", "randaug") if key in s}}
 
 
 def _empty_batch(*shape: int) -> torch.Tensor:
@@ -221,15 +276,22 @@ def collate(samples: list[dict], spec: ClipSpec, stream: str, position: StreamPo
             slot.copy_(T.crop_flip_resize(clips[k], box, flip, spec.size).permute(3, 0, 1, 2))  # (C, T, H, W)
     targets = ({"label": torch.tensor([s["label"] for s in samples])} if spec.targets == "label"  # (B,)
                else {"captions": [s["captions"] for s in samples], "text": [s["text"] for s in samples]})
+    # each clip's RandAugment ops, applied on the device: (B, n, 2)
+    drawn = {"randaug": torch.tensor([s["randaug"] for s in samples])} if spec.randaug is not None else {}
     return {"video": video if spec.views > 1 else video.flatten(0, 1),  # (B, V, C, T, H, W) or (B, C, T, H, W)
-            **targets, "key": [s["__key__"] for s in samples], "stream": stream, "position": position.state(),
+            **targets, **drawn, "key": [s["__key__"] for s in samples], "stream": stream, "position": position.state(),
             "events": position.take_events()}
 
 
-def to_device(batch: dict[str, Any], device: torch.device, normalize: T.Normalizer) -> dict[str, Any]:
-    """A loader batch on ``device``, its uint8 video normalised there to float32 (``spec.normalize``).
+def to_device(batch: dict[str, Any], device: torch.device, normalize: T.Normalizer,
+              randaug: T.RandAugment | None = None) -> dict[str, Any]:
+    """A loader batch on ``device``, its uint8 video augmented there (``spec.randaug``, training: each clip's
+    drawn ops, batched) and normalised to float32 (``spec.normalize``).
 
     Copies are non-blocking: from pinned memory (``make_loader(pin_memory=True)``) they do not stall the host.
     """
     out = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    return {**out, "video": normalize(out["video"])}
+    drawn, video = out.pop("randaug", None), out["video"]
+    if randaug is not None and drawn is not None:
+        video = randaug(video, drawn)
+    return {**out, "video": normalize(video)}

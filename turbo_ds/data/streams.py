@@ -11,10 +11,10 @@ rank/worker (epoch e is a deterministic function of the seed)::
     shard -> keep the share -> shuffle buffer
     (data.resampled: shards drawn with replacement by (seed, e, rank, worker) -> tar samples -> take its share
     -> shuffle buffer) -> count -> drop first (resume) -> skip lost shards' placeholders -> seed per sample
-    -> parse targets -> decode -> choose views
+    -> parse targets -> decode (data.repeat_aug copies' windows at once) -> choose views -> one sample per copy
 
 and the epochs one after another -> batch (uint8; a batch may span the end of an epoch: no sample is dropped)
-|| in the training process: to_device -> normalise (float32).
+|| in the training process: to_device -> RandAugment (data.randaug: each clip's drawn ops) -> normalise (float32).
 
 Evaluation, one reader (rank x worker): its whole shards and its part of the remainder (see
 ``EvalStream``) -> tar samples -> number samples in their shard -> keep its part -> skip lost
@@ -43,8 +43,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from turbo_ds.config import DataConfig, EvalConfig, ModelConfig
 from turbo_ds.data.position import Layout, Ranges, Share, StreamPosition, eval_share, regroup, share
-from turbo_ds.data.samples import (ClipSpec, DecodedCache, Targets, choose_views, collate, decode, parse_targets,
-                                   seed_per_sample)
+from turbo_ds.data.samples import (ClipSpec, DecodedCache, Targets, choose_views, collate, copies, decode,
+                                   parse_targets, seed_per_sample)
 from turbo_ds.data.shards import check_readers
 from turbo_ds.data.source import ShardSource, check_not_lost
 from turbo_ds.data.stages import (batch, drop_first, each, each_or_skip, keep, number_samples, resampled, run,
@@ -80,6 +80,8 @@ class TrainStream(IterableDataset):
         self.names = [s["name"] for s in self.manifest["shards"]]
         self.counts = [s["num_samples"] for s in self.manifest["shards"]]
         self.spec = ClipSpec.from_config(data, model, train=True, frames=frames, targets=targets)
+        if batch_size % data.repeat_aug:  # a position (a checkpoint) must never fall between a video's copies
+            raise ValueError(f"data.repeat_aug={data.repeat_aug}: must divide the batch size {batch_size}")
         self.data, self.rank, self.world, self.batch_size, self.seed = data, rank, world, batch_size, seed
         self.gather = gather
         self.layout = Layout(world, max(1, data.num_workers))
@@ -195,7 +197,8 @@ class TrainStream(IterableDataset):
             each(seed_per_sample(self.seed, epoch)),  # per-sample rng from (seed, epoch, key)
             each_or_skip(parse_targets(spec.targets), pos),  # label or captions; bad ones skipped and counted
             each_or_skip(decode(spec, cache, pos), pos),  # only the picked frames; a corrupt mp4 is skipped, counted
-            each(choose_views(spec)),  # random resized crop box, flip, one caption
+            each(choose_views(spec)),  # per copy (data.repeat_aug): random resized crop box, flip, one caption
+            copies,  # each copy a sample of the batch (the micro-batch holds whole videos' copies)
         ]
 
     def epoch_samples(self, epoch: int, worker: int, workers: int, pos: StreamPosition) -> Iterator[dict]:

@@ -15,10 +15,12 @@ from, or existing WebDataset/video2dataset shards (video member + txt/cls/json):
 
 Each video is re-encoded to H.264 mp4 (resampled by timestamps to --fps, downscaled to
 --short-side, cut to --max-seconds, a keyframe every --gop frames; audio dropped unless
---keep-audio), or stored as it is with --no-transcode. Shard k holds manifest items
-[k*S, (k+1)*S) (after --shuffle's fixed reordering, when given), so the output is
-byte-identical for any --workers. A killed run resumes
-when started again with the same command. Unusable rows (missing file, undecodable
+--keep-audio), or stored as it is with --no-transcode; --for-config RECIPE picks the rate, keyframe
+interval and short side that recipe samples (16x4 dense from 30 fps: 7.5 fps, a keyframe every 8
+frames, the model's crop size as short side), so a training clip decodes only the frames it uses.
+Shard k holds manifest items [k*S, (k+1)*S) (after --shuffle's fixed reordering, when given), so
+the output is byte-identical for any --workers. A killed run resumes when started again with the
+same command. Unusable rows (missing file, undecodable
 video, missing field) are skipped and listed in OUT/errors.jsonl; the run ends with
 "N written, M skipped" and exits 1 only when nothing was written.
 
@@ -50,6 +52,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from turbo_ds.config import ConfigError, load_config
 from turbo_ds.data.locations import is_remote, join, redact
 from turbo_ds.data.shards import MANIFEST
 from turbo_ds.data.transport import ReadFailed, delete, remote_size, write_bytes
@@ -57,7 +60,7 @@ from turbo_ds.prep.manifest_rows import (ROWS, TASKS, ManifestError, assign_clas
                                          read_input_shard_items, read_manifest_items)
 from turbo_ds.prep.shard_builder import (BUILD_DIR, ERRORS, PARTS, BuildError, BuildResult, BuildSettings, Part, build,
                                          merge, read_build_json)
-from turbo_ds.prep.transcode import TranscodeSettings
+from turbo_ds.prep.transcode import TranscodeSettings, recipe_encoding
 
 ENCODING_OPTIONS = ("fps", "short_side", "max_seconds", "crf", "gop", "keep_audio")
 
@@ -107,6 +110,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="how many parts the build is cut into (default: $SLURM_ARRAY_TASK_COUNT, else 1); "
                             "the part that finishes last merges them")
     enc = p.add_argument_group("encoding (default: re-encode to H.264 yuv420p mp4)")
+    enc.add_argument("--for-config", type=Path, metavar="RECIPE",
+                     help="store videos as the recipe YAML samples them (e.g. configs/k400_vitb.yaml: 16x4 dense -> "
+                          "--fps 7.5 --gop 8 --short-side 224); explicit --fps/--gop/--short-side win")
     enc.add_argument("--fps", type=float, help="output frame rate (default: the source rate, at most 30)")
     enc.add_argument("--short-side", type=int,
                      help="downscale so the shorter side is this many pixels, keeping the aspect ratio and even "
@@ -125,8 +131,8 @@ def _parser() -> argparse.ArgumentParser:
 def _transcode_settings(a: argparse.Namespace, p: argparse.ArgumentParser) -> TranscodeSettings | None:
     given = {k: getattr(a, k) for k in ENCODING_OPTIONS if getattr(a, k) is not None}
     if a.no_transcode:
-        if given:
-            options = ", ".join("--" + k.replace("_", "-") for k in given)
+        options = ", ".join([*("--" + k.replace("_", "-") for k in given), *["--for-config"] * bool(a.for_config)])
+        if options:
             p.error(f"--no-transcode stores videos unchanged; drop {options}")
         return None
     checks = {"fps": lambda v: v > 0, "short_side": lambda v: v >= 0, "max_seconds": lambda v: v > 0,
@@ -134,6 +140,11 @@ def _transcode_settings(a: argparse.Namespace, p: argparse.ArgumentParser) -> Tr
     for key, ok in checks.items():
         if key in given and not ok(given[key]):
             p.error(f"--{key.replace('_', '-')} {given[key]} is out of range")
+    if a.for_config:
+        try:
+            given = {**recipe_encoding(load_config(a.for_config)), **given}
+        except ConfigError as e:
+            p.error(f"--for-config {a.for_config}: {e}")
     return TranscodeSettings(**given)
 
 

@@ -16,12 +16,15 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Iterator, TypeAlias
+from typing import TYPE_CHECKING, Iterator, TypeAlias
 
 import av
 import numpy as np
 
 from turbo_ds.data.video import DECODE_ERRORS, CorruptVideo
+
+if TYPE_CHECKING:
+    from turbo_ds.config import Config
 
 MAX_DEFAULT_FPS = 30  # "keep the source rate" never goes above this
 MAX_PLAUSIBLE_FPS = 240
@@ -43,6 +46,23 @@ class TranscodeSettings:
     crf: int = 23
     gop: int | None = None  # frames between keyframes; None: one per second
     keep_audio: bool = False  # re-encode the first audio track as AAC; else audio is dropped
+
+
+# What `build_shards.py --for-config RECIPE` assumes and chooses (``recipe_encoding``).
+NOMINAL_SOURCE_FPS = 30  # the source rate a dense stride is turned into a stored rate from (K400, most web video)
+RECIPE_GOP = 8  # a window starting anywhere decodes on average 4 stored frames before its first
+
+
+def recipe_encoding(cfg: Config) -> dict[str, float | int]:
+    """TranscodeSettings fields that store videos as recipe ``cfg`` samples them: the short side its model
+    crops from (model.img_size), a keyframe every RECIPE_GOP frames and, for dense sampling, the rate of its
+    picks (data.frame_stride source frames apart at NOMINAL_SOURCE_FPS: 16x4 -> 7.5 fps, so a clip is 16
+    consecutive stored frames; the loader keeps frame_stride in source frames from the json's fps and
+    source_fps). Uniform sampling spreads its picks over the whole video: the source rate stays."""
+    out: dict[str, float | int] = {"short_side": cfg.model.img_size, "gop": RECIPE_GOP}
+    if cfg.data.sampling == "dense":
+        out["fps"] = NOMINAL_SOURCE_FPS / cfg.data.frame_stride
+    return out
 
 
 def x264_options(crf: int) -> dict[str, str]:
