@@ -38,7 +38,7 @@ from turbo_ds.engine.gather import all_gather_objects
 from turbo_ds.engine.guard import DivergenceGuard, finish_step
 from turbo_ds.engine.metrics import RunLog, peak_memory_mb, progress_bar
 from turbo_ds.engine.monitors import Monitors
-from turbo_ds.engine.optim import param_groups, warmup_cosine
+from turbo_ds.engine.optim import group_names, param_groups, warmup_cosine
 from turbo_ds.models.flops import TRAIN_FACTOR
 from turbo_ds.plan.search import AUTO_KEEP_RATIOS, pick_keep_ratio
 from turbo_ds.tasks import build_task, task_type
@@ -126,7 +126,9 @@ class Trainer:
             use_deterministic_kernels()
         self.dtype = ds.dtype
         schedule = warmup_cosine(cfg.train.warmup_steps, cfg.train.steps, cfg.train.min_lr_ratio)
-        groups = param_groups(task.model, ds.lr, cfg.train.layer_decay, cfg.model.depth)
+        groups = param_groups(task.model, ds.peak_lr(plan), cfg.train.layer_decay, cfg.model.depth,
+                              cfg.train.head_lr_scale)
+        self.group_names = group_names(groups, task.model)  # in every checkpoint: how ZeRO-0 lays out its masters
         # How to load the latest checkpoint is known before the engine exists (an elastic resume needs
         # DeepSpeed's universal loader); a checkpoint of another model shape stops here.
         self.resuming = checkpoints.prepare_resume(task.model, ds, plan, log.info)
@@ -152,7 +154,8 @@ class Trainer:
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "guard": self.guard.state_dict(), "wall_s": self.wall_s()}
+        return {"step": self.step, "guard": self.guard.state_dict(), "wall_s": self.wall_s(),
+                "param_groups": self.group_names}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.wall_before = state["step"], state["wall_s"]
