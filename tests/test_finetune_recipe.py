@@ -120,7 +120,8 @@ def test_the_clip_json_holds_the_lr_its_recipe_states():
 
 def test_videomae_json_scales_the_lr_with_the_batch_and_deepspeed_gets_it_resolved():
     ds = load_ds_config(REPO / "ds_configs/videomae_ft_zero2_bf16.json")
-    assert ds.optimizer["params"]["weight_decay"] == 0.05 and load_config(REPO / "configs/k400_vitb.yaml").train.layer_decay == 0.75
+    assert ds.optimizer["params"]["weight_decay"] == 0.05
+    assert load_config(REPO / "configs/k400_vitb.yaml").train.layer_decay == 0.75
     for ranks, lr in ((32, 1e-3), (8, 2.5e-4), (1, 3.125e-5)):  # 5e-4 x 16 x ranks / 256
         plan = BatchPlan(16, 1, ranks)
         assert ds.peak_lr(plan) == pytest.approx(lr)

@@ -24,7 +24,7 @@ from turbo_ds.config import (ConfigError, check_finetune_lr, load_config, load_d
 from turbo_ds.data.datasets import open_datasets  # noqa: E402
 from turbo_ds.data.locations import redact  # noqa: E402
 from turbo_ds.engine.checkpoint import CheckpointManager  # noqa: E402
-from turbo_ds.engine.distributed import init_distributed, shutdown, world_from_env  # noqa: E402
+from turbo_ds.engine.distributed import init_distributed, shutdown, usable_devices, world_from_env  # noqa: E402
 from turbo_ds.engine.errors import EXIT_CODE, RunDirLocked, RunError  # noqa: E402
 from turbo_ds.engine.quiet import show_repeated_warnings_once  # noqa: E402
 from turbo_ds.models.vit import check_compiler  # noqa: E402
@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = plan_batches(cfg, ds, world_from_env())
         check_finetune_lr(cfg, ds, plan, args.ds_config)  # the recipe's JSON first, before the files it names
         cfg = checked(cfg)
+        usable_devices()  # GPUs that torch cannot use stop here, not in a slow CPU run
         check_compiler(cfg.model)
         datasets = open_datasets(cfg.data, world_from_env())  # None: the demo, generated once the ranks exist
     except ConfigError as e:

@@ -426,6 +426,7 @@ def _run(cfg: Config, ds: DeepSpeedConfig, plan: BatchPlan, datasets: Datasets |
     log.info(f"turbo_ds: task {cfg.task} | run_dir {cfg.run_dir} | {dist_info.world} rank(s) | "
              f"keep_ratio {cfg.turbo.keep_ratio} (eval {cfg.turbo.eval_keep_ratio})")
     log.info(f"ranks: {dist_info.layout()}")
+    log.info(f"device: {dist_info.devices}; rank {dist_info.rank} on {dist_info.device}")
     if cfg.model.compile:  # bounded by torch's recompile limit (then eager); each recompilation's reason on stderr
         torch._logging.set_logs(recompiles=True)
         log.info("model.compile: the encoder blocks compile at their first steps (cached on disk for later runs)")

@@ -48,7 +48,8 @@ class FinetuneAnchor:
 # 16-64x VideoMAE's and 100x or more CLIP's, and quietly wrecks pretrained weights (the guard sees no divergence).
 FINETUNE_ANCHORS = {
     "videomae": FinetuneAnchor(5e-4, 256, "VideoMAE (5e-4 per 256 clips)", "ds_configs/videomae_ft_zero2_bf16.json"),
-    "clip": FinetuneAnchor(2e-5, 1024, "CLIP towers (1e-5 to 2e-5 per 1024 pairs)", "ds_configs/clip_ft_zero2_bf16.json"),
+    "clip": FinetuneAnchor(2e-5, 1024, "CLIP towers (1e-5 to 2e-5 per 1024 pairs)",
+                           "ds_configs/clip_ft_zero2_bf16.json"),
 }
 FINETUNE_MARGIN = 2.0
 
@@ -252,6 +253,6 @@ def check_finetune_lr(cfg: Config, ds: DeepSpeedConfig, plan: BatchPlan, ds_path
         raise ConfigError(
             f"ds_config{' ' + str(ds_path) if ds_path else ''} optimizer.params.lr: a peak lr of {lr:.3g} at a global "
             f"batch of {plan.global_size} (micro {plan.micro} x accumulation {plan.accumulation} x {plan.world} ranks) "
-            f"is {at_anchor:.3g} per {anchor.batch}, over {FINETUNE_MARGIN:g}x the fine-tuning lr of {anchor.source}: a "
-            f"from-scratch lr (the demo's) that would wreck model.pretrained={cfg.model.pretrained}; use --ds_config {anchor.ds_config} (its "
-            "lr scales with the batch), or set train.check_finetune_lr=false")
+            f"is {at_anchor:.3g} per {anchor.batch}, over {FINETUNE_MARGIN:g}x the fine-tuning lr of {anchor.source}: "
+            f"a from-scratch lr (the demo's) that would wreck model.pretrained={cfg.model.pretrained}; use --ds_config "
+            f"{anchor.ds_config} (its lr scales with the batch), or set train.check_finetune_lr=false")
