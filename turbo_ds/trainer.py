@@ -126,8 +126,8 @@ class Trainer:
             use_deterministic_kernels()
         self.dtype = ds.dtype
         schedule = warmup_cosine(cfg.train.warmup_steps, cfg.train.steps, cfg.train.min_lr_ratio)
-        groups = param_groups(task.model, ds.peak_lr(plan), cfg.train.layer_decay, cfg.model.depth,
-                              cfg.train.head_lr_scale)
+        self.peak_lr = ds.peak_lr(plan)  # the JSON's lr, scaled to this global batch when it says so (lr_base_batch)
+        groups = param_groups(task.model, self.peak_lr, cfg.train.layer_decay, cfg.model.depth, cfg.train.head_lr_scale)
         self.group_names = group_names(groups, task.model)  # in every checkpoint: how ZeRO-0 lays out its masters
         # How to load the latest checkpoint is known before the engine exists (an elastic resume needs
         # DeepSpeed's universal loader); a checkpoint of another model shape stops here.
@@ -195,9 +195,9 @@ class Trainer:
             batches = itertools.repeat(next(batches))  # (the loader and its workers end here)
             self.log.info("data.repeat_batch: training on the first batch repeated from memory (a benchmark)")
         self.log.info(f"training steps {self.step + 1}..{total}: {self.plan.micro} clips x {self.plan.accumulation} "
-                      f"accumulation x {self.plan.world} ranks = {self.plan.global_size} clips/step, "
-                      f"{self.task.tokens_kept}/{self.task.tokens_total} tokens kept, dtype {self.dtype}, "
-                      f"collective timeout {cfg.train.collective_timeout_s:g} s from the first step")
+                      f"accumulation x {self.plan.world} ranks = {self.plan.global_size} clips/step, peak lr "
+                      f"{self.peak_lr:.3g}, {self.task.tokens_kept}/{self.task.tokens_total} tokens kept, "
+                      f"dtype {self.dtype}, collective timeout {cfg.train.collective_timeout_s:g} s from the first step")
         self.bar = bar = progress_bar(total, self.step, self.dist.is_main)
         self.started, self.first_step = time.perf_counter(), self.step
         window, save_pending = LogWindow(), False

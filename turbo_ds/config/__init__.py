@@ -15,6 +15,5 @@ from turbo_ds.config.schema import (Config, ConfigError, DataConfig, EvalConfig,
 from turbo_ds.config.validation import validate
 
 __all__ = ["BatchPlan", "Config", "ConfigError", "DataConfig", "DeepSpeedConfig", "EvalConfig", "LongVideoConfig",
-           "check_finetune_lr",
-           "ModelConfig", "TextConfig", "TrainConfig", "TurboConfig", "config_from_dict", "load_config",
-           "load_ds_config", "plan_batches", "to_dict", "validate"]
+           "ModelConfig", "TextConfig", "TrainConfig", "TurboConfig", "check_finetune_lr", "config_from_dict",
+           "load_config", "load_ds_config", "plan_batches", "to_dict", "validate"]
