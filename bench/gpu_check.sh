@@ -45,6 +45,9 @@ while (($#)); do
         *) break ;;
     esac
 done
+for step in ${ONLY//,/ }; do
+    [[ " ${STEPS[*]} " == *" $step "* ]] || { echo "gpu_check: --only $step: not a step (${STEPS[*]})" >&2; exit 2; }
+done
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=$(realpath -m "${1:-$ROOT/bench/out/gpu_check}")
 mkdir -p "$OUT"
@@ -89,8 +92,8 @@ if ((SMOKE)); then
         --set train.ckpt_every=4)
     COMPILE_STEPS=4
     # more workers than the clips' shards: the loader step must size its workers to the shards
-    LOADER=(--real-clips 2 --real-seconds 1 --real-shard-size 2 --frames 4 --size 32 --batches 2 --batch-size 2 --repeats 1
-        --workers 4)
+    LOADER=(--real-clips 2 --real-seconds 1 --real-shard-size 2 --frames 4 --size 32 --batches 2 --batch-size 2
+        --repeats 1 --workers 4)
 else
     DEVICE=cuda BATCHES="4 8 16 32 64 128 256"
     VIT=(--width 768 --depth 12 --heads 12 --frames 16 --size 224 --patch 16)   # ViT-B/16, 1568 tokens
