@@ -83,8 +83,8 @@ def worker(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     task = build_task(cfg, {"class_names": [str(i) for i in range(args.classes)]})
     params = sum(p.numel() for p in task.model.parameters() if p.requires_grad)
-    engine, *_ = deepspeed.initialize(model=task.model, model_parameters=param_groups(task.model, ds.lr),
-                                      config=ds.resolved(plan))
+    engine, *_ = deepspeed.initialize(model=task.model, model_parameters=param_groups(task.model, ds.peak_lr(plan)),
+                                      config=ds.engine_config(plan))
     batch = {k: v.to(engine.device) for k, v in task.synthetic_batch(1, engine.device).items()}
     engine.backward(task.loss(engine, {**batch, "label": torch.zeros(1, dtype=torch.long, device=engine.device)},
                               ds.dtype))

@@ -68,7 +68,7 @@ import torch  # noqa: E402
 
 from turbo_ds.config import DataConfig, ModelConfig, load_config  # noqa: E402
 from turbo_ds.data.locations import is_remote, redact  # noqa: E402
-from turbo_ds.data.shards import MANIFEST, shard_name, write_manifest, write_shard  # noqa: E402
+from turbo_ds.data.shards import MANIFEST, read_manifest, shard_name, write_manifest, write_shard  # noqa: E402
 from turbo_ds.data.source import ShardSource  # noqa: E402
 from turbo_ds.data.streams import TrainStream, make_loader  # noqa: E402
 from turbo_ds.data.transforms import RandAugment  # noqa: E402
@@ -116,11 +116,23 @@ def real_looking_frames(rng: np.random.Generator, frames: int, width: int = 480,
         yield np.clip(frame, 0, 255).astype(np.uint8)
 
 
+DEFAULT_REAL = TranscodeSettings(short_side=256, gop=16)  # as build_shards writes today's shards
+
+
+def real_build(clips: int, seconds: float, shard_size: int, settings: TranscodeSettings, fps: int = 30) -> dict:
+    """What ``make_real_clips`` records in the manifest: a folder built with other settings is rebuilt."""
+    return {"tool": "bench/loader_speed.py --make-real", "clips": clips, "seconds": seconds, "fps": fps,
+            "shard_size": shard_size, "short_side": settings.short_side, "gop": settings.gop,
+            "stored_fps": settings.fps}
+
+
 def make_real_clips(folder: Path, clips: int, seconds: float, fps: int = 30, shard_size: int = 8,
-                    settings: TranscodeSettings = TranscodeSettings(short_side=256, gop=16)) -> Path:
+                    settings: TranscodeSettings = DEFAULT_REAL) -> Path:
     """Camera-like sources transcoded as build_shards does: by default 256 short side, a keyframe every 16 frames."""
     folder.mkdir(parents=True, exist_ok=True)
-    shards = []
+    for old in folder.glob("*.tar"):  # another build's shards
+        old.unlink()
+    build, shards = real_build(clips, seconds, shard_size, settings, fps), []
     for k, start in enumerate(range(0, clips, shard_size)):
         samples = []
         for i in range(start, min(start + shard_size, clips)):
@@ -132,9 +144,7 @@ def make_real_clips(folder: Path, clips: int, seconds: float, fps: int = 30, sha
                   f"{len(data) / 1e6:.2f} MB", flush=True)
         write_shard(folder / shard_name("real", k), samples)
         shards.append({"name": shard_name("real", k), "num_samples": len(samples)})
-    write_manifest(folder, task="action_cls", shards=shards, class_names=CLASS_NAMES,
-                   build={"tool": "bench/loader_speed.py --make-real", "seconds": seconds, "fps": fps,
-                          "short_side": settings.short_side, "gop": settings.gop, "stored_fps": settings.fps})
+    write_manifest(folder, task="action_cls", shards=shards, class_names=CLASS_NAMES, build=build)
     return folder
 
 
@@ -255,6 +265,8 @@ def main(argv=None) -> None:
     p.add_argument("--long-clips", type=int, default=64, help="clips written by --make-long")
     p.add_argument("--real-clips", type=int, default=8, help="clips written by --make-real")
     p.add_argument("--real-seconds", type=float, default=10.0, help="length of the --make-real clips")
+    p.add_argument("--real-shard-size", type=int, default=8, help="clips per shard written by --make-real (the "
+                                                                   "loader uses at most one worker per shard)")
     p.add_argument("--model-clips-per-s", type=float, help="clips/s one GPU's training step consumes: prints the "
                                                             "loader cores that GPU needs")
     p.add_argument("--skip-raw", action="store_true", help="time only the loader (raw runs decode every frame of "
@@ -284,9 +296,12 @@ def main(argv=None) -> None:
             make_long_clips(Path(folder), a.long_clips)
     elif a.make_real:
         folder = str(Path(a.make_real) / "train")
-        if not (Path(folder) / MANIFEST).is_file():
+        settings = recipe_settings(a).get("settings", DEFAULT_REAL)  # --config: the recipe's shards
+        build = real_build(a.real_clips, a.real_seconds, a.real_shard_size, settings)
+        if not (Path(folder) / MANIFEST).is_file() or read_manifest(folder).get("build") != build:
             print(f"writing {a.real_clips} camera-like {a.real_seconds:g}-s clips to {folder}", flush=True)
-            make_real_clips(Path(folder), a.real_clips, a.real_seconds, **recipe_settings(a))
+            make_real_clips(Path(folder), a.real_clips, a.real_seconds, shard_size=a.real_shard_size,
+                            settings=settings)
         a.size, a.sampling = a.size or 224, a.sampling or "dense"
     else:
         folder = dataset_folder(a.shards)
@@ -305,6 +320,12 @@ def main(argv=None) -> None:
 
 
 def run(a: argparse.Namespace, folder: str) -> None:
+    shards = len(ShardSource(folder).shards)
+    a.workers_requested = a.workers
+    if a.workers > shards:  # each loader worker reads whole shards: the training stream refuses idle workers
+        print(f"--workers {a.workers}: the dataset has {shards} shard(s); using {shards} worker(s) (more shards, "
+              f"e.g. --real-shard-size, give more workers)", flush=True)
+        a.workers = shards
     clips = read_clips(a.local or folder, a.batches * a.batch_size)
     frames_per_clip, height, width = clip_shape(clips[0])
     size = a.size or min(height, width)
@@ -337,7 +358,8 @@ def run(a: argparse.Namespace, folder: str) -> None:
         "loader_cpu_ms_per_clip": loader["cpu_ms_per_clip"], "clips_per_s_per_core": per_core,
         "model_clips_per_s": a.model_clips_per_s,
         "cores_per_gpu": a.model_clips_per_s / per_core if a.model_clips_per_s else None,
-        "workers": a.workers, "batch_size": a.batch_size, "batches": a.batches, "repeats": a.repeats,
+        "workers": a.workers, "workers_requested": a.workers_requested, "shard_count": shards,
+        "batch_size": a.batch_size, "batches": a.batches, "repeats": a.repeats,
         "frames": a.frames, "size": size, "sampling": a.sampling, "frame_stride": a.stride,
         "decode_threads": a.decode_threads, "clip_frames": frames_per_clip, "clip_hw": [height, width],
         "shards": redact(folder), "prefetch_shards": a.prefetch_shards, "runs": runs, "repeat_aug": a.repeat_aug or 1,

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Does Turbo keep accuracy on real video? Keep 0.25 vs 1.0 on a motion task cut from real footage.
 
-    bash ../shared/real_videos/fetch.sh /tmp/real_videos          # 16 real files (never commit them)
+    bash bench/fetch_real_videos.sh /tmp/real_videos              # 16 real files, sha256-checked (never commit them)
     python bench/real_video_fidelity.py --videos /tmp/real_videos --json fidelity.json
     python bench/real_video_fidelity.py --videos /tmp/real_videos --ablation --budget-s 180
 
@@ -119,7 +119,7 @@ def build_task(videos: Path, cache: Path, seed: int = 0) -> Path:
     """The task's ``train``/``val`` shards in ``cache`` (built once per sources, seed and VERSION); returns ``cache``."""
     sources = sorted(p for p in videos.rglob("*") if p.is_file() and p.name != "SOURCES.txt")
     if not sources:
-        sys.exit(f"no videos under {videos}: run `bash ../shared/real_videos/fetch.sh {videos}` first")
+        sys.exit(f"no videos under {videos}: run `bash bench/fetch_real_videos.sh {videos}` first")
     key = hashlib.sha256(json.dumps([VERSION, seed, [(str(p.relative_to(videos)), p.stat().st_size)
                                                      for p in sources]]).encode()).hexdigest()[:12]
     root, stamp = cache, cache / "task.json"
@@ -184,7 +184,7 @@ def ablation(args: argparse.Namespace, tmp: Path) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p, "configs/real_small.yaml", budget_s=300, steps=600, calibration_steps=60)
-    p.add_argument("--videos", type=Path, required=True, help="folder written by ../shared/real_videos/fetch.sh")
+    p.add_argument("--videos", type=Path, required=True, help="folder written by bench/fetch_real_videos.sh")
     p.add_argument("--cache", type=Path, default=REPO / "data" / "real_fidelity", help="where the task's shards go")
     p.add_argument("--ablation", action="store_true", help="run the ablation table instead of keep 0.25 vs 1.0")
     args = p.parse_args()

@@ -10,9 +10,11 @@
 For each model size (``demo``: configs/demo_action_cls.yaml's model, 16 x 64^2, 512 tokens;
 ``vits16``: ViT-S/16 at 16 x 224^2, 1568 tokens) and keep ratio, the same task, batch and dtype:
 
-  bare_clips_per_s               the task's loss, backward and an AdamW step on the model in the DeepSpeed
-                                 JSON's dtype, on one random batch already on the device: the model's bound
-                                 (as bench/turbo_speed.py; median step, one fresh process per model size)
+  bare_clips_per_s               the task's loss, backward and the optimizer step in the trainer's precision
+                                 setup without DeepSpeed (bench/mixed_precision.py: weights in the JSON's dtype,
+                                 fp32 master weights, the JSON's gradient clipping and AdamW), on one random
+                                 batch already on the device: the model's bound (median step, one fresh
+                                 process per model size)
   engine_clips_per_s             the same batch through DeepSpeed's engine alone (one rank, the JSON's
                                  optimizer, precision and ZeRO stage), no trainer: DeepSpeed's share
   trainer_synthetic_clips_per_s  turbo_ds/train.py with data.repeat_batch=true: the real DeepSpeed engine,
@@ -47,6 +49,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from anywhere without installing
 
+from bench.mixed_precision import MasterWeightAdamW  # noqa: E402
 from turbo_ds.engine.distributed import free_port  # noqa: E402
 
 RECIPE = "configs/demo_action_cls.yaml"
@@ -157,16 +160,18 @@ def bare(dims: str, a: argparse.Namespace) -> dict[float, dict[str, float]]:
     from turbo_ds.tasks import build_task
 
     ds = DeepSpeedConfig(ds_json(dims, a))
+    plan = BatchPlan(a.batch[dims], ds.accumulation, 1)
     device, dtype = torch.device(a.device), ds.dtype
     train, _ = shards(a, dims)
     cfg = config(dims, a.keep_ratios[0], a, {"data.train": train, "data.generate_demo": False})
     torch.manual_seed(0)
     task = build_task(cfg, read_manifest(train))
     model = task.model.to(device=device, dtype=dtype).train()
-    try:  # fused AdamW (CPU since torch 2.4, and CUDA), as turbo_speed
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, fused=True)
-    except RuntimeError:
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    # The trainer's precision setup (bench/mixed_precision.py): the JSON's dtype for the weights, fp32 masters,
+    # its gradient clipping, its AdamW settings.
+    params = ds.optimizer["params"]
+    opt = MasterWeightAdamW(model.parameters(), lr=ds.peak_lr(plan), betas=tuple(params.get("betas", (0.9, 0.999))),
+                            weight_decay=params.get("weight_decay", 0.0), clip=ds.raw.get("gradient_clipping", 0.0))
     batch = task.synthetic_batch(a.batch[dims], device)  # normalised float pixels, as the trainer's to_device gives
     selectors = [m for m in model.modules() if hasattr(m, "set_keep_ratio")]
 
@@ -193,7 +198,7 @@ def bare(dims: str, a: argparse.Namespace) -> dict[float, dict[str, float]]:
         return out
 
     def bare_step() -> None:
-        opt.zero_grad(set_to_none=False)
+        opt.zero_grad()
         task.loss(model, batch, dtype).backward()
         opt.step()
 
@@ -201,8 +206,8 @@ def bare(dims: str, a: argparse.Namespace) -> dict[float, dict[str, float]]:
     # The same model, batch and JSON in DeepSpeed's engine (one rank; run_bare sets the rendezvous), without
     # the trainer: the engine's share of what the trainer loses to the bare step.
     deepspeed.init_distributed("nccl" if device.type == "cuda" else "gloo", auto_mpi_discovery=False)
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, ds.lr),
-                                      config=ds.engine_config(BatchPlan(a.batch[dims], ds.accumulation, 1)))
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, ds.peak_lr(plan)),
+                                      config=ds.engine_config(plan))
 
     def engine_step() -> None:  # one optimizer step, as the trainer's: every micro-batch of it
         for _ in range(ds.accumulation):

@@ -6,8 +6,11 @@ The command line of ``turbo_ds.prep.build_shards`` (also ``python -m turbo_ds.pr
 """
 
 import sys
+from pathlib import Path
 
-from turbo_ds.prep.build_shards import main
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a clone runs it without `pip install -e .`
+
+from turbo_ds.prep.build_shards import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

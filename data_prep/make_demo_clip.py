@@ -6,8 +6,11 @@ The command line of ``turbo_ds.prep.make_demo_clip`` (also ``python -m turbo_ds.
 """
 
 import sys
+from pathlib import Path
 
-from turbo_ds.prep.make_demo_clip import main
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a clone runs it without `pip install -e .`
+
+from turbo_ds.prep.make_demo_clip import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,8 +7,11 @@ and ``turbo-ds-prepare-dataset``); ``--help`` lists the datasets, their splits a
 """
 
 import sys
+from pathlib import Path
 
-from turbo_ds.prep.prepare_dataset import main
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a clone runs it without `pip install -e .`
+
+from turbo_ds.prep.prepare_dataset import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -39,6 +39,17 @@ def test_ds_json_contradiction_names_the_json_key(tiny_demo, tmp_path):
     assert proc.returncode == 2 and "train_batch_size" in proc.stderr
 
 
+@pytest.mark.e2e
+def test_a_clip_recipe_with_the_demo_json_is_refused_in_one_line(tmp_path):
+    proc = run_train(["--set", f"run_dir={tmp_path / 'run'}"], ranks=None, ds_config="ds_configs/zero2_bf16.json",
+                     config="configs/webvid_clip_vitb.yaml", timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("config error: ds_config ds_configs/zero2_bf16.json optimizer.params.lr: a peak lr of "
+                               "0.001 at a global batch of 16"), lines[0]
+    assert "use --ds_config ds_configs/clip_ft_zero2_bf16.json" in lines[0] and not (tmp_path / "run").exists()
+
+
 @pytest.mark.unit
 def test_overrides_are_typed(tmp_path):
     cfg = load_config("configs/demo_action_cls.yaml", ["turbo.keep_ratio=0.5", "data.crop_scale=[0.5, 1]",
@@ -75,7 +86,8 @@ def test_recipes_are_found():
 def test_every_recipe_loads_and_matches_its_ds_configs(recipe):
     """Shipped recipes stay valid as the config tree changes (weights and tokenizer paths are the user's)."""
     cfg = checked(load_config(recipe, ["model.pretrained=null", "text.pretrained=null", "text.train_tokenizer_if_missing=true",
-                                       "text.tokenizer=tokenizer.model"]))  # CLIP recipes: from text.pretrained
+                                       "text.tokenizer=tokenizer.model",  # CLIP recipes: from text.pretrained
+                                       "train.head_lr_scale=1"]))  # scales pretrained runs only
     for ds in sorted((REPO / "ds_configs").glob("*.json")):
         plan_batches(cfg, load_ds_config(ds), world=2)
 

@@ -169,14 +169,16 @@ os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0
 deepspeed.init_distributed()
 model = VideoClassifier(VideoViT(ModelConfig(num_frames=4, img_size=32, width=64, depth=2, heads=4), 0.5), 3)
 config = {**json.load(open("ds_configs/zero0_bf16.json")), "train_batch_size": 16}
-engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, 1e-2, 0.75, 2), config=config)
+groups = param_groups(model, 1e-2, 0.75, 2)
+layout = group_names(groups, model)
+engine, *_ = deepspeed.initialize(model=model, model_parameters=groups, config=config)
 for _ in range(2):  # the fp32 masters move away from their bf16 copies
     loss = engine(torch.randn(16, 3, 4, 32, 32, dtype=torch.bfloat16)).float().logsumexp(-1).mean()
     engine.backward(loss)
     engine.step()
 engine.save_checkpoint(sys.argv[1], tag="step_00000002")
 weights, note = CheckpointManager.fp32_weights(CheckpointManager.reader(sys.argv[1] + "/..").find(2),
-                                               group_names(model, 0.75, 2))
+                                               layout)
 # torch_adam (our JSONs): DeepSpeed's unfused optimizer keeps one fp32 master tensor per parameter
 masters = {p: m for fp32, group in zip(engine.optimizer.fp32_groups, engine.optimizer.fp16_groups)
            for m, p in zip(fp32, group)}

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator, set_accelerator
 from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator
 
-from turbo_ds.config import Config, LongVideoConfig, ModelConfig, TextConfig
+from turbo_ds.config import Config, ConfigError, LongVideoConfig, ModelConfig, TextConfig
 from turbo_ds.engine import distributed
 from turbo_ds.engine.gather import all_gather_with_grad
 from turbo_ds.engine.guard import DivergenceGuard
@@ -186,3 +186,40 @@ def test_the_rank_selects_its_device_before_the_process_group_exists(monkeypatch
         distributed.shutdown()
         set_accelerator(previous)
     assert os.environ["LOCAL_RANK"] == "1"
+
+
+# ------------------------------------------------------------- GPUs the driver lists, torch cannot use
+
+
+@pytest.fixture
+def driver_lists(tmp_path, monkeypatch):
+    """A stand-in nvidia-smi on PATH printing ``listing`` for ``-L``, and no CPU request in the environment."""
+    def install(listing: str) -> None:
+        fake = tmp_path / "nvidia-smi"
+        fake.write_text(f"#!/bin/sh\ncat <<'EOF'\n{listing}\nEOF\n")
+        fake.chmod(0o755)
+        monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.delenv("DS_ACCELERATOR", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    return install
+
+
+def test_gpus_the_driver_lists_but_torch_cannot_use_stop_a_cpu_run(driver_lists, monkeypatch):
+    driver_lists("GPU 0: NVIDIA A100-SXM4-80GB (UUID: GPU-a)\n  MIG 3g.40gb Device 0: (UUID: MIG-b)\n"
+                 "GPU 1: NVIDIA A100-SXM4-80GB (UUID: GPU-c)")
+    assert distributed.driver_gpus() == 2  # MIG instances are listed under their GPU, not counted
+    with pytest.raises(ConfigError, match=r"^nvidia-smi lists 2 GPU\(s\), but torch .* cannot use them \(.*\), so "
+                                          r"DeepSpeed would train on the CPU; .*set DS_ACCELERATOR=cpu"):
+        distributed.usable_devices("cpu")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # GPUs hidden on purpose
+    assert distributed.usable_devices("cpu").startswith("cpu (asked for)")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")  # the CPU accelerator on purpose
+    assert distributed.usable_devices().startswith("cpu (asked for)")
+
+
+def test_a_machine_without_gpus_trains_on_the_cpu(driver_lists, monkeypatch):
+    driver_lists("No devices were found")  # nvidia-smi of a driver without GPUs
+    assert distributed.driver_gpus() == 0 and distributed.usable_devices("cpu").startswith("cpu (no GPU listed)")
+    monkeypatch.setenv("PATH", "/nonexistent")  # no nvidia-smi at all
+    assert distributed.driver_gpus() == 0 and distributed.usable_devices("cpu").startswith("cpu (no GPU listed)")

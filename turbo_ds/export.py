@@ -38,7 +38,7 @@ import torch
 
 from turbo_ds.config import ConfigError, config_from_dict, to_dict
 from turbo_ds.engine.checkpoint import CheckpointManager, NoCheckpoint
-from turbo_ds.engine.optim import group_names
+from turbo_ds.engine.optim import group_names, param_groups
 from turbo_ds.fileio import atomic_write_json
 from turbo_ds.tasks import build_task, checked
 from turbo_ds.tasks.base import Task
@@ -79,7 +79,11 @@ def from_run(run_dir: str | Path, step: int | None = None) -> Consolidated:
     except (ConfigError, OSError, ValueError) as e:
         raise ExportError(f"cannot rebuild the model of {run_dir}: {e}; run from the directory the run was "
                           "started in (its config's paths are relative to it)") from e
-    weights, note = checkpoints.fp32_weights(checkpoint, group_names(task.model, cfg.train.layer_decay, cfg.model.depth))
+    # ZeRO-0's fp32 masters are laid out by optimizer group: as the trainer recorded them, or (older checkpoints)
+    # as param_groups makes them without pretrained weights (head_lr_scale did not exist, so it made no groups)
+    groups = state.get("param_groups") or group_names(param_groups(task.model, 1.0, cfg.train.layer_decay,
+                                                                   cfg.model.depth), task.model)
+    weights, note = checkpoints.fp32_weights(checkpoint, groups)
     missing, unexpected = task.model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise ExportError(f"{checkpoint} does not fit the model its config describes: missing {missing[:5]}, "

@@ -19,11 +19,12 @@ from typing import NoReturn
 if __package__ in (None, ""):  # run as a script (the deepspeed launcher does): make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from turbo_ds.config import ConfigError, load_config, load_ds_config, plan_batches  # noqa: E402
+from turbo_ds.config import (ConfigError, check_finetune_lr, load_config, load_ds_config,  # noqa: E402
+                             plan_batches)
 from turbo_ds.data.datasets import open_datasets  # noqa: E402
 from turbo_ds.data.locations import redact  # noqa: E402
 from turbo_ds.engine.checkpoint import CheckpointManager  # noqa: E402
-from turbo_ds.engine.distributed import init_distributed, shutdown, world_from_env  # noqa: E402
+from turbo_ds.engine.distributed import init_distributed, shutdown, usable_devices, world_from_env  # noqa: E402
 from turbo_ds.engine.errors import EXIT_CODE, RunDirLocked, RunError  # noqa: E402
 from turbo_ds.engine.guard import PreemptionFlag  # noqa: E402
 from turbo_ds.engine.quiet import show_repeated_warnings_once  # noqa: E402
@@ -54,9 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Everything that can be wrong with the configs fails here, before any engine starts.
     try:
-        cfg = checked(load_config(args.config, args.set))
+        cfg = load_config(args.config, args.set)
         ds = load_ds_config(args.ds_config)
         plan = plan_batches(cfg, ds, world_from_env())
+        check_finetune_lr(cfg, ds, plan, args.ds_config)  # the recipe's JSON first, before the files it names
+        cfg = checked(cfg)
+        usable_devices()  # GPUs that torch cannot use stop here, not in a slow CPU run
         check_compiler(cfg.model)
         datasets = open_datasets(cfg.data, world_from_env(), cfg.train.collective_timeout_s)  # None: the demo
     except ConfigError as e:

@@ -39,7 +39,7 @@ from turbo_ds.engine.guard import DivergenceGuard, PreemptionFlag, finish_step
 from turbo_ds.engine.lock import RunDirLock
 from turbo_ds.engine.metrics import RunLog, peak_memory_mb, progress_bar
 from turbo_ds.engine.monitors import Monitors
-from turbo_ds.engine.optim import param_groups, warmup_cosine
+from turbo_ds.engine.optim import group_names, param_groups, warmup_cosine
 from turbo_ds.models.flops import TRAIN_FACTOR
 from turbo_ds.plan.search import AUTO_KEEP_RATIOS, pick_keep_ratio
 from turbo_ds.tasks import build_task, task_type
@@ -124,7 +124,9 @@ class Trainer:
             use_deterministic_kernels()
         self.dtype = ds.dtype
         schedule = warmup_cosine(cfg.train.warmup_steps, cfg.train.steps, cfg.train.min_lr_ratio)
-        groups = param_groups(task.model, ds.lr, cfg.train.layer_decay, cfg.model.depth)
+        self.peak_lr = ds.peak_lr(plan)  # the JSON's lr, scaled to this global batch when it says so (lr_base_batch)
+        groups = param_groups(task.model, self.peak_lr, cfg.train.layer_decay, cfg.model.depth, cfg.train.head_lr_scale)
+        self.group_names = group_names(groups, task.model)  # in every checkpoint: how ZeRO-0 lays out its masters
         # How to load the latest checkpoint is known before the engine exists (an elastic resume needs
         # DeepSpeed's universal loader); a checkpoint of another model shape stops here.
         self.resuming = checkpoints.prepare_resume(task.model, ds, plan, log.info)
@@ -149,7 +151,8 @@ class Trainer:
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "guard": self.guard.state_dict(), "wall_s": self.wall_s()}
+        return {"step": self.step, "guard": self.guard.state_dict(), "wall_s": self.wall_s(),
+                "param_groups": self.group_names}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.wall_before = state["step"], state["wall_s"]
@@ -192,9 +195,9 @@ class Trainer:
         videos = f" ({self.plan.micro // repeat} videos x data.repeat_aug {repeat})" if repeat > 1 else ""
         self.log.info(f"training steps {self.step + 1}..{total}: {self.plan.micro} clips{videos} x "
                       f"{self.plan.accumulation} accumulation x {self.plan.world} ranks = {self.plan.global_size} "
-                      "clips/step, "
-                      f"{self.task.tokens_kept}/{self.task.tokens_total} tokens kept, dtype {self.dtype}, "
-                      f"collective timeout {cfg.train.collective_timeout_s:g} s from the first step")
+                      f"clips/step, peak lr {self.peak_lr:.3g}, {self.task.tokens_kept}/{self.task.tokens_total} "
+                      f"tokens kept, dtype {self.dtype}, collective timeout {cfg.train.collective_timeout_s:g} s "
+                      "from the first step")
         self.bar = bar = progress_bar(total, self.step, self.dist.is_main)
         self.started, self.first_step = time.perf_counter(), self.step
         window, save_pending = LogWindow(), False
@@ -438,6 +441,7 @@ def _run(cfg: Config, ds: DeepSpeedConfig, plan: BatchPlan, datasets: Datasets |
     log.info(f"turbo_ds: task {cfg.task} | run_dir {cfg.run_dir} | {dist_info.world} rank(s) | "
              f"keep_ratio {cfg.turbo.keep_ratio} (eval {cfg.turbo.eval_keep_ratio})")
     log.info(f"ranks: {dist_info.layout()}")
+    log.info(f"device: {dist_info.devices}; rank {dist_info.rank} on {dist_info.device}")
     if cfg.model.compile:  # bounded by torch's recompile limit (then eager); each recompilation's reason on stderr
         torch._logging.set_logs(recompiles=True)
         log.info("model.compile: the encoder blocks compile at their first steps (cached on disk for later runs)")

@@ -8,12 +8,12 @@ Typed config tree: YAML recipe + ``--set key=value`` overrides, validated before
     deepspeed   the one reader of the DeepSpeed JSON, and the batch plan it implies
 """
 
-from turbo_ds.config.deepspeed import BatchPlan, DeepSpeedConfig, load_ds_config, plan_batches
+from turbo_ds.config.deepspeed import BatchPlan, DeepSpeedConfig, check_finetune_lr, load_ds_config, plan_batches
 from turbo_ds.config.loading import config_from_dict, load_config, to_dict
 from turbo_ds.config.schema import (Config, ConfigError, DataConfig, EvalConfig, LongVideoConfig, ModelConfig,
                                     TextConfig, TrainConfig, TurboConfig)
 from turbo_ds.config.validation import validate
 
 __all__ = ["BatchPlan", "Config", "ConfigError", "DataConfig", "DeepSpeedConfig", "EvalConfig", "LongVideoConfig",
-           "ModelConfig", "TextConfig", "TrainConfig", "TurboConfig", "config_from_dict", "load_config",
-           "load_ds_config", "plan_batches", "to_dict", "validate"]
+           "ModelConfig", "TextConfig", "TrainConfig", "TurboConfig", "check_finetune_lr", "config_from_dict",
+           "load_config", "load_ds_config", "plan_batches", "to_dict", "validate"]

@@ -5,6 +5,13 @@ optimizer and its peak LR, gradient clipping, precision and ZeRO stage. Everythi
 turbo_ds that needs one of these (the batch plan, the trainer's compute dtype, the memory
 planner's bytes per parameter) reads it through ``DeepSpeedConfig``; values that the YAML
 restates are cross-checked in ``plan_batches``, never silently overridden.
+
+Learning rates live in the JSON, one JSON per kind of run (ds_configs/: the demo's
+``zero{0,1,2,3}_bf16.json`` train from scratch; ``videomae_ft_*`` and ``clip_ft_*`` fine-tune
+pretrained weights). turbo_ds's one key of its own, ``lr_base_batch``, makes the JSON's lr the
+peak LR at that global batch, scaled linearly to the run's (VideoMAE's 5e-4 x batch / 256); it
+is resolved (and removed) before DeepSpeed sees the JSON. ``check_finetune_lr`` refuses a run
+from pretrained weights whose JSON holds a from-scratch lr.
 """
 
 from __future__ import annotations
@@ -21,6 +28,30 @@ if TYPE_CHECKING:
     import torch
 
 Precision = Literal["bf16", "fp16", "fp32"]
+
+LR_BASE_BATCH = "lr_base_batch"  # turbo_ds's own top-level key: optimizer.params.lr is the lr at this global batch
+
+
+@dataclass(frozen=True)
+class FinetuneAnchor:
+    """A published fine-tuning LR: ``lr`` at a global batch of ``batch``, scaled linearly with the batch."""
+
+    lr: float
+    batch: int
+    source: str
+    ds_config: str
+    "the shipped JSON that holds it"
+
+
+# Per model.arch, the LR of fine-tuning its pretrained weights. A run from model.pretrained whose peak LR per
+# sample is more than FINETUNE_MARGIN x the anchor's is refused: the demo's from-scratch 1e-3 at 16-128 clips is
+# 16-64x VideoMAE's and 100x or more CLIP's, and quietly wrecks pretrained weights (the guard sees no divergence).
+FINETUNE_ANCHORS = {
+    "videomae": FinetuneAnchor(5e-4, 256, "VideoMAE (5e-4 per 256 clips)", "ds_configs/videomae_ft_zero2_bf16.json"),
+    "clip": FinetuneAnchor(2e-5, 1024, "CLIP towers (1e-5 to 2e-5 per 1024 pairs)",
+                           "ds_configs/clip_ft_zero2_bf16.json"),
+}
+FINETUNE_MARGIN = 2.0
 
 # DeepSpeed's monitor sections -> (the package the monitor imports, how to install it). turbo_ds feeds
 # them itself (engine/monitors.py), so a missing package must stop the run here, before any engine starts.
@@ -68,6 +99,10 @@ class DeepSpeedConfig:
         if not isinstance(ds.get("optimizer", {}).get("params", {}).get("lr"), (int, float)):
             raise ConfigError("ds_config optimizer.params.lr: missing; add e.g. \"optimizer\": {\"type\": \"AdamW\", "
                               "\"params\": {\"lr\": 1e-3}} (the peak LR of the YAML's warmup-cosine schedule)")
+        base = ds.get(LR_BASE_BATCH)
+        if base is not None and (not isinstance(base, int) or isinstance(base, bool) or base < 1):
+            raise ConfigError(f"ds_config {LR_BASE_BATCH}={base!r}: must be a positive integer, the global batch at "
+                              "which optimizer.params.lr holds (e.g. 256: lr x batch / 256), or removed (lr as given)")
         params = ds["optimizer"]["params"]
         if "fused" in params and not params.get("torch_adam"):
             raise ConfigError("ds_config optimizer.params.fused: torch AdamW's flag, which DeepSpeed passes on only "
@@ -94,10 +129,12 @@ class DeepSpeedConfig:
         """``{"type": ..., "params": {...}}`` as in the JSON."""
         return self.raw["optimizer"]
 
-    @property
-    def lr(self) -> float:
-        """The peak LR, which the YAML's warmup-cosine schedule scales."""
-        return float(self.optimizer["params"]["lr"])
+    def peak_lr(self, plan: BatchPlan) -> float:
+        """The peak LR of a run with ``plan``, which the YAML's warmup-cosine schedule scales: the JSON's lr, times
+        global batch / ``lr_base_batch`` when the JSON has that key."""
+        lr = float(self.optimizer["params"]["lr"])
+        base = self.raw.get(LR_BASE_BATCH)
+        return lr * plan.global_size / base if base else lr
 
     @property
     def precision(self) -> Precision:
@@ -151,8 +188,10 @@ class DeepSpeedConfig:
         return {k: self.raw[k] for k in MONITORS if self.raw.get(k, {}).get("enabled")}
 
     def resolved(self, plan: BatchPlan) -> dict[str, Any]:
-        """The JSON the run uses, with the global batch written out (it goes to the run dir)."""
-        return {**self.raw, "train_batch_size": plan.global_size}
+        """The JSON the run uses, with the global batch and the peak lr written out (it goes to the run dir)."""
+        optimizer = {**self.optimizer, "params": {**self.optimizer["params"], "lr": self.peak_lr(plan)}}
+        return {**{k: v for k, v in self.raw.items() if k != LR_BASE_BATCH}, "optimizer": optimizer,
+                "train_batch_size": plan.global_size}
 
     def engine_config(self, plan: BatchPlan, load_universal: bool = False) -> dict[str, Any]:
         """What ``deepspeed.initialize`` gets: ``resolved`` without the monitor sections, which turbo_ds feeds
@@ -205,3 +244,19 @@ def plan_batches(cfg: Config, ds: DeepSpeedConfig, world: int) -> BatchPlan:
                           "hooks gather the blocks' partitioned weights where torch.compile cannot trace them; use "
                           "ZeRO 0-2 or model.compile=false")
     return plan
+
+
+def check_finetune_lr(cfg: Config, ds: DeepSpeedConfig, plan: BatchPlan, ds_path: str | Path = "") -> None:
+    """Refuse a run from pretrained weights (model.pretrained; not the demo's generated CLIP folder) whose peak LR,
+    per sample, is over FINETUNE_MARGIN x its architecture's fine-tuning anchor: a from-scratch JSON (the demo's)."""
+    if cfg.model.pretrained is None or cfg.model.generate_demo_clip or not cfg.train.check_finetune_lr:
+        return
+    anchor, lr = FINETUNE_ANCHORS[cfg.model.arch], ds.peak_lr(plan)
+    at_anchor = lr * anchor.batch / plan.global_size
+    if at_anchor > FINETUNE_MARGIN * anchor.lr:
+        raise ConfigError(
+            f"ds_config{' ' + str(ds_path) if ds_path else ''} optimizer.params.lr: a peak lr of {lr:.3g} at a global "
+            f"batch of {plan.global_size} (micro {plan.micro} x accumulation {plan.accumulation} x {plan.world} ranks) "
+            f"is {at_anchor:.3g} per {anchor.batch}, over {FINETUNE_MARGIN:g}x the fine-tuning lr of {anchor.source}: "
+            f"a from-scratch lr (the demo's) that would wreck model.pretrained={cfg.model.pretrained}; use --ds_config "
+            f"{anchor.ds_config} (its lr scales with the batch), or set train.check_finetune_lr=false")

@@ -185,6 +185,10 @@ class TrainConfig:
     "write the keys of the clips every rank trained on at each step to <run_dir>/samples.jsonl (a data audit)"
     layer_decay: float = 1.0
     "layer-wise LR decay: block i of L gets lr * layer_decay^(L + 1 - i); 1.0 = off (VideoMAE fine-tuning: 0.75)"
+    head_lr_scale: float = 1.0
+    "lr multiplier of the parameters no pretrained weights initialised (new heads, projections, a new text tower)"
+    check_finetune_lr: bool = True
+    "refuse a run from model.pretrained whose JSON lr is over 2x the fine-tuning anchor's (a from-scratch lr)"
     label_smoothing: float = 0.0
     "label smoothing of the classification targets"
     mixup_alpha: float = 0.0

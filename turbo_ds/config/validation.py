@@ -94,6 +94,8 @@ def check_train(tr: TrainConfig) -> None:
         raise ConfigError(f"train.warmup_steps={tr.warmup_steps}: must be in [0, train.steps={tr.steps})")
     if not 0 < tr.layer_decay <= 1:
         raise ConfigError(f"train.layer_decay={tr.layer_decay}: must be in (0, 1]; 1.0 turns it off")
+    if not 0 < tr.head_lr_scale <= 1000:
+        raise ConfigError(f"train.head_lr_scale={tr.head_lr_scale}: must be in (0, 1000]; 1.0 turns it off")
     _at_least(0, {"train.mixup_alpha": tr.mixup_alpha, "train.cutmix_alpha": tr.cutmix_alpha})
     _at_least(1, {"train.max_bad_steps": tr.max_bad_steps})
     if tr.divergence_factor != 0 and tr.divergence_factor <= 1:
@@ -148,3 +150,7 @@ def validate(cfg: Config) -> None:
     check_eval(cfg.eval)
     check_text(cfg.text)
     check_long_video(cfg.long_video)
+    if cfg.train.head_lr_scale != 1 and not (cfg.model.pretrained or cfg.text.pretrained):
+        raise ConfigError(f"train.head_lr_scale={cfg.train.head_lr_scale}: scales the lr of what pretrained weights did "
+                          "not initialise, but neither model.pretrained nor text.pretrained is set; use 1.0 (or change "
+                          "the JSON's lr)")

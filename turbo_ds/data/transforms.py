@@ -51,8 +51,9 @@ class Normalizer:
     """uint8 video (..., C, T, H, W) -> float32 ``(x / 255 - mean) / std`` per channel, on the video's device."""
 
     def __init__(self, mean: list[float], std: list[float]):
-        self.scale = torch.tensor([1 / (255 * s) for s in std]).view(3, 1, 1, 1)
-        self.shift = torch.tensor([m / s for m, s in zip(mean, std)]).view(3, 1, 1, 1)
+        # host constants, copied to each device once (the loader's workers normalise nothing: uint8 travels)
+        self.scale = torch.tensor([1 / (255 * s) for s in std], device="cpu").view(3, 1, 1, 1)
+        self.shift = torch.tensor([m / s for m, s in zip(mean, std)], device="cpu").view(3, 1, 1, 1)
         self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # copied to a device once, not per batch
 
     def __call__(self, video: torch.Tensor) -> torch.Tensor:

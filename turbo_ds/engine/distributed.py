@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -32,6 +33,8 @@ class DistInfo:
     "the host name of every rank, by rank"
     device: torch.device = torch.device("cpu")
     "this rank's compute device"
+    devices: str = "cpu"
+    "what this process trains on, in words (``usable_devices``): the device type and how many torch sees"
 
     @property
     def is_main(self) -> bool:
@@ -80,6 +83,57 @@ def select_device(local_rank: int, accelerator: Any) -> torch.device:
     return _device
 
 
+def driver_gpus() -> int:
+    """GPUs the NVIDIA driver lists (``nvidia-smi -L``), whether or not torch can use them; 0 without nvidia-smi.
+
+    MIG instances are listed under their GPU and not counted; nor is ``CUDA_VISIBLE_DEVICES`` applied:
+    that is torch's view (``torch.cuda.device_count()``), which is what training uses.
+    """
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):  # no nvidia-smi, or a driver that hangs: nothing listed
+        return 0
+    return sum(line.startswith("GPU ") for line in listing.splitlines())
+
+
+def usable_devices(device_type: str | None = None) -> str:
+    """What this process trains on, in words: ``device_type`` (DeepSpeed's accelerator; None: the one it will pick,
+    as torch tells without importing DeepSpeed) and the devices torch sees.
+
+    A CPU run on a machine whose driver lists GPUs is refused (ConfigError, one line) unless it was asked for
+    (``DS_ACCELERATOR=cpu`` or ``CUDA_VISIBLE_DEVICES`` empty): with a CPU build of torch or a driver that does
+    not match it, DeepSpeed falls back to its CPU accelerator and would train silently, and slowly, on the CPU.
+    """
+    if device_type is None:
+        device_type = os.environ.get("DS_ACCELERATOR") or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device_type == "cuda":
+        count = torch.cuda.device_count()
+        names = sorted({torch.cuda.get_device_name(i) for i in range(count)})
+        return (f"cuda, {count} device(s) torch sees ({', '.join(names)}; CUDA_VISIBLE_DEVICES="
+                f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}), torch {torch.__version__}")
+    if device_type != "cpu":
+        return f"{device_type} (DeepSpeed's accelerator), torch {torch.__version__}"
+    asked = os.environ.get("DS_ACCELERATOR") == "cpu" or os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1")
+    gpus = 0 if asked else driver_gpus()
+    if gpus:
+        raise ConfigError(f"nvidia-smi lists {gpus} GPU(s), but torch {torch.__version__} cannot use them "
+                          f"({_why_no_cuda()}), so DeepSpeed would train on the CPU; install the CUDA build of torch "
+                          "for this driver (README \"On GPUs\"), or set DS_ACCELERATOR=cpu to train on the CPU on "
+                          "purpose")
+    return f"cpu ({'asked for' if asked else 'no GPU listed'}), torch {torch.__version__}"
+
+
+def _why_no_cuda() -> str:
+    """Why torch sees no CUDA device, in a few words: a CPU build, or CUDA's own initialisation error."""
+    if torch.version.cuda is None:
+        return "a CPU-only build: torch.version.cuda is None"
+    try:
+        torch.cuda.init()
+    except Exception as e:  # noqa: BLE001 - its message is the reason (e.g. a driver older than the build)
+        return f"torch.cuda.init(): {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+    return f"torch.cuda.device_count() is {torch.cuda.device_count()}"
+
+
 def init_distributed() -> DistInfo:
     """The process group (torch's, then DeepSpeed's wrapper), with every rank's host checked.
 
@@ -94,6 +148,7 @@ def init_distributed() -> DistInfo:
     if "RANK" not in os.environ:  # plain `python turbo_ds/train.py`: a one-process group, no launcher needed
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=os.environ.get("MASTER_PORT", str(free_port())))
+    devices = usable_devices(get_accelerator().device_name())  # before any rank trains on a CPU by mistake
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = select_device(local_rank, get_accelerator())
     backend = get_accelerator().communication_backend_name()
@@ -103,7 +158,7 @@ def init_distributed() -> DistInfo:
     deepspeed.init_distributed()  # wraps the group above; its CPU shm op reads LOCAL_SIZE
     dist.barrier()  # every rank is past DeepSpeed's init, which maps every rank's shm buffer
     _unlink_shm_buffer(dist.get_rank())
-    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, hosts, device)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, hosts, device, devices)
 
 
 def _all_hosts(backend: str) -> tuple[str, ...]:

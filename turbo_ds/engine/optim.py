@@ -13,6 +13,7 @@ from typing import Any, Callable
 import torch
 
 from turbo_ds.models.vit import VideoViT
+from turbo_ds.models.weights import is_pretrained
 
 
 def warmup_cosine(warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
@@ -39,27 +40,33 @@ def video_layer_ids(model: torch.nn.Module, depth: int) -> dict[int, int]:
     return ids
 
 
-def param_groups(model: torch.nn.Module, base_lr: float, layer_decay: float = 1.0, depth: int = 0) -> list[dict[str, Any]]:
-    """No weight decay on biases, norms and position embeddings; optional layer-wise LR decay.
+def param_groups(model: torch.nn.Module, base_lr: float, layer_decay: float = 1.0, depth: int = 0,
+                 head_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """No weight decay on biases, norms and position embeddings; optional layer-wise LR decay; optionally
+    ``head_lr_scale`` x the lr for the parameters no pretrained weights initialised (new heads, projections, a new
+    tower: ``models.weights.is_pretrained``).
 
-    Each group carries its own lr (the JSON's lr times the layer's scale), which the
+    Each group carries its own lr (the JSON's lr times the layer's and the head's scale), which the
     warmup-cosine schedule then multiplies.
     """
     layers = video_layer_ids(model, depth) if layer_decay < 1 else {}
-    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    groups: dict[tuple[int, bool, bool], dict[str, Any]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         layer = layers.get(id(p), depth + 1)
         no_decay = p.ndim <= 1 or name.endswith(("pos_embed", "cls_token"))
-        group = groups.setdefault((layer, no_decay), {"params": [], "lr": base_lr * layer_decay ** (depth + 1 - layer)})
+        new = head_lr_scale != 1 and not is_pretrained(p)  # at scale 1 the groups are as before (checkpoint layout)
+        lr = base_lr * layer_decay ** (depth + 1 - layer) * (head_lr_scale if new else 1.0)
+        group = groups.setdefault((layer, no_decay, new), {"params": [], "lr": lr})
         if no_decay:
             group["weight_decay"] = 0.0
         group["params"].append(p)
     return list(groups.values())
 
 
-def group_names(model: torch.nn.Module, layer_decay: float, depth: int) -> list[list[str]]:
-    """Parameter names of each group in ``param_groups``' order (the layout of ZeRO-0's fp32 masters)."""
+def group_names(groups: list[dict[str, Any]], model: torch.nn.Module) -> list[list[str]]:
+    """Parameter names of each of ``groups`` (``param_groups``' answer), in order: the layout of ZeRO-0's fp32
+    masters, which the trainer records in every checkpoint for the export."""
     names = {id(p): n for n, p in model.named_parameters()}
-    return [[names[id(p)] for p in group["params"]] for group in param_groups(model, 1.0, layer_decay, depth)]
+    return [[names[id(p)] for p in group["params"]] for group in groups]

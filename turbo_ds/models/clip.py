@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from turbo_ds.models.vit import VideoClassifier, VideoViT, interpolate_pos_embed
-from turbo_ds.models.weights import CheckpointMismatch, LoadReport, folder_config, folder_tensors, load_matching
+from turbo_ds.models.weights import (CheckpointMismatch, LoadReport, folder_config, folder_tensors, load_matching,
+                                     mark_pretrained)
 
 CLIP_TYPES = ("clip", "clip_vision_model", "clip_text_model")
 "transformers model_type values of CLIP folders (a CLIPModel, or one of its towers)"
@@ -163,6 +164,7 @@ def load_clip_heads(model: nn.Module, video: str | None, text: str | None) -> li
                                          f"set text.embed_dim={weight.shape[0]}")
             with torch.no_grad():
                 proj.weight.copy_(weight)
+            mark_pretrained([proj.weight])
             notes.append(f"{name.split('.')[0]}: loaded from {folder}")
         else:
             notes.append(f"{name.split('.')[0]}: not in {folder} (a tower without projection): new, random")
@@ -171,6 +173,7 @@ def load_clip_heads(model: nn.Module, video: str | None, text: str | None) -> li
     if scale_from is not None:
         with torch.no_grad():
             model.log_scale.copy_(scale_from[1].reshape(1).to(model.log_scale.dtype))
+        mark_pretrained([model.log_scale])
         notes.append(f"logit scale: {scale_from[1].exp().item():.2f} (temperature {(-scale_from[1]).exp().item():.4f}) "
                      f"from {scale_from[0]}; text.temperature not used")
     return notes

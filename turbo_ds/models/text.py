@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from turbo_ds.config import TextConfig
+from turbo_ds.models.weights import mark_pretrained
 
 MAX_LOGIT_SCALE = 100.0  # CLIP's cap on 1/temperature: keeps the softmax from saturating
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
@@ -80,6 +81,7 @@ class TextEncoder(nn.Module):
         super().__init__()
         if cfg.pretrained:
             self.bert = load_text_model(cfg.pretrained, cfg.dropout)
+            mark_pretrained(self.bert.parameters())
         else:
             self.bert = new_bert(cfg, vocab_size, pad_id)
         config = self.bert.config

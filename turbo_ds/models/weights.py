@@ -10,7 +10,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import nn
@@ -45,6 +45,16 @@ class LoadReport:
             lines.append(f"  unexpected (ignored): {', '.join(_collapse(self.unexpected))}")
         lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
+
+
+def mark_pretrained(params: Iterable[nn.Parameter]) -> None:
+    """Flag parameters initialised from a weights file; the others are new (``train.head_lr_scale`` reads this)."""
+    for p in params:
+        p.from_pretrained = True
+
+
+def is_pretrained(p: nn.Parameter) -> bool:
+    return getattr(p, "from_pretrained", False)
 
 
 def _collapse(keys: list[str]) -> list[str]:
@@ -97,6 +107,8 @@ def load_matching(model: nn.Module, state: dict[str, torch.Tensor], report: Load
                                      f"{tuple(target[key].shape)}")
     usable = {k: v for k, v in state.items() if k in target}
     model.load_state_dict(usable, strict=False)
+    params = dict(model.named_parameters())
+    mark_pretrained(params[k] for k in usable if k in params)
     report.loaded = sorted(usable)
     report.missing = [k for k in target if k not in usable]
     report.unexpected = [k.removeprefix("encoder.") for k in state if k not in target]
