@@ -53,7 +53,7 @@ def _manifest(tmp_path: Path) -> tuple[Path, Path, int]:
             rows.append(f"real{k:02d}{path.suffix},{path.parent.name}")
     slow = {i for k in (PREEMPTED, KILLED) for i in range(len(rows)) if i // SHARD_SIZE in _shards(k, len(rows))}
     for i in range(24):
-        size, frames = ((320, 240), 120) if i in slow else ((64, 48), 20)
+        size, frames = ((320, 240), 600) if i in slow else ((64, 48), 20)  # slow: seconds to transcode a part
         make_video(root / f"v{i:02d}.mp4", "mp4", "libx264", size=size, frames=frames, fps=30, texture=i)
     (root / "bad.mp4").write_bytes(b"not a video" * 20)
     return write_csv(tmp_path / "m.csv", "path,label", rows), root, len(rows)
