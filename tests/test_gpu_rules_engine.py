@@ -107,6 +107,7 @@ def child(demo: str, run_dir: str) -> None:
     from turbo_ds.engine.metrics import RunLog
     from turbo_ds.tasks import build_task
     from turbo_ds.trainer import Trainer
+    from turbo_ds.engine.guard import PreemptionFlag
 
     cfg = load_config("configs/demo_action_cls.yaml", [
         f"run_dir={run_dir}", f"data.train={demo}/train", f"data.val={demo}/val", "data.generate_demo=false",
@@ -119,7 +120,7 @@ def child(demo: str, run_dir: str) -> None:
     log = RunLog(run_dir, True)
     datasets = Datasets.open(cfg.data, 1)
     trainer = Trainer(cfg, ds, plan_batches(cfg, ds, 1), info, build_task(cfg, datasets.train.manifest), datasets,
-                      CheckpointManager(run_dir, info, cfg.train), log)
+                      CheckpointManager(run_dir, info, cfg.train), log, PreemptionFlag())
     created: Counter[str] = Counter()
 
     class DefaultDeviceTensors(TorchFunctionMode):
